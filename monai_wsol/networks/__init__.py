@@ -1,0 +1,1 @@
+from monai_wsol.networks import blocks, nets  # noqa: F401
