@@ -1,0 +1,31 @@
+"""Data in: readers and loading transforms, validated datalists, and the embedded default generator.
+
+``monai_wsol.data.synthetic`` (the generator) is not imported here: it loads nilearn lazily, but keeping it
+out of the package import keeps ``import monai_wsol.data`` light.
+"""
+
+from monai_wsol.data.datalist import DatalistError, load_datalist, probe_image
+from monai_wsol.data.readers import (
+    DicomSeriesReader,
+    ImageReadError,
+    LoadImageChecked,
+    LoadImageCheckedd,
+    SimpleITKReader,
+    dicom_series_files,
+    make_load_transforms,
+    select_reader,
+)
+
+__all__ = [
+    "DatalistError",
+    "DicomSeriesReader",
+    "ImageReadError",
+    "LoadImageChecked",
+    "LoadImageCheckedd",
+    "SimpleITKReader",
+    "dicom_series_files",
+    "load_datalist",
+    "make_load_transforms",
+    "probe_image",
+    "select_reader",
+]

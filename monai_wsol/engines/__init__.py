@@ -1,0 +1,63 @@
+"""Training / inference / evaluation workflows used by the bundle (MONAI engines on ignite)."""
+
+from monai_wsol.engines.handlers import (
+    AtomicCheckpointSaver,
+    EpochSeed,
+    ExportModel,
+    MetricsTableWriter,
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    atomic_copy,
+    is_main_process,
+    write_rows,
+)
+from monai_wsol.engines.inference import (
+    CAMEvaluator,
+    CAMInferer,
+    LocalizationWriter,
+    image_stem,
+    inference_items,
+    unwrap_network,
+)
+from monai_wsol.engines.training import (
+    RANK_INDEPENDENT_HANDLERS,
+    attach_handlers,
+    broadcast_object,
+    distributed_device,
+    find_last_checkpoint,
+    init_distributed,
+    make_sampler,
+    prepare_run_dir,
+    probs_and_onehot,
+    resume_checkpoint,
+    scores_and_labels,
+)
+
+__all__ = [
+    "inference_items",
+    "RANK_INDEPENDENT_HANDLERS",
+    "broadcast_object",
+    "AtomicCheckpointSaver",
+    "CAMEvaluator",
+    "CAMInferer",
+    "EpochSeed",
+    "ExportModel",
+    "LocalizationWriter",
+    "MetricsTableWriter",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "atomic_copy",
+    "attach_handlers",
+    "distributed_device",
+    "find_last_checkpoint",
+    "image_stem",
+    "init_distributed",
+    "is_main_process",
+    "make_sampler",
+    "prepare_run_dir",
+    "probs_and_onehot",
+    "resume_checkpoint",
+    "scores_and_labels",
+    "unwrap_network",
+    "write_rows",
+]

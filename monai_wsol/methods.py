@@ -1,0 +1,349 @@
+"""Registry of the WSOL methods compared in the benchmark, built so that a trainer runs each one the same way.
+
+Each method is a :class:`MethodSpec`: the network, the per-sample training transforms to append, an optional
+batch-level augmentation, the training forward, the loss and the localization-map function. A trainer does::
+
+    spec = build_method("adl", spatial_dims=2, in_channels=1, num_classes=2)
+    train_tf = Compose([*base_transforms, *spec.train_transforms])     # dictionary transforms on "image"
+    for batch in loader:
+        loss = spec.training_loss(batch["image"], batch["label"])      # batch_fn -> forward_fn -> loss_fn
+        loss.backward(); opt.step(); opt.zero_grad()
+    maps = spec.cam_fn(spec.net, images, None)                          # (B, 1, *spatial) in [0, 1]
+
+Methods (:data:`METHODS`): ``cam`` (plain classifier), ``adl``, ``has`` (Hide-and-Seek), ``cutmix``, ``acol``,
+``gradcam`` / ``gradcampp`` (post-hoc maps of the plain classifier), ``sfs1`` / ``sfs2`` (the dual-suppression
+block, one / two blocks). Details, defaults and sources: ``docs/baselines.md``.
+
+Labels: class indices (B,) or (B, 1), or soft / one-hot labels (B, K) (what CutMix produces);
+:func:`classification_loss` takes either. Nets need K >= 2 outputs (a CAM per class).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.transforms import CutMix
+from monai.utils import convert_to_tensor
+
+from monai_wsol.networks.nets import CAMVGG16, CAMDenseNet121
+from monai_wsol.networks.nets.acol import ACoLClassifier, acol_loss
+from monai_wsol.posthoc import gradcam, preserved_module_state
+from monai_wsol.transforms.functional import normalize_cam
+from monai_wsol.transforms.hide_and_seek import RandHideAndSeekd
+
+__all__ = [
+    "BACKBONES",
+    "METHODS",
+    "CutMixBatch",
+    "MethodSpec",
+    "available_methods",
+    "build_method",
+    "classification_loss",
+    "net_cam",
+]
+
+BACKBONES: tuple[str, ...] = ("densenet121", "vgg16")
+
+CamFn = Callable[[nn.Module, torch.Tensor, Any], torch.Tensor]
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for hard or soft labels.
+
+    Args:
+        logits: (B, K), K >= 2.
+        target: class indices (B,) or (B, 1) (any integer or integral float dtype), or class probabilities
+            (B, K) as floats (one-hot, or mixed by CutMix); each row of a soft target should sum to 1.
+    """
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(
+            f"classification_loss: logits must be (B, K) with K >= 2, got {tuple(logits.shape)}."
+        )
+    target = convert_to_tensor(target, track_meta=False).to(logits.device)
+    if target.shape == logits.shape and target.dtype.is_floating_point:
+        return F.cross_entropy(logits, target.to(logits.dtype))  # soft-label cross-entropy
+    target = target.reshape(-1)
+    if target.numel() != logits.shape[0]:
+        raise ValueError(
+            f"classification_loss: target must be (B,), (B, 1) or (B, K) for logits {tuple(logits.shape)}, "
+            f"got {tuple(target.shape)}."
+        )
+    return F.cross_entropy(logits, target.long())
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B,) / (B, 1) class indices -> (B, K) float one-hot; (B, K) float labels are returned as float."""
+    labels = convert_to_tensor(labels, track_meta=False)
+    if labels.ndim == 2 and labels.shape[1] == num_classes and labels.dtype.is_floating_point:
+        return labels.float()
+    return F.one_hot(labels.reshape(-1).long(), num_classes).float()
+
+
+class CutMixBatch:
+    """Batch-level CutMix with MONAI's :class:`monai.transforms.CutMix`, returning soft labels.
+
+    The image mixing is MONAI's (a box of relative side ``sqrt(1 - lam)``, ``lam ~ Beta(alpha, alpha)``,
+    with a corner drawn uniformly and shared by the batch, cut by the image border; 2D or 3D; pairs by a
+    random permutation). The labels are mixed here, by the *area actually pasted*:
+    ``y_mix = sum_j P[i, j] y_j``, where ``P[i, j]`` is the fraction of sample i's voxels that come from
+    sample j. This is the original CutMix's "adjust lambda to the exact cropping ratio". MONAI 1.6.1 cannot be
+    used for class labels as is: ``CutMix.__call__(images, labels)`` pushes the labels through the *image*
+    cropping, which for (B, K) labels replaces them wholesale by the partner's (``y[perm]``; MONAI issue
+    #8137), and ``apply_on_labels`` uses the sampled ``lam``, which is wrong whenever the box is cut by the
+    border.
+
+    Args:
+        num_classes: K, for one-hot encoding of index labels.
+        alpha: Beta distribution parameter (1.0: uniform, the CutMix paper's choice).
+        prob: probability of mixing a given batch (else images pass and labels are only one-hot encoded).
+        seed: random seed (the same seed reproduces the same boxes and pairs).
+    """
+
+    def __init__(
+        self, num_classes: int, alpha: float = 1.0, prob: float = 1.0, seed: int | None = None
+    ) -> None:
+        if int(num_classes) < 2:
+            raise ValueError(f"CutMixBatch: num_classes must be >= 2, got {num_classes}.")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"CutMixBatch: prob must be in [0, 1], got {prob}.")
+        self.num_classes = int(num_classes)
+        self.prob = float(prob)
+        self.mixer = CutMix(batch_size=2, alpha=alpha)  # batch_size is reset to each batch's size
+        self.mixer.set_random_state(seed)
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> CutMixBatch:
+        self.mixer.set_random_state(seed, state)
+        return self
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, *spatial), labels (B,) / (B, 1) / (B, K) -> mixed images, soft labels (B, K)."""
+        soft = _one_hot(labels, self.num_classes).to(images.device)
+        b = images.shape[0]
+        if b < 2 or self.mixer.R.rand() >= self.prob:
+            return images, soft
+        self.mixer.batch_size = b  # the last batch of an epoch may be smaller
+        self.mixer.randomize(images)
+        # The same boxes and pairs applied to a map of "which sample am I" name each mixed voxel's source.
+        spatial = images.shape[2:]
+        source = (
+            torch.arange(b, dtype=torch.float32).reshape(b, 1, *([1] * len(spatial))).expand(b, 1, *spatial)
+        )
+        with warnings.catch_warnings():
+            # MONAI 1.6.1 indexes its box mask with a list of slices, which torch flags as deprecated;
+            # the result is still correct (tests/test_baselines.py checks the boxes), so keep logs clean
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+            mixed = self.mixer(images, randomize=False)
+            source = self.mixer(source.contiguous(), randomize=False)
+        source = source.reshape(b, -1).round().long()
+        pair_ids = source + torch.arange(b).unsqueeze(1) * b
+        fractions = (
+            torch.bincount(pair_ids.reshape(-1), minlength=b * b).reshape(b, b).float() / source.shape[1]
+        )
+        return mixed, fractions.to(soft.device) @ soft
+
+
+def _plain_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Any:
+    return net(x)
+
+
+@dataclass
+class MethodSpec:
+    """Everything a trainer and an evaluator need to run one method.
+
+    Attributes:
+        name: the registry name.
+        net: the network (forward(x) -> logits (B, K) in eval mode).
+        train_transforms: per-sample MONAI dictionary transforms to append to the training pipeline (the image
+            key is the ``image_key`` option, default ``"image"``); training only.
+        loss_fn: ``loss_fn(output, target) -> scalar``; ``output`` is what ``forward_fn`` returns.
+        cam_fn: ``cam_fn(net, x, class_idx) -> (B, 1, *spatial)`` maps in [0, 1] at input resolution, computed
+            in eval mode (the net's modes are restored after); ``class_idx`` None (predicted), int or (B,).
+        batch_fn: optional batch-level augmentation ``(images, labels) -> (images, labels)`` (CutMix).
+        forward_fn: the training forward ``forward_fn(net, x, labels) -> output`` (ACoL needs the labels).
+        options: the resolved options (for logging / configs).
+    """
+
+    name: str
+    net: nn.Module
+    train_transforms: list[Callable]
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
+    cam_fn: CamFn
+    batch_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    forward_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] = _plain_forward
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One training step's loss (call ``backward`` on it): batch_fn -> forward_fn -> loss_fn."""
+        if self.batch_fn is not None:
+            images, labels = self.batch_fn(images, labels)
+        return self.loss_fn(self.forward_fn(self.net, images, labels), labels)
+
+
+def _eval_maps(net: nn.Module, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run ``compute`` with ``net`` in eval mode and without autograd, restore every module's mode after."""
+    with preserved_module_state(net), torch.no_grad():
+        net.eval()
+        return compute()
+
+
+def net_cam(net: nn.Module, x: torch.Tensor, class_idx: Any = None) -> torch.Tensor:
+    """CAM of a net with ``forward_cam`` (CAM nets, ACoL): (B, C_in, *spatial) -> (B, 1, *spatial), [0, 1]."""
+    if isinstance(class_idx, torch.Tensor) and class_idx.ndim == 2:
+        raise ValueError("net_cam: class_idx must be None, an int or (B,) indices (one map per sample).")
+    _, cams = _eval_maps(net, lambda: net.forward_cam(x, class_idx=class_idx, upsample=True))
+    return normalize_cam(cams, spatial_dims=cams.ndim - 2)
+
+
+def _gradcam_fn(plusplus: bool) -> CamFn:
+    def cam_fn(net: nn.Module, x: torch.Tensor, class_idx: Any = None) -> torch.Tensor:
+        return gradcam(net, x, class_idx=class_idx, plusplus=plusplus, normalize=True)
+
+    return cam_fn
+
+
+def _labels_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Any:
+    return net(x, labels=labels)
+
+
+# name -> (plugin, default positions per backbone, plug-in option names). ``None`` positions: the net default.
+_ADL_POSITIONS = {"densenet121": ("denseblock3", "denseblock4"), "vgg16": ("conv3_3", "conv4_3", "conv5_3")}
+_SFS_OPTIONS = ("cr", "t", "init", "g", "reduction_channels")
+_PLUGINS: dict[str, tuple[str, Mapping[str, Any], tuple[str, ...]]] = {
+    "adl": ("adl", _ADL_POSITIONS, ("drop_rate", "gamma")),
+    "sfs1": ("dual_suppression", {"densenet121": "one", "vgg16": "one"}, _SFS_OPTIONS),
+    "sfs2": ("dual_suppression", {"densenet121": "two", "vgg16": "two"}, _SFS_OPTIONS),
+}
+#: method name -> the options it accepts beyond the common ones (backbone, net_kwargs).
+METHODS: dict[str, tuple[str, ...]] = {
+    "cam": (),
+    "adl": ("positions", *_PLUGINS["adl"][2]),
+    "has": ("grid_size", "hide_prob", "fill_value", "prob", "image_key"),
+    "cutmix": ("alpha", "prob", "seed"),
+    "acol": ("erase_threshold", "hidden_channels"),
+    "gradcam": (),
+    "gradcampp": (),
+    "sfs1": ("positions", *_SFS_OPTIONS),
+    "sfs2": ("positions", *_SFS_OPTIONS),
+}
+
+
+def available_methods() -> tuple[str, ...]:
+    """The method names :func:`build_method` accepts."""
+    return tuple(METHODS)
+
+
+def _backbone(
+    backbone: str,
+    spatial_dims: int,
+    in_channels: int,
+    num_classes: int,
+    plugin: str | None = None,
+    positions: str | Sequence[str] | None = None,
+    plugin_kwargs: Mapping[str, Any] | None = None,
+    net_kwargs: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    kwargs: dict[str, Any] = dict(net_kwargs or {})
+    if plugin is not None:
+        kwargs.update(plugin=plugin, plugin_kwargs=dict(plugin_kwargs or {}))
+        if positions is not None:
+            kwargs["positions"] = positions
+    if backbone == "densenet121":
+        return CAMDenseNet121(spatial_dims, in_channels, num_classes, **kwargs)
+    if backbone == "vgg16":
+        if spatial_dims != 2:
+            raise ValueError(
+                f"backbone 'vgg16' is 2D only; got spatial_dims={spatial_dims} (use 'densenet121')."
+            )
+        return CAMVGG16(in_channels=in_channels, out_channels=num_classes, **kwargs)
+    raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}.")
+
+
+def build_method(
+    name: str,
+    spatial_dims: int,
+    in_channels: int,
+    num_classes: int,
+    backbone: str = "densenet121",
+    net_kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> MethodSpec:
+    """Build method ``name`` on ``backbone``.
+
+    Args:
+        name: one of :func:`available_methods`.
+        spatial_dims: 2 or 3 (``vgg16`` is 2D only; every method works in 3D on ``densenet121``).
+        in_channels: image channels.
+        num_classes: K >= 2.
+        backbone: ``"densenet121"`` or ``"vgg16"``.
+        net_kwargs: extra arguments of the backbone class (e.g. ``{"pretrained": True}``,
+            ``{"low_stride": True}``).
+        options: method options (see ``METHODS[name]`` and ``docs/baselines.md``); unknown ones raise.
+
+    Returns:
+        The :class:`MethodSpec`.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(available_methods())}.")
+    unknown = sorted(set(options) - set(METHODS[name]))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} got unknown option(s) {unknown}; "
+            f"it accepts: {', '.join(METHODS[name]) or 'none'}."
+        )
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}.")
+    if isinstance(num_classes, bool) or int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2 (one CAM per class), got {num_classes!r}.")
+    common = dict(
+        backbone=backbone,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        net_kwargs=net_kwargs,
+    )
+    resolved: dict[str, Any] = {"backbone": backbone, **options}
+
+    if name in _PLUGINS:
+        plugin, default_positions, option_names = _PLUGINS[name]
+        positions = options.get("positions", default_positions[backbone])
+        plugin_kwargs = {k: options[k] for k in option_names if k in options}
+        net = _backbone(plugin=plugin, positions=positions, plugin_kwargs=plugin_kwargs, **common)
+        resolved["positions"] = getattr(net, "positions", positions)
+        return MethodSpec(name, net, [], classification_loss, net_cam, options=resolved)
+
+    if name == "acol":
+        acol_opts = {k: options[k] for k in ("erase_threshold", "hidden_channels") if k in options}
+        net = ACoLClassifier(_backbone(**common), **acol_opts)
+        return MethodSpec(name, net, [], acol_loss, net_cam, forward_fn=_labels_forward, options=resolved)
+
+    net = _backbone(**common)
+    if name == "has":
+        has_opts = {"grid_size": 16, "hide_prob": 0.5, "fill_value": None, "prob": 1.0, "image_key": "image"}
+        has_opts.update(options)
+        key = has_opts.pop("image_key")
+        resolved.update(has_opts, image_key=key)
+        return MethodSpec(
+            name,
+            net,
+            [RandHideAndSeekd(keys=key, **has_opts)],
+            classification_loss,
+            net_cam,
+            options=resolved,
+        )
+    if name == "cutmix":
+        batch_fn = CutMixBatch(num_classes, **options)
+        return MethodSpec(name, net, [], classification_loss, net_cam, batch_fn=batch_fn, options=resolved)
+    if name in ("gradcam", "gradcampp"):
+        return MethodSpec(
+            name, net, [], classification_loss, _gradcam_fn(name == "gradcampp"), options=resolved
+        )
+    return MethodSpec(name, net, [], classification_loss, net_cam, options=resolved)  # "cam"

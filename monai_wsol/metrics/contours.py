@@ -1,0 +1,344 @@
+"""Per-threshold boxes of a 2D score map, exactly as the WSOL protocol's reference (OpenCV contours).
+
+Reference semantics (wsolevaluation ``compute_bboxes_from_scoremaps``), reproduced bit for bit:
+
+- ``q = (s * 255).astype(np.uint8)`` in float64; the mask at ``tau`` is ``q > int(tau * max(q))``;
+- regions are the contours of that mask from ``cv2.findContours(mask, RETR_TREE, CHAIN_APPROX_SIMPLE)``
+  (outer borders AND hole borders);
+- a contour's box is its ``cv2.boundingRect`` ``[x, y, x + w, y + h]`` with ``x + w`` clipped to ``W - 1`` and
+  ``y + h`` to ``H - 1``; no contour gives ``[[0, 0, 0, 0]]``;
+- v1 keeps only the first contour of maximal ``cv2.contourArea`` (Python ``max`` keeps the first maximum).
+
+Why it is fast while staying exact:
+
+- only distinct masks are traced: a threshold list of any length maps to at most 256 quantised levels,
+  and levels between which no score falls give the same mask (:func:`~._quantize.distinct_masks`);
+- each mask is traced on its bounding box widened by one pixel (clipped to the image): the pixels left out
+  are all background, so OpenCV sees the same borders in the same raster order (``offset`` restores the
+  image coordinates); the golden test checks this against the reference's own output;
+- the bounding rectangles and the shoelace areas of all contours of a mask are computed in one vectorised
+  pass; the areas are kept as exact integers (twice the area), so the ``max`` and its ties are those of
+  ``cv2.contourArea``'s doubles (integer coordinates, exact sums);
+- images are independent: :func:`boxes_from_scoremaps` spreads a list of maps over processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ._quantize import as_score_array, distinct_masks, level_bounds, quantise_scores, threshold_levels
+
+__all__ = [
+    "distinct_level_boxes_modes",
+    "boxes_from_scoremap",
+    "boxes_from_scoremaps",
+    "distinct_level_boxes",
+    "reference_boxes_from_scoremap",
+]
+
+
+def _empty_box(spatial_dims: int = 2) -> np.ndarray:
+    box = np.zeros((1, 2 * spatial_dims), dtype=np.int64)
+    box.setflags(write=False)
+    return box
+
+
+_LOOP_MAX = 24  # below this many contours, per-contour OpenCV calls beat the vectorised pass
+
+
+def _contour_boxes(
+    contours: Sequence[np.ndarray], height: int, width: int, multi_contour: bool
+) -> np.ndarray:
+    """Boxes (k, 4) of OpenCV contours (each (n, 1, 2) int32, image coordinates), as the reference."""
+    if len(contours) <= _LOOP_MAX:
+        if not multi_contour and len(contours) > 1:
+            contours = [max(contours, key=cv2.contourArea)]  # the reference's own selection, first maximum
+        rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+        lo, hi = rects[:, :2], rects[:, :2] + rects[:, 2:] - 1
+    else:
+        lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+        starts = np.zeros(len(contours), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        pts = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+        if not multi_contour:
+            # twice the shoelace area of every contour at once: x_i * y_next - x_next * y_i summed per contour,
+            # "next" wrapping to the contour's first point, as cv2.contourArea (which returns |sum| / 2);
+            # integer coordinates make both exact, so the maximum and its ties are the same
+            nxt = np.arange(1, len(pts) + 1)
+            nxt[starts + lengths - 1] = starts
+            cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
+            k = int(np.argmax(np.abs(np.add.reduceat(cross, starts))))  # first maximum, as Python's max()
+            sel = pts[starts[k] : starts[k] + lengths[k]]
+            lo, hi = sel.min(axis=0)[None], sel.max(axis=0)[None]
+        else:
+            lo = np.minimum.reduceat(pts, starts, axis=0)
+            hi = np.maximum.reduceat(pts, starts, axis=0)
+    boxes = np.empty((lo.shape[0], 4), dtype=np.int64)
+    boxes[:, :2] = lo
+    # boundingRect gives w = max - min + 1, and the reference's x + w is clipped to W - 1
+    boxes[:, 2] = np.minimum(hi[:, 0] + 1, width - 1)
+    boxes[:, 3] = np.minimum(hi[:, 1] + 1, height - 1)
+    boxes.setflags(write=False)
+    return boxes
+
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+_FOUR = ndimage.generate_binary_structure(2, 1)
+_N_LEVELS = 256  # uint8 quantisation
+
+
+def _count_above(values: np.ndarray) -> np.ndarray:
+    """``out[l] = #(values > l)`` for l in 0..255."""
+    return values.size - np.cumsum(np.bincount(values, minlength=_N_LEVELS)[:_N_LEVELS])
+
+
+def _neighbour_extremum(q: np.ndarray, maxima: bool) -> np.ndarray:
+    """Max (maxima) over the 3x3 window, or min over the 4-neighbourhood cross, edge-replicated."""
+    if maxima:
+        return ndimage.maximum_filter(q, size=3, mode="nearest")  # separable: fast
+    p = np.pad(q, 1, mode="edge")
+    h, w = q.shape
+    return np.minimum(
+        np.minimum(q, np.minimum(p[:h, 1:-1], p[2:, 1:-1])), np.minimum(p[1:-1, :w], p[1:-1, 2:])
+    )
+
+
+def _extremum_plateaus(q: np.ndarray, maxima: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the regional maxima (8-connected plateaus) or minima (4-connected, 4-neighbour) of ``q``,
+    and for each whether it touches the image border.
+
+    A plateau is a connected set of equal values; it is a regional extremum when no neighbour of any of its
+    pixels is higher (maxima) or lower (minima).  Pixels not below (above) any neighbour form groups which
+    are regional extrema unless an equal-valued neighbour of theirs is outside the group.
+    """
+    footprint = _EIGHT if maxima else _FOUR
+    flat = q == _neighbour_extremum(q, maxima)
+    labels, n = ndimage.label(flat, structure=footprint)
+    ys, xs = np.nonzero(flat)
+    lab, val = labels[ys, xs], q[ys, xs]
+    valid = np.ones(n + 1, dtype=bool)
+    h, w = q.shape
+    # an equal-valued neighbour that is not itself an extremum pixel disqualifies the whole group; only the
+    # (few) extremum pixels are visited
+    for dy, dx in zip(*np.nonzero(footprint), strict=True):
+        if dy == 1 and dx == 1:
+            continue
+        ny, nx = ys + dy - 1, xs + dx - 1
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        ny, nx = ny[inside], nx[inside]
+        bad = (q[ny, nx] == val[inside]) & ~flat[ny, nx]
+        valid[lab[inside][bad]] = False
+    value = np.zeros(n + 1, dtype=np.int64)
+    value[lab] = val
+    border = np.zeros(n + 1, dtype=bool)
+    border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    keep = valid[1:]
+    return value[1:][keep], border[1:][keep]
+
+
+def _sort4_desc(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Element-wise descending sort of four arrays (a 5-comparator sorting network)."""
+    a, b = np.maximum(a, b), np.minimum(a, b)
+    c, d = np.maximum(c, d), np.minimum(c, d)
+    a, c = np.maximum(a, c), np.minimum(a, c)
+    b, d = np.maximum(b, d), np.minimum(b, d)
+    b, c = np.maximum(b, c), np.minimum(b, c)
+    return a, b, c, d
+
+
+def _euler_numbers(q: np.ndarray) -> np.ndarray:
+    """Euler number (8-connected components minus holes) of ``q > l`` for every level l in 0..255.
+
+    Gray's bit-quad formula ``E = (n1 - n3 - 2 nD) / 4`` over the 2x2 windows of the zero-padded mask; a
+    window with sorted values s1 >= s2 >= s3 >= s4 holds one mask pixel for l in [s2, s1), three for
+    l in [s4, s3) and two for l in [s3, s2) (diagonal or not), so all levels are counted in one pass.
+    """
+    p = np.pad(q, 1)  # 0 is below every mask's level (l >= 0): the padding is background
+    corners = (p[:-1, :-1].ravel(), p[:-1, 1:].ravel(), p[1:, :-1].ravel(), p[1:, 1:].ravel())
+    s1, s2, s3, s4 = _sort4_desc(*corners)
+    top = [c > s3 for c in corners]  # the two largest, where s2 > s3
+    diagonal = (top[0] & top[3] & ~top[1] & ~top[2]) | (top[1] & top[2] & ~top[0] & ~top[3])
+    n = _N_LEVELS + 1
+
+    def interval(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:  # +1 on [lo, hi) as a difference array
+        return np.bincount(lo, minlength=n)[:n] - np.bincount(hi, minlength=n)[:n]
+
+    diff = interval(s2, s1) - interval(s4, s3) - 2 * interval(s3[diagonal], s2[diagonal])
+    return np.cumsum(diff)[:_N_LEVELS] // 4
+
+
+def _single_region_levels(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per level l in 0..255: is ``q > l`` provably one 8-connected component, and one without holes?
+
+    With C components, H holes and Euler number E = C - H (exact, :func:`_euler_numbers`): C <= #regional
+    maxima above l (each component holds one), H <= #regional minima at or below l off the border (each
+    hole holds one), so C = 1 when either bound gives 1, and then H = 1 - E.  Where this proves one region,
+    the v1 box is the mask's bounding box (a hole's contour area is below its outer contour's), and with no
+    hole it is also the only v2 contour.  Elsewhere nothing is assumed: the mask is traced.
+    """
+    peaks, _ = _extremum_plateaus(q, maxima=True)
+    pits, on_border = _extremum_plateaus(q, maxima=False)
+    components_bound = _count_above(peaks)
+    holes_bound = np.cumsum(np.bincount(pits[~on_border], minlength=_N_LEVELS)[:_N_LEVELS])
+    euler = _euler_numbers(q)
+    one_component = (components_bound == 1) | (euler + holes_bound == 1)
+    return one_component, one_component & (euler == 1)
+
+
+def distinct_level_boxes_modes(
+    scoremap: np.ndarray | torch.Tensor,
+    thresholds: Sequence[float] | np.ndarray,
+    modes: Sequence[bool] = (False, True),
+) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """:func:`distinct_level_boxes` for several contour modes at once, tracing each mask at most once.
+
+    Args:
+        scoremap: score map of shape (H, W) in [0, 1] (NumPy or torch).
+        thresholds: taus, each in [0, 1).
+        modes: ``multi_contour`` flags, e.g. ``(False, True)`` for MaxBoxAcc and MaxBoxAccV2 together.
+
+    Returns:
+        ``(boxes, inverse)``: ``boxes[m][j]`` is the (k, 4) box array of mode ``modes[m]`` for the j-th
+        distinct mask; ``inverse`` (n_tau,) maps each threshold to its distinct mask.
+    """
+    smap = as_score_array(scoremap, "scoremap", ndim=2)
+    height, width = smap.shape
+    q = quantise_scores(smap)
+    levels, inverse = distinct_masks(q, threshold_levels(int(q.max()), thresholds))
+    one_component, one_region = _single_region_levels(q)
+    single = [one_region if multi else one_component for multi in modes]
+    lo, hi = level_bounds(q)
+    # the reference's box of a region whose bounding rectangle is the mask's, for every level at once;
+    # levels proven to be one region take a read-only row of it
+    mask_boxes = np.stack(
+        [lo[:, 1], lo[:, 0], np.minimum(hi[:, 1] + 1, width - 1), np.minimum(hi[:, 0] + 1, height - 1)],
+        axis=1,
+    )
+    mask_boxes.setflags(write=False)
+    empty = _empty_box()
+    boxes: list[list[np.ndarray]] = [[] for _ in modes]
+    for level in levels.tolist():
+        if lo[level, 0] >= height:
+            for out in boxes:
+                out.append(empty)
+            continue
+        contours = None
+        for m, multi in enumerate(modes):
+            if single[m][level]:
+                boxes[m].append(mask_boxes[level : level + 1])
+                continue
+            if contours is None:
+                bbox = (slice(lo[level, 0], hi[level, 0] + 1), slice(lo[level, 1], hi[level, 1] + 1))
+                contours = _trace(q, level, bbox)
+            boxes[m].append(_contour_boxes(contours, height, width, multi) if contours else empty)
+    return boxes, inverse
+
+
+def _trace(q: np.ndarray, level: int, bbox: tuple[slice, slice]) -> Sequence[np.ndarray]:
+    """OpenCV contours (image coordinates) of ``q > level``, traced on its bounding box widened by one
+    background pixel (clipped to the image): the same borders in the same order as on the whole image."""
+    crop = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(bbox, q.shape, strict=True))
+    mask = np.greater(q[crop], level).view(np.uint8)
+    return cv2.findContours(
+        mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(crop[1].start, crop[0].start)
+    )[0]
+
+
+def distinct_level_boxes(
+    scoremap: np.ndarray | torch.Tensor, thresholds: Sequence[float] | np.ndarray, multi_contour: bool = False
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Boxes per distinct mask, and which distinct mask each threshold gives.
+
+    This is the work-sharing core of :func:`boxes_from_scoremap`; metrics use it directly so that IoUs are
+    computed once per distinct mask (at most 256) rather than once per threshold.
+
+    Args:
+        scoremap: score map of shape (H, W) in [0, 1] (NumPy or torch).
+        thresholds: taus, each in [0, 1).
+        multi_contour: False keeps the largest contour only (MaxBoxAcc), True every contour (MaxBoxAccV2).
+
+    Returns:
+        ``(boxes, inverse)``: ``boxes[j]`` is a read-only int64 (k, 4) array ``[x0, y0, x1, y1]`` for the
+        j-th distinct mask and ``inverse`` (n_tau,) maps each threshold to its distinct mask.
+    """
+    (boxes,), inverse = distinct_level_boxes_modes(scoremap, thresholds, (multi_contour,))
+    return boxes, inverse
+
+
+def boxes_from_scoremap(
+    scoremap: np.ndarray | torch.Tensor, thresholds: Sequence[float] | np.ndarray, multi_contour: bool = False
+) -> list[np.ndarray]:
+    """Boxes of the thresholded score map at each threshold, identical to the WSOL reference.
+
+    Args:
+        scoremap: score map of shape (H, W), min-max normalised to [0, 1] (NumPy or torch, any device).
+        thresholds: taus, each in [0, 1) (e.g. ``np.arange(0, 1, 0.001)``).
+        multi_contour: False keeps only the contour of largest ``cv2.contourArea`` (MaxBoxAcc, v1);
+            True returns the box of every outer and hole contour in OpenCV's order (MaxBoxAccV2).
+
+    Returns:
+        one int64 array of shape (k, 4) per threshold, rows ``[x0, y0, x1, y1]``; ``k = 1`` in v1 mode and
+        ``[[0, 0, 0, 0]]`` when the mask is empty.  Thresholds giving the same mask share one read-only array.
+
+    Raises:
+        ValueError: scoremap not 2D, NaN/inf or values outside [0, 1]; thresholds outside [0, 1).
+    """
+    boxes, inverse = distinct_level_boxes(scoremap, thresholds, multi_contour)
+    return [boxes[j] for j in inverse.tolist()]
+
+
+def _boxes_job(args: tuple[np.ndarray, np.ndarray, bool]) -> list[np.ndarray]:
+    return boxes_from_scoremap(*args)
+
+
+def boxes_from_scoremaps(
+    scoremaps: Sequence[np.ndarray | torch.Tensor],
+    thresholds: Sequence[float] | np.ndarray,
+    multi_contour: bool = False,
+    num_workers: int = 0,
+) -> list[list[np.ndarray]]:
+    """:func:`boxes_from_scoremap` for many maps, optionally over ``num_workers`` processes (0: in process).
+
+    Maps are independent, so the result does not depend on ``num_workers``.
+    """
+    maps = [as_score_array(s, f"scoremaps[{i}]", ndim=2) for i, s in enumerate(scoremaps)]
+    taus = np.asarray(thresholds, dtype=np.float64)
+    if num_workers <= 0 or len(maps) < 2:
+        return [boxes_from_scoremap(m, taus, multi_contour) for m in maps]
+    chunksize = max(1, len(maps) // (4 * num_workers))
+    with ProcessPoolExecutor(max_workers=num_workers) as pool:
+        return list(pool.map(_boxes_job, [(m, taus, multi_contour) for m in maps], chunksize=chunksize))
+
+
+def reference_boxes_from_scoremap(
+    scoremap: np.ndarray, thresholds: Sequence[float] | np.ndarray, multi_contour: bool = False
+) -> list[np.ndarray]:
+    """The plain per-threshold loop of the reference (threshold + findContours + contourArea per tau).
+
+    Slow on purpose: it is the yardstick that tests and ``benchmarks/bench_metrics.py`` compare
+    :func:`boxes_from_scoremap` with (same outputs, and the speed ratio).
+    """
+    smap = as_score_array(scoremap, "scoremap", ndim=2)
+    height, width = smap.shape
+    image = np.expand_dims((smap * 255).astype(np.uint8), 2)
+    out = []
+    for tau in np.asarray(thresholds, dtype=np.float64):
+        _, mask = cv2.threshold(image, int(tau * np.max(image)), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if len(contours) == 0:
+            out.append(np.zeros((1, 4), dtype=np.int64))
+            continue
+        if not multi_contour:
+            contours = [max(contours, key=cv2.contourArea)]
+        boxes = []
+        for contour in contours:
+            x, y, w, h = cv2.boundingRect(contour)
+            boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+        out.append(np.asarray(boxes, dtype=np.int64))
+    return out

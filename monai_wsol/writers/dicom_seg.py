@@ -1,0 +1,170 @@
+"""Lesion masks as DICOM Segmentation objects referencing the source series (highdicom).
+
+Axis conventions (the usual trap): MONAI's ``PydicomReader`` returns (x=column, y=row, z) with the slices in
+InstanceNumber order; highdicom wants ``(frames, rows, columns)`` with one frame per source instance, in the
+order of the ``source_images`` list. :func:`write_dicom_seg` sorts the source instances by InstanceNumber to
+map MONAI's z index to an instance, transposes each plane to (rows, columns), then orders instances and frames
+together along the slice normal. Empty frames are kept so that the SEG has one frame per source slice, and
+every per-frame functional group carries a ``SegmentIdentificationSequence`` so MONAI's ``PydicomReader``
+reads the SEG back (it refuses SEGs without it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_wsol import __version__
+from monai_wsol.io_utils import atomic_path
+
+__all__ = ["write_dicom_seg", "source_instances"]
+
+
+def _import_highdicom():
+    try:
+        import highdicom as hd
+    except ImportError as e:
+        raise ImportError(
+            "write_dicom_seg needs highdicom (pip install 'monai_wsol[dicom]'); pydicom-seg does not work with pydicom 3"
+        ) from e
+    return hd
+
+
+def source_instances(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list:
+    """Read the source DICOM instances (a series folder, one file, or a list of files), sorted by
+    InstanceNumber: the order of the z axis of MONAI's ``PydicomReader``."""
+    import pydicom
+
+    from monai_wsol.data.readers import dicom_series_files
+
+    if isinstance(source, (str, os.PathLike)):
+        files = dicom_series_files(source) if Path(source).is_dir() else [Path(source)]
+    else:
+        files = [Path(f) for f in source]
+    datasets = [pydicom.dcmread(f) for f in files]
+    uids = {ds.SeriesInstanceUID for ds in datasets}
+    if len(uids) > 1:
+        raise ValueError(
+            f"source_dicom_files: {len(uids)} series given ({sorted(uids)}); a SEG references one"
+        )
+    return sorted(datasets, key=lambda ds: int(getattr(ds, "InstanceNumber", 0)))
+
+
+def _slice_position(ds: Any) -> float:
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
+
+
+def write_dicom_seg(
+    mask: np.ndarray | torch.Tensor,
+    source_dicom: str | os.PathLike | Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    segment_label: str = "lesion",
+    algorithm_name: str = "monai_wsol",
+    series_description: str = "monai_wsol lesion mask",
+    series_number: int = 9901,
+    manufacturer: str = "monai_wsol",
+) -> Path:
+    """Write a binary lesion mask as a DICOM SEG that references its source series.
+
+    Args:
+        mask: (X, Y[, Z]) or (1, X, Y[, Z]) array, non-zero = lesion, on the grid MONAI's ``PydicomReader``
+            loads the source with (x = column, y = row, z = instances in InstanceNumber order).
+        source_dicom: the source series folder, one DICOM file (2D), or a list of the series' files.
+        out_path: the SEG file to write (atomically).
+        segment_label: the segment's label (also its description).
+        algorithm_name: recorded as the automatic segmentation algorithm.
+        series_description, series_number, manufacturer: header fields of the new series.
+
+    Returns:
+        ``Path(out_path)``.
+
+    Raises:
+        ImportError: highdicom missing. ValueError: the mask does not match the source geometry.
+    """
+    hd = _import_highdicom()
+    from pydicom.sr.codedict import codes
+
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    datasets = source_instances(source_dicom)
+    if (
+        array.ndim in (3, 4)
+        and array.shape[0] == 1
+        and array.ndim - 1 in (2, 3)
+        and array.shape[1:3]
+        == (
+            int(datasets[0].Columns),
+            int(datasets[0].Rows),
+        )
+    ):
+        array = array[0]  # drop MONAI's channel axis
+    if array.ndim == 2:
+        array = array[..., None]
+    expected = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
+    if array.shape != expected:
+        raise ValueError(
+            f"mask shape {array.shape} does not match the source series {source_dicom} "
+            f"(columns, rows, instances) = {expected}"
+        )
+    frames = np.ascontiguousarray((array != 0).transpose(2, 1, 0))  # (instances, rows, columns)
+    order = np.argsort([_slice_position(ds) for ds in datasets], kind="stable") if len(datasets) > 1 else [0]
+    datasets = [datasets[i] for i in order]
+    frames = frames[np.asarray(order)]
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=algorithm_name, version=__version__, family=codes.cid7162.ArtificialIntelligence
+        ),
+    )
+    missing = [
+        n
+        for n in ("FrameOfReferenceUID", "ImageOrientationPatient", "ImagePositionPatient")
+        if n not in datasets[0]
+    ]
+    if missing:  # highdicom's own message does not say which source is at fault
+        raise ValueError(
+            f"source_dicom {source_dicom}: {', '.join(missing)} missing, required to reference it from a SEG"
+        )
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name="monai_wsol",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=series_description,
+        omit_empty_frames=False,
+    )
+    _ensure_segment_identification(seg)
+    out_path = Path(out_path)
+    with atomic_path(out_path, suffix=".dcm") as tmp:
+        seg.save_as(tmp)
+    return out_path
+
+
+def _ensure_segment_identification(seg: Any) -> None:
+    """Put a ``SegmentIdentificationSequence`` in every per-frame group (MONAI's ``PydicomReader`` needs it)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        if "SegmentIdentificationSequence" not in group:
+            item = Dataset()
+            item.ReferencedSegmentNumber = 1
+            group.SegmentIdentificationSequence = DicomSequence([item])

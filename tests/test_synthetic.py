@@ -1,0 +1,149 @@
+"""The embedded default generator: determinism, exact ground truth, splits, CT HU ranges, 3D geometry."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_wsol.data import load_datalist
+from monai_wsol.data.sources import load_source
+from monai_wsol.data.synthetic import SPLITS, generate, insert_lesion, main
+
+SMALL = {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 48}
+
+
+@pytest.fixture(scope="module")
+def mni_data(tmp_path_factory, mni152_available):
+    out = tmp_path_factory.mktemp("mni")
+    return generate(
+        out, source="mni152", distractor=True, distractor_rate=1.0, distractor_neg_rate=0.0, **SMALL
+    )
+
+
+def _arrays(datalist_path, item):
+    base = datalist_path.parent
+    return np.asarray(nib.load(base / item["image"]).dataobj), np.asarray(
+        nib.load(base / item["mask"]).dataobj
+    )
+
+
+def _bbox_of(mask):
+    """Independent reference: the bounding box of all foreground voxels, max corner = last index + 1."""
+    idx = np.argwhere(mask)
+    return [idx.min(axis=0).tolist() + (idx.max(axis=0) + 1).tolist()]
+
+
+def test_fixed_seed_gives_identical_bytes(mni_data, tmp_path):
+    again = generate(
+        tmp_path / "again",
+        source="mni152",
+        distractor=True,
+        distractor_rate=1.0,
+        distractor_neg_rate=0.0,
+        **SMALL,
+    )
+    files = sorted(p.relative_to(mni_data.parent) for p in mni_data.parent.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again.parent) for p in again.parent.rglob("*") if p.is_file())
+    for f in files:
+        assert (mni_data.parent / f).read_bytes() == (again.parent / f).read_bytes(), f
+    other = generate(tmp_path / "other", source="mni152", seed=1, **{**SMALL, "n_val": 0, "n_test": 0})
+    assert (other.parent / "images/training_0000.nii.gz").read_bytes() != (
+        mni_data.parent / "images/training_0000.nii.gz"
+    ).read_bytes()
+
+
+def test_ground_truth_is_exact(mni_data):
+    dl = json.loads(mni_data.read_text())
+    assert dl["box_mode"] == "xyxy" and dl["spatial_dims"] == 2
+    for split in SPLITS:
+        items = dl[split]
+        assert sum(i["label"] for i in items) == len(items) // 2
+        for item in items:
+            image, mask = _arrays(mni_data, item)
+            assert image.shape == mask.shape == (48, 48)
+            if item["label"] == 1:
+                assert mask.sum() >= round(0.003 * mask.size) and item["lesion_class"] in (1, 2)
+                assert item["boxes"] == _bbox_of(mask)
+                assert len(item["boxes"]) == 1  # one connected blob per positive
+            else:
+                assert not mask.any() and item["boxes"] == [] and item["lesion_class"] == 0
+            if split == "training":  # distractor_rate=1, distractor_neg_rate=0
+                assert item["distractor"] == item["label"]
+    # the datalist is valid for the loader (mask grids equal image grids)
+    assert len(load_datalist(mni_data, "validation")) == 4
+
+
+def test_splits_never_share_or_touch_slices(mni_data):
+    dl = json.loads(mni_data.read_text())
+    slabs = {s: dl["splits"][s]["source_slabs"] for s in SPLITS}
+    used = {s: {i["source_slice"] for i in dl[s]} for s in SPLITS}
+    for s in SPLITS:
+        allowed = {z for a, b in slabs[s] for z in range(a, b)}
+        assert used[s] <= allowed
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                za = np.array(sorted(z for lo, hi in slabs[a] for z in range(lo, hi)))
+                zb = np.array(sorted(z for lo, hi in slabs[b] for z in range(lo, hi)))
+                assert np.abs(za[:, None] - zb[None, :]).min() >= 2  # never neighbouring slices
+
+
+def test_lesion_inside_brain_and_changes_only_near_it(mni152_available):
+    src = load_source("mni152")
+    z = src.image.shape[2] // 2
+    image, brain = src.image[..., z].copy(), src.brain[..., z]
+    for cls, sign in ((1, 1), (2, -1)):
+        rng = np.random.default_rng(cls)
+        out, mask = insert_lesion(image, brain, src.spacing[:2], rng, "MR", cls, radius_mm=12.0)
+        assert mask.any() and not (mask & ~brain).any()
+        assert sign * (out[mask].mean() - image[mask].mean()) > 0.1 * image[brain].mean()
+        changed = np.abs(out - image) > 1e-6
+        assert not (changed & ~brain).any()
+        np.testing.assert_array_equal(image, src.image[..., z])  # input untouched
+
+
+def test_ct_lesions_in_hu_ranges(invesalius_ct, tmp_path):
+    path = generate(tmp_path, source="ct", n_train=10, n_val=2, n_test=2, image_size=64, seed=3)
+    dl = json.loads(path.read_text())
+    assert dl["modality"] == "CT"
+    for item in dl["training"]:
+        image, mask = _arrays(path, item)
+        assert image.dtype == np.int16 and image.min() <= -1000  # HU kept, air present
+        if item["label"]:
+            core = np.median(image[mask.astype(bool)])
+            lo, hi = {1: (35, 105), 2: (-5, 40)}[item["lesion_class"]]  # 50-90 / 10-25 HU plus noise and edge
+            assert lo <= core <= hi, (item, core)
+
+
+def test_3d_crops_keep_source_geometry(colin27_nii, tmp_path):
+    path = generate(tmp_path, source="colin27", mode="3d", n_train=4, n_val=2, n_test=2, image_size=24)
+    src = load_source("colin27")
+    dl = json.loads(path.read_text())
+    assert dl["box_mode"] == "xyzxyz" and dl["spatial_dims"] == 3
+    for item in dl["training"] + dl["test"]:
+        img = nib.load(path.parent / item["image"])
+        np.testing.assert_allclose(img.affine[:3, :3], src.affine[:3, :3])
+        start = np.array(item["source_start"])
+        np.testing.assert_allclose(img.affine[:3, 3], (src.affine @ np.r_[start, 1.0])[:3])
+        mask = np.asarray(nib.load(path.parent / item["mask"]).dataobj).astype(bool)
+        assert item["boxes"] == (_bbox_of(mask) if mask.any() else [])
+        d = img.shape[2]
+        if item["label"]:  # lesion inside the source brain mask at the crop's position
+            sl = tuple(slice(s, s + n) for s, n in zip(start, img.shape, strict=True))
+            assert not (mask & ~src.brain[sl]).any() and d == mask.shape[2]
+    assert len(load_datalist(path, "training")) == 4
+
+
+def test_cli_and_argument_errors(tmp_path, mni152_available, capsys):
+    path = main(
+        ["--out", str(tmp_path), "--n-train", "2", "--n-val", "0", "--n-test", "0", "--image-size", "32"]
+    )
+    assert str(path) in capsys.readouterr().out
+    assert len(json.loads(path.read_text())["training"]) == 2
+    with pytest.raises(ValueError, match="source="):
+        generate(tmp_path, source="mri")
+    with pytest.raises(ValueError, match="distractor_rate=1.5"):
+        generate(tmp_path, distractor_rate=1.5)

