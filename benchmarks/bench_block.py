@@ -5,13 +5,15 @@ median time of:
 
 - ``plain``: the plain CAM network's forward (logits only);
 - ``+1 SFS`` / ``+2 SFS``: the same network with the "one" / "two" dual-suppression presets;
+- ``block@<position>``: each block of the two-block net alone, on the input it gets there (its added latency);
 - ``cam+box``: the plain network's ``forward_cam`` (upsampled to the input) + per-image min-max normalisation +
   mask at tau + the mask's bounding box, all batched in torch (what METHOD.md's localisation needs);
 - ``cam+loc``: ``forward_cam`` + ``monai_wsol.transforms.CAMToLocation`` per image (normalise, binarise, largest
   connected region, box) when that module is importable.
 
 Variants are timed round-robin (one call of each per round) so that a load change on a shared machine hits all
-of them alike; the median over rounds is reported. Run::
+of them alike; the median over rounds is reported, both as wall-clock time and as process CPU time (the latter is
+what to read on a loaded machine: with ``--threads 1`` it does not count time spent waiting for a core). Run::
 
     python benchmarks/bench_block.py            # 1 thread, 5 rounds (about 2-3 minutes on a laptop CPU)
     python benchmarks/bench_block.py --threads 2 --rounds 3
@@ -23,6 +25,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -75,24 +78,44 @@ def bench(name: str, make: Callable[[str | None, str], CAMClassifier], x: torch.
     nets = {"plain": plain, "+1 SFS": make("dual_suppression", "one").eval()}
     nets["+2 SFS"] = make("dual_suppression", "two").eval()
     calls: dict[str, Callable[[], object]] = {k: (lambda n=n: n(x)) for k, n in nets.items()}
+    # the blocks alone, on the very inputs they get inside the two-block net: their cost is the added latency,
+    # read without the noise of two whole-network timings
+    two, block_inputs = nets["+2 SFS"], {}
+    hooks = [
+        two.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: block_inputs.setdefault(n, i[0]))
+        for n in two.plugin_names
+    ]
+    with torch.inference_mode():
+        two(x)
+    for h in hooks:
+        h.remove()
+    for n, pos in zip(two.plugin_names, two.positions, strict=True):
+        calls[f"block@{pos}"] = partial(two.get_submodule(n), block_inputs[n])
     calls["cam+box"] = lambda: cam_mask_box(plain, x)
     if CAMToLocation is not None:
         calls["cam+loc"] = lambda: cam_to_location(plain, x)
-    times: dict[str, list[float]] = {k: [] for k in calls}
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     with torch.inference_mode():
         for fn in calls.values():  # warm-up (allocator, oneDNN primitive caches)
             fn()
         for _ in range(rounds):
             for key, fn in calls.items():
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fn()
-                times[key].append(time.perf_counter() - t0)
-    med = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    base = med["plain"]
-    cells = ", ".join(
-        f"{k} {v:8.1f} ms ({100 * (v / base - 1):+5.1f}%)" for k, v in med.items() if k != "plain"
-    )
-    print(f"{name:<34s} plain {base:8.1f} ms | {cells}", flush=True)
+                wall[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
+    for label, times in (("wall", wall), ("cpu ", cpu)):
+        med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        base = med["plain"]
+        cells = ", ".join(
+            f"{k} {v:.1f} ({100 * v / base:.1f}% of plain)"
+            if k.startswith("block@")
+            else f"{k} {v:.1f} ({100 * (v / base - 1):+.1f}%)"
+            for k, v in med.items()
+            if k != "plain"
+        )
+        print(f"{name:<34s} {label} ms: plain {base:8.1f} | {cells}", flush=True)
 
 
 def main() -> None:

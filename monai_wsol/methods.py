@@ -214,7 +214,7 @@ def _labels_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> An
     return net(x, labels=labels)
 
 
-# name -> (plugin, default positions per backbone, plug-in option names). ``None`` positions: the net default.
+# name -> (registry plug-in, default positions per backbone, plug-in option names).
 _ADL_POSITIONS = {"densenet121": ("denseblock3", "denseblock4"), "vgg16": ("conv3_3", "conv4_3", "conv5_3")}
 _SFS_OPTIONS = ("cr", "t", "init", "g", "reduction_channels")
 _PLUGINS: dict[str, tuple[str, Mapping[str, Any], tuple[str, ...]]] = {

@@ -7,7 +7,8 @@ trainer or an evaluator, working around known behaviours of MONAI 1.6.1:
   evaluators use): the call is wrapped in ``inference_mode(False)`` + ``enable_grad()`` on a fresh input copy;
 - ``ModelWithHooks`` selects the class score with ``logits[:, class_idx]``, which for a batch of B samples
   gives a (B, B) matrix: Grad-CAM then mixes the gradients of the other samples' classes and Grad-CAM++ fails
-  on the shape. Samples are therefore processed one at a time;
+  on the shape. A subclass overriding only ``class_score`` takes each sample's own score instead, so a batch
+  runs in one forward/backward pass;
 - it registers forward/backward hooks that it never removes, switches the target layer's ``inplace`` off,
   calls ``model.zero_grad()`` and ends with ``model.train()`` on the whole net (losing per-module modes such
   as frozen batch norm). Hooks, ``inplace``, parameter gradients and every module's training flag are restored
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 from monai.utils import convert_to_tensor
 from monai.visualize import GradCAM, GradCAMpp
+from monai.visualize.class_activation_maps import ModelWithHooks
 
 from monai_wsol.transforms.functional import normalize_cam
 
@@ -65,15 +67,41 @@ def preserved_module_state(net: nn.Module) -> Iterator[None]:
             p.grad = g
 
 
-def _class_list(class_idx: int | torch.Tensor | None, batch: int) -> list[int | None]:
+class _PerSampleScore(ModelWithHooks):
+    """MONAI's ``ModelWithHooks`` scoring each sample's own class, so a whole batch runs in one pass.
+
+    MONAI's ``class_score`` is ``logits[:, class_idx].squeeze()``: with (B,) indices that is a (B, B) matrix
+    whose sum back-propagates every sample's class into every sample. Here the score is
+    ``logits[i, class_idx[i]]``, shaped (B, 1, *[1] * spatial_dims) so that Grad-CAM++'s
+    ``score.exp() * grad`` broadcasts per sample; ``score.sum().backward()`` then gives each sample its own
+    gradient (in eval mode the samples of a batch do not interact).
+    """
+
+    def __init__(self, nn_module: nn.Module, target_layer: str, spatial_dims: int) -> None:
+        super().__init__(nn_module, target_layer, register_forward=True, register_backward=True)
+        self.spatial_dims = spatial_dims
+
+    def class_score(self, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:  # type: ignore
+        idx = torch.as_tensor(class_idx, device=logits.device).reshape(-1, 1).long()
+        if bool(((idx < 0) | (idx >= logits.shape[1])).any()):
+            raise ValueError(
+                f"gradcam: class_idx must be in [0, {logits.shape[1] - 1}], got {idx.flatten().tolist()}."
+            )
+        return logits.gather(1, idx).reshape(-1, 1, *([1] * self.spatial_dims))
+
+
+def _class_indices(
+    class_idx: int | torch.Tensor | None, batch: int, k: int | None = None
+) -> torch.Tensor | None:
+    """None, an int or (B,) indices -> None or a LongTensor (B,)."""
     if class_idx is None:
-        return [None] * batch
-    idx = torch.as_tensor(class_idx).reshape(-1)
+        return None
+    idx = torch.as_tensor(class_idx).reshape(-1).long()
     if idx.numel() == 1:
-        return [int(idx.item())] * batch
+        return idx.expand(batch).clone()
     if idx.numel() != batch:
         raise ValueError(f"gradcam: class_idx has {idx.numel()} entries for a batch of {batch}.")
-    return [int(i) for i in idx.tolist()]
+    return idx
 
 
 def gradcam(
@@ -109,15 +137,13 @@ def gradcam(
     x_t = convert_to_tensor(x, track_meta=False)
     if x_t.ndim < 3:
         raise ValueError(f"gradcam: x must be (B, C, *spatial), got shape {tuple(x_t.shape)}.")
-    classes = _class_list(class_idx, x_t.shape[0])
+    classes = _class_indices(class_idx, x_t.shape[0])
     cam_cls = GradCAMpp if plusplus else GradCAM
-    maps = []
     with preserved_module_state(net), torch.inference_mode(False), torch.enable_grad():
-        cam = cam_cls(nn_module=net, target_layers=name, postprocessing=lambda m: m)
-        for i, cls in enumerate(classes):
-            # a fresh, grad-requiring copy so that the backward pass exists even if x is an inference tensor
-            # or every parameter is frozen
-            xi = x_t[i : i + 1].clone().requires_grad_(True)
-            maps.append(cam(xi, class_idx=cls).detach())
-    out = torch.cat(maps, dim=0)
+        hooked = _PerSampleScore(net, name, spatial_dims=x_t.ndim - 2)
+        cam = cam_cls(nn_module=hooked, target_layers=name, postprocessing=lambda m: m)
+        # a fresh, grad-requiring copy so that the backward pass exists even if x is an inference tensor or
+        # every parameter is frozen
+        x_in = x_t.clone().requires_grad_(True)
+        out = cam(x_in, class_idx=None if classes is None else classes.to(x_in.device)).detach()
     return normalize_cam(out, spatial_dims=out.ndim - 2) if normalize else out

@@ -355,6 +355,9 @@ def test_gradcam_errors():
         gradcam(net, torch.rand(1, 1, 32, 32), layer_name="nope")
     with pytest.raises(ValueError, match="class_idx"):
         gradcam(net, torch.rand(2, 1, 32, 32), class_idx=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="class_idx must be in"):
+        gradcam(net, torch.rand(2, 1, 32, 32), class_idx=3)
+    assert net.training and not any(len(m._forward_hooks) for m in net.modules())  # restored after the error
 
 
 # ------------------------------------------------------------------------------------------ method registry

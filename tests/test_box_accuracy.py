@@ -18,7 +18,7 @@ from monai_wsol.metrics import (
     boxes_from_scoremaps,
     pxap_from_histograms,
 )
-from monai_wsol.metrics.contours import reference_boxes_from_scoremap
+from monai_wsol.metrics.contours import _euler_numbers, _single_region_levels, reference_boxes_from_scoremap
 
 TAUS = np.arange(0, 1, 0.01)
 
@@ -79,6 +79,25 @@ def test_matches_plain_reference_loop(seed, multi):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_single_region_proof_is_sound(seed):
+    # where a mask is declared one region (without holes), labelling must agree at every level
+    q = (_smooth_map(seed, sigma=1.0 + seed) * 255).astype(np.uint8)
+    if seed == 2:
+        q = (q // 50 * 50).astype(np.uint8)
+    one_component, one_region = _single_region_levels(q)
+    assert one_component.any()
+    for level in range(int(q.max())):
+        mask = q > level
+        n_components = ndimage.label(mask, structure=np.ones((3, 3)))[1]
+        n_holes = ndimage.label(np.pad(~mask, 1, constant_values=True))[1] - 1  # 4-connected background
+        assert n_components - n_holes == _euler_numbers(q)[level]
+        if one_component[level]:
+            assert n_components == 1, level
+        if one_region[level]:
+            assert n_components == 1 and n_holes == 0, level
+
+
 def test_torch_numpy_and_processes_identical():
     maps = [_smooth_map(s).astype(np.float32) for s in range(3)]
     ref = [boxes_from_scoremap(m, TAUS, True) for m in maps]
@@ -115,7 +134,9 @@ def test_streaming_equals_all_at_once_and_reset():
     parts = MaxBoxAccV2Metric(thresholds=TAUS)
     parts(torch.from_numpy(maps[:2]), gts[:2])  # (B, H, W) torch
     parts(maps[2:5, None], gts[2:5])  # (B, 1, H, W) numpy
-    parts(torch.from_numpy(maps[5:, None]).float(), [torch.from_numpy(g) for g in gts[5:]])  # float32
+    parts(
+        [torch.from_numpy(m[None]).float() for m in maps[5:]], [torch.from_numpy(g) for g in gts[5:]]
+    )  # list
     a, b = whole.aggregate(), parts.aggregate()
     np.testing.assert_array_equal(a["box_acc"], b["box_acc"])
     assert a["MaxBoxAccV2"] == b["MaxBoxAccV2"] and a["num_images"] == 6

@@ -246,7 +246,7 @@ def test_gzip_is_deterministic(tmp_path):
     assert a == b and gzip.decompress(a)
 
 
-def test_loader_in_worker_processes(tmp_path, radiograph_dcm):
+def test_loader_in_worker_processes(tmp_path):
     """The checked loader pickles into DataLoader workers (the bundle uses num_workers > 0)."""
     from monai.data import DataLoader, Dataset
 

@@ -267,5 +267,7 @@ def test_registry():
     finally:
         for name in ("_test_identity", "_test_lazy", "_test_broken"):
             registry_module._REGISTRY.pop(name, None)
+    adl = get_plugin("adl")(2, 4, drop_rate=0.5)  # resolved lazily from monai_wsol.networks.blocks.adl
+    assert type(adl).__name__ == "ADL" and adl.drop_rate == 0.5
     block = get_plugin("dual_suppression")(3, 4, cr=0.7, t=0.2)
     assert (block.spatial_dims, block.in_channels, block.cr, block.t) == (3, 4, 0.7, 0.2)

@@ -147,7 +147,7 @@ def test_streaming_reset_images_without_boxes_and_pred_cam_3d():
     # the top-1 class's CAM (a single wrong voxel) localizes nothing
     assert out["pred_class_box_acc"] == 0.0
     metric.reset()
-    with pytest.raises(ValueError, match="before any image"):
+    with pytest.raises(RuntimeError, match="before any image"):
         metric.aggregate()
 
 
@@ -160,6 +160,8 @@ def test_streaming_reset_images_without_boxes_and_pred_cam_3d():
         ({"gt_boxes": [np.array([[0, 0, 1, 1, 2, 2]])]}, "4 coordinates"),
         ({"y_pred": torch.tensor([[float("nan"), 0.0, 0.0]])}, "NaN"),
         ({"cam": np.full((1, 1, 32, 32), 2.0)}, r"\[0, 1\]"),
+        ({"cam": np.zeros((1, 2, 32, 32))}, "channel-first"),
+        ({"y": [0, 1]}, "1 integer class labels"),
     ],
 )
 def test_localization_bad_input(kwargs, match):
@@ -173,7 +175,7 @@ def test_localization_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LocalizationAccuracyMetric(num_classes=3)(**args)
     with pytest.raises(ValueError, match="fixed_threshold"):
-        LocalizationAccuracyMetric(num_classes=3, fixed_threshold=0.123)
+        LocalizationAccuracyMetric(num_classes=3, fixed_threshold=0.1234)
 
 
 # ---------------------------------------------------------------- threshold choice

@@ -275,3 +275,20 @@ def test_mask_overlap_bad_input():
         metric(np.zeros((2, 1, 4, 4)), np.zeros((1, 1, 4, 4)))
     with pytest.raises(ValueError, match="strictly increasing"):
         MaskOverlapMetric(thresholds=[0.5, 0.2])
+
+
+def test_mask_overlap_metatensor_input_and_empty_aggregate():
+    from monai.data import MetaTensor
+
+    rng = np.random.default_rng(4)
+    cams = rng.random((2, 1, 6, 7, 5))
+    masks = cams > 0.7
+    plain = MaskOverlapMetric(thresholds=np.arange(0, 1, 0.1))
+    plain(cams, masks)
+    meta = MaskOverlapMetric(thresholds=np.arange(0, 1, 0.1))
+    meta(MetaTensor(torch.from_numpy(cams), affine=torch.eye(4) * 2), MetaTensor(torch.from_numpy(masks)))
+    torch.testing.assert_close(meta.aggregate()["dice_curve"], plain.aggregate()["dice_curve"])
+    assert plain.aggregate()["threshold"] == pytest.approx(0.7)
+    plain.reset()
+    with pytest.raises(RuntimeError, match="before any image"):
+        plain.aggregate()

@@ -60,6 +60,8 @@ def test_vgg16_gap_form_and_positions():
         CAMVGG16(3, 4, plugin="dual_suppression", positions="conv9_9")
     with pytest.raises(KeyError, match="dual_suppression"):
         CAMVGG16(3, 4, plugin="sfs")
+    with pytest.raises(ValueError, match="conv5_3"):
+        CAMVGG16(3, 4, plugin=None, positions="conv5_4")  # positions are checked for the plain net too
 
 
 def test_vgg16_names_match_torchvision():

@@ -163,3 +163,22 @@ def test_boxes_json_empty_2d(tmp_path):
     assert doc["boxes"] == [] and doc["box_mode"] == "xyxy" and doc["spatial_dims"] == 2
     with pytest.raises(ValueError, match="spatial_dims=3"):
         write_boxes_json(tmp_path / "e.json", [[0, 0, 1, 1]], np.eye(4), spatial_dims=3)
+
+
+def test_nifti_round_trip_2d(radiograph_dcm, tmp_path):
+    """2D images keep MONAI's 4 x 4 affine (slice position included) through save_nifti."""
+    import pydicom
+
+    from monai_wsol.writers import write_nifti
+
+    crop = pydicom.dcmread(radiograph_dcm).pixel_array[:120, :90].T.astype(np.int16)  # (x, y)
+    affine = np.array(
+        [[0.2, 0.0, 0.0, -12.0], [0.0, -0.2, 0.0, 30.0], [0.0, 0.0, 3.0, 41.5], [0.0, 0.0, 0.0, 1.0]]
+    )
+    src = write_nifti(crop, affine, tmp_path / "slice.nii.gz")
+    img = make_load_transforms("image", 2)({"image": str(src)})["image"]
+    assert tuple(img.shape) == (1, 90, 120)
+    out = save_nifti(img, tmp_path / "copy.nii.gz", output_dtype=np.int16)
+    back = nib.load(out)
+    np.testing.assert_allclose(back.affine, affine)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), crop)

@@ -230,8 +230,8 @@ class LocalizationWriter:
 
     Per image, under ``output_dir`` (``<stem>`` is the input's file stem, de-duplicated with a counter):
 
-    - ``<stem>_cam.nii.gz``, ``<stem>_mask.nii.gz``: the CAM (float32, [0, 1]) and the binary mask, with the
-      input's affine (MONAI ``SaveImage`` through :func:`monai_wsol.writers.save_nifti`);
+    - ``<stem>_cam.nii.gz``, ``<stem>_mask.nii.gz``: the CAM (float32, [0, 1]) and the binary mask (uint8), on
+      the input's grid with the input's affine (:func:`monai_wsol.writers.write_nifti`);
     - ``<stem>_seg.dcm``: a DICOM-SEG of the mask referencing the source series/instance, when the input was
       DICOM and ``write_dicom_seg`` is on;
     - ``<stem>_localization.json``: class probabilities, predicted class, boxes (MONAI ``StandardMode``, voxel
@@ -247,6 +247,7 @@ class LocalizationWriter:
             evaluator output (``pred`` holds probabilities when the postprocessing applied a softmax; logits are
             converted with a softmax otherwise, see ``pred_is_prob``).
         pred_is_prob: ``True`` when ``pred`` already holds probabilities.
+        extra: more keys for every JSON (e.g. ``{"tau": 0.5}``, the threshold that made the mask).
     """
 
     def __init__(
@@ -262,6 +263,7 @@ class LocalizationWriter:
         world_box_key: str = "pred_boxes_world",
         score_key: str | None = None,
         pred_is_prob: bool = True,
+        extra: dict | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names) if class_names is not None else None
@@ -269,6 +271,7 @@ class LocalizationWriter:
         self.image_key, self.pred_key, self.cam_key, self.mask_key = image_key, pred_key, cam_key, mask_key
         self.box_key, self.world_box_key, self.score_key = box_key, world_box_key, score_key
         self.pred_is_prob = bool(pred_is_prob)
+        self.extra = dict(extra or {})
         self.rows: list[dict] = []
         self._stems: set[str] = set()
 
@@ -296,62 +299,56 @@ class LocalizationWriter:
 
     def write_item(self, item: dict) -> dict:
         """Write one decollated item's files; returns its summary row."""
-        from monai_wsol.writers import save_nifti, write_boxes_json
+        from monai_wsol.writers import write_boxes_json, write_nifti
 
         image = item[self.image_key]
         meta = image.meta if isinstance(image, MetaTensor) else {}
         source = str(meta.get("filename_or_obj", "image"))
         stem = self._unique_stem(image_stem(source))
-        affine = np.asarray(
-            _plain(image.affine) if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64
-        )
+        affine = np.asarray(_plain(image.affine) if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64)
 
         pred = _plain(item[self.pred_key]).detach().float().reshape(-1)
         probs = pred if self.pred_is_prob else torch.softmax(pred, dim=0)
         probs_list = [float(p) for p in probs.cpu()]
-        predicted = int(np.argmax(probs_list))
+        names = self._names(len(probs_list))
 
-        cam, mask = item[self.cam_key], item[self.mask_key]
+        # the maps are on the input grid (CAMEvaluator upsamples to it), so the input's affine is theirs; nibabel
+        # directly rather than MONAI's SaveImage, which fails on 2D arrays with MONAI's 4x4 affine (MONAI 1.6.1)
+        cam = _plain(item[self.cam_key]).detach().cpu().float().numpy()[0]
+        mask = _plain(item[self.mask_key]).detach().cpu().numpy()[0] > 0
         files = {
-            "cam": str(save_nifti(_with_meta(cam, image, torch.float32), self.output_dir / f"{stem}_cam.nii.gz")),
-            "mask": str(
-                save_nifti(
-                    _with_meta(mask, image, torch.uint8), self.output_dir / f"{stem}_mask.nii.gz", output_dtype=np.uint8
-                )
-            ),
+            "cam": str(write_nifti(cam.astype(np.float32), affine, self.output_dir / f"{stem}_cam.nii.gz")),
+            "mask": str(write_nifti(mask.astype(np.uint8), affine, self.output_dir / f"{stem}_mask.nii.gz")),
         }
         dicom = _dicom_source(source) if self.write_dicom_seg else None
         if dicom is not None:
             from monai_wsol.writers import write_dicom_seg
 
-            seg = write_dicom_seg(
-                _plain(mask)[0].cpu().numpy() > 0, dicom, self.output_dir / f"{stem}_seg.dcm"
-            )
-            files["dicom_seg"] = str(seg)
-        boxes = (
-            _plain(item[self.box_key]).cpu().numpy()
-            if self.box_key in item
-            else np.zeros((0, 2 * (cam.ndim - 1)))
-        )
+            files["dicom_seg"] = str(write_dicom_seg(mask, dicom, self.output_dir / f"{stem}_seg.dcm"))
+        spatial_dims = cam.ndim
+        boxes = item.get(self.box_key)
+        boxes = np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
-        json_path = self.output_dir / f"{stem}_localization.json"
-        write_boxes_json(
-            json_path,
-            boxes_voxel=boxes,
-            boxes_world=None if world is None else _plain(world).cpu().numpy(),
-            scores=None if scores is None else _plain(torch.as_tensor(scores)).cpu().numpy(),
-            image_path=source,
-            affine=affine,
-            probabilities=dict(zip(self._names(len(probs_list)), probs_list, strict=True)),
-            predicted_class=self._names(len(probs_list))[predicted],
+        files["json"] = str(
+            write_boxes_json(
+                self.output_dir / f"{stem}_localization.json",
+                boxes_voxel=boxes,
+                affine=affine,
+                boxes_world=None if world is None else _plain(torch.as_tensor(world)).cpu().numpy(),
+                scores=None if scores is None else _plain(torch.as_tensor(scores)).cpu().numpy(),
+                image_path=source,
+                class_probabilities=probs_list,
+                class_names=names,
+                spatial_dims=spatial_dims,
+                extra={"cam_file": files["cam"], "mask_file": files["mask"], **self.extra},
+            )
         )
-        files["json"] = str(json_path)
         return {
             "image": source,
             "stem": stem,
-            "predicted_class": self._names(len(probs_list))[predicted],
-            **{f"p_{n}": p for n, p in zip(self._names(len(probs_list)), probs_list, strict=True)},
+            "predicted_class": names[int(np.argmax(probs_list))],
+            **{f"p_{n}": p for n, p in zip(names, probs_list, strict=True)},
             "n_boxes": int(len(boxes)),
             "files": files,
         }

@@ -26,7 +26,12 @@ from .box_accuracy import (
     best_iou_curve,
     box_iou_inclusive,
 )
-from .contours import boxes_from_scoremap, boxes_from_scoremaps, distinct_level_boxes
+from .contours import (
+    boxes_from_scoremap,
+    boxes_from_scoremaps,
+    distinct_level_boxes,
+    distinct_level_boxes_modes,
+)
 from .pxap import PxAPMetric, pxap_bin_edges, pxap_from_histograms, pxap_histograms
 
 _SIBLINGS = ("volume", "mask_overlap", "localization", "threshold", "handlers")
@@ -42,6 +47,7 @@ __all__ = [
     "boxes_from_scoremap",
     "boxes_from_scoremaps",
     "distinct_level_boxes",
+    "distinct_level_boxes_modes",
     "pxap_bin_edges",
     "pxap_from_histograms",
     "pxap_histograms",

@@ -131,6 +131,14 @@ def as_gt_boxes(boxes: Any, spatial_shape: Sequence[int], name: str = "y") -> np
 
 def _batch_maps(y_pred: Any, spatial_dims: int | None) -> tuple[np.ndarray, int]:
     """(B, *spatial) float64 array and the spatial rank from a (B, [1,] *spatial) tensor or array."""
+    if isinstance(y_pred, (list, tuple)):  # a decollated batch: channel-first items of one shape
+        y_pred = [
+            p.detach().to(device="cpu", dtype=torch.float64) if isinstance(p, torch.Tensor) else p
+            for p in y_pred
+        ]
+        y_pred = (
+            np.stack([np.asarray(p, dtype=np.float64) for p in y_pred]) if y_pred else np.zeros((0, 1, 1))
+        )
     if isinstance(y_pred, torch.Tensor):
         y_pred = y_pred.detach().to(device="cpu", dtype=torch.float64).numpy()
     arr = np.asarray(y_pred, dtype=np.float64)
@@ -230,7 +238,7 @@ class BoxAccuracyMetric(Cumulative):
 
         Args:
             y_pred: score maps (B, 1, H, W) / (B, H, W), or volumes (B, 1, D, H, W), in [0, 1]; torch (any
-                device) or NumPy.
+                device) or NumPy, or a list of B channel-first items (a decollated batch).
             y: B GT box arrays, each (g, 4) ``[x0, y0, x1, y1]`` (or (g, 6) in 3D) in the map's pixel
                 coordinates, inclusive ends.
 

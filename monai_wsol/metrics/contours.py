@@ -13,11 +13,15 @@ Why it is fast while staying exact:
 
 - only distinct masks are traced: a threshold list of any length maps to at most 256 quantised levels,
   and levels between which no score falls give the same mask (:func:`~._quantize.distinct_masks`);
-- each mask is traced on its bounding box widened by one pixel (clipped to the image): the pixels left out
-  are all background, so OpenCV sees the same borders in the same raster order (``offset`` restores the
-  image coordinates); the golden test checks this against the reference's own output;
-- the bounding rectangles and the shoelace areas of all contours of a mask are computed in one vectorised
-  pass; the areas are kept as exact integers (twice the area), so the ``max`` and its ties are those of
+- a mask proven to be one 8-connected region (and, for all-contour mode, without holes) is not traced at
+  all: its largest (only) contour's box is the mask's bounding box, read for all levels at once from the
+  row/column maxima.  The proof (:func:`_single_region_levels`) is exact: Euler numbers of all 256 masks
+  from one pass over the 2x2 windows, bounded by counts of regional maxima and minima;
+- any other mask is traced on its bounding box widened by one pixel (clipped to the image): the pixels left
+  out are all background, so OpenCV sees the same borders in the same order (``offset`` restores the image
+  coordinates); the golden test checks this against the reference's own output;
+- with many contours, bounding rectangles and shoelace areas are computed in one vectorised pass; the areas
+  are kept as exact integers (twice the area), so the ``max`` and its ties are those of
   ``cv2.contourArea``'s doubles (integer coordinates, exact sums);
 - images are independent: :func:`boxes_from_scoremaps` spreads a list of maps over processes.
 """
@@ -120,22 +124,19 @@ def _extremum_plateaus(q: np.ndarray, maxima: bool) -> tuple[np.ndarray, np.ndar
     footprint = _EIGHT if maxima else _FOUR
     flat = q == _neighbour_extremum(q, maxima)
     labels, n = ndimage.label(flat, structure=footprint)
-    ys, xs = np.nonzero(flat)
-    lab, val = labels[ys, xs], q[ys, xs]
     valid = np.ones(n + 1, dtype=bool)
+    # an equal-valued neighbour that is not itself an extremum pixel disqualifies the whole group
+    qp = np.pad(q.astype(np.int16), 1, constant_values=-1)
+    fp = np.pad(flat, 1, constant_values=True)
     h, w = q.shape
-    # an equal-valued neighbour that is not itself an extremum pixel disqualifies the whole group; only the
-    # (few) extremum pixels are visited
     for dy, dx in zip(*np.nonzero(footprint), strict=True):
         if dy == 1 and dx == 1:
             continue
-        ny, nx = ys + dy - 1, xs + dx - 1
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        ny, nx = ny[inside], nx[inside]
-        bad = (q[ny, nx] == val[inside]) & ~flat[ny, nx]
-        valid[lab[inside][bad]] = False
+        bad = flat & ~fp[dy : dy + h, dx : dx + w]
+        bad &= qp[dy : dy + h, dx : dx + w] == q
+        valid[labels[bad]] = False
     value = np.zeros(n + 1, dtype=np.int64)
-    value[lab] = val
+    value[labels[flat]] = q[flat]
     border = np.zeros(n + 1, dtype=bool)
     border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
     keep = valid[1:]
@@ -177,8 +178,8 @@ def _single_region_levels(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per level l in 0..255: is ``q > l`` provably one 8-connected component, and one without holes?
 
     With C components, H holes and Euler number E = C - H (exact, :func:`_euler_numbers`): C <= #regional
-    maxima above l (each component holds one), H <= #regional minima at or below l off the border (each
-    hole holds one), so C = 1 when either bound gives 1, and then H = 1 - E.  Where this proves one region,
+    maxima above l (each component holds one) and H <= #regional minima at or below l off the border (each
+    hole holds one), hence C <= E + that bound; C = 1 when either upper bound is 1, and then H = 1 - E.  Where this proves one region,
     the v1 box is the mask's bounding box (a hole's contour area is below its outer contour's), and with no
     hole it is also the only v2 contour.  Elsewhere nothing is assumed: the mask is traced.
     """

