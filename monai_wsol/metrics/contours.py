@@ -103,7 +103,8 @@ def _count_above(values: np.ndarray) -> np.ndarray:
 
 
 def _neighbour_extremum(q: np.ndarray, maxima: bool) -> np.ndarray:
-    """Max (maxima) over the 3x3 window, or min over the 4-neighbourhood cross, edge-replicated."""
+    """Max (maxima) over the 3x3 window, or min over the 4-neighbourhood cross, edge-replicated (a replicated
+    border pixel is the pixel itself or one of its real neighbours, so it changes no comparison below)."""
     if maxima:
         return ndimage.maximum_filter(q, size=3, mode="nearest")  # separable: fast
     p = np.pad(q, 1, mode="edge")
@@ -125,16 +126,11 @@ def _extremum_plateaus(q: np.ndarray, maxima: bool) -> tuple[np.ndarray, np.ndar
     flat = q == _neighbour_extremum(q, maxima)
     labels, n = ndimage.label(flat, structure=footprint)
     valid = np.ones(n + 1, dtype=bool)
-    # an equal-valued neighbour that is not itself an extremum pixel disqualifies the whole group
-    qp = np.pad(q.astype(np.int16), 1, constant_values=-1)
-    fp = np.pad(flat, 1, constant_values=True)
-    h, w = q.shape
-    for dy, dx in zip(*np.nonzero(footprint), strict=True):
-        if dy == 1 and dx == 1:
-            continue
-        bad = flat & ~fp[dy : dy + h, dx : dx + w]
-        bad &= qp[dy : dy + h, dx : dx + w] == q
-        valid[labels[bad]] = False
+    # an equal-valued neighbour that is not itself an extremum pixel disqualifies the whole group: with
+    # extremum pixels masked out by a sentinel, the neighbourhood extremum of the others equals the pixel's
+    # value exactly then (non-extremum neighbours of an extremum pixel are never beyond its value)
+    others = np.where(flat, -1 if maxima else 256, q.astype(np.int16))
+    valid[labels[flat & (_neighbour_extremum(others, maxima) == q)]] = False
     value = np.zeros(n + 1, dtype=np.int64)
     value[labels[flat]] = q[flat]
     border = np.zeros(n + 1, dtype=bool)

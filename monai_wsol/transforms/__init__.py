@@ -42,6 +42,7 @@ from .functional import (
     normalize_cam,
     upsample_cam,
 )
+from .hide_and_seek import RandHideAndSeek, RandHideAndSeekD, RandHideAndSeekd, RandHideAndSeekDict
 
 __all__ = [
     # pure functions
@@ -55,6 +56,10 @@ __all__ = [
     "boxes_to_world",
     "resolve_affine",
     # array transforms
+    "RandHideAndSeek",
+    "RandHideAndSeekd",
+    "RandHideAndSeekD",
+    "RandHideAndSeekDict",
     "NormalizeCAM",
     "UpsampleCAM",
     "BinarizeCAM",
