@@ -83,8 +83,15 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
     exported = tmp_path / "bundle" / "models" / "model.pt"
     before, exported_before = ckpt.read_bytes(), exported.read_bytes()
 
-    with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss \(nan\) at epoch 2"):
-        _train(data_dir, tmp_path, "nan", resume=True, loss="$lambda p, y: torch.nn.functional.cross_entropy(p, y) * float('nan')")
+    nan_loss = "$lambda p, y: torch.nn.functional.cross_entropy(p, y) * float('nan')"
+    with pytest.raises(RuntimeError) as info:  # monai.bundle wraps it in "Failed to evaluate ..."
+        _train(data_dir, tmp_path, "nan", resume=True, loss=nan_loss)
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__
+    guard = [e for e in chain if isinstance(e, NonFiniteLossError)]
+    assert guard and "Non-finite training loss (nan) at epoch 2" in str(guard[0]) and str(run) in str(guard[0])
     # nothing was written over the last good checkpoint or the exported model, and it still loads
     assert find_last_checkpoint(run / "checkpoints") == str(ckpt)
     assert ckpt.read_bytes() == before and exported.read_bytes() == exported_before
@@ -92,13 +99,18 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_atomic_checkpoint_saver_keeps_old_file_on_failed_save(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["final", "interval"])
+def test_atomic_checkpoint_saver_keeps_old_file_on_failed_save(tmp_path, monkeypatch, kind):
     net = torch.nn.Linear(2, 2)
     engine = Engine(lambda e, b: None)
-    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_final=True, final_filename="m.pt")
+    if kind == "final":  # fixed file name, rewritten in place
+        saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_final=True, final_filename="m.pt")
+    else:  # rolling checkpoint_epoch=<N>.pt, n_saved=1
+        saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_interval=1, n_saved=1)
     saver.attach(engine)
     engine.run([0], max_epochs=1)
-    good = (tmp_path / "m.pt").read_bytes()
+    (good_file,) = tmp_path.iterdir()
+    good = good_file.read_bytes()
 
     def broken_save(obj, f, *args, **kwargs):
         f.write(b"partial")  # a crash in the middle of serialisation
@@ -108,9 +120,19 @@ def test_atomic_checkpoint_saver_keeps_old_file_on_failed_save(tmp_path, monkeyp
     with torch.no_grad():
         net.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
-        saver.completed(engine)
-    assert (tmp_path / "m.pt").read_bytes() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left behind
+        if kind == "final":
+            saver.completed(engine)
+        else:
+            engine.state.epoch = 2
+            saver.interval_completed(engine)
+    # the previous checkpoint is still there, whole, and no temporary file is left behind
+    assert [p.name for p in tmp_path.iterdir()] == [good_file.name]
+    assert good_file.read_bytes() == good
+    monkeypatch.undo()
+    if kind == "interval":  # the next successful save replaces it (ignite names a lone object's file after it)
+        engine.state.epoch = 3
+        saver.interval_completed(engine)
+        assert [p.name for p in tmp_path.iterdir()] == ["model_epoch=3.pt"]
 
 
 def test_resume_checkpoint_resolution(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver
 from monai.transforms import Randomizable
@@ -146,22 +147,48 @@ class EpochSeed:
             self.transform.set_random_state(seed=epoch_seed)
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files are written atomically.
+class _AtomicDiskSaver(DiskSaver):
+    """ignite ``DiskSaver`` that writes atomically and deletes superseded files only *after* the new one exists.
 
-    MONAI 1.x builds ignite's ``DiskSaver`` with ``atomic=False`` (to keep group/other read permissions), so an
-    interruption during ``torch.save`` can leave a truncated ``model.pt``. ignite's atomic mode writes to a
-    temporary file in the same folder, ``os.replace``-s it over the target and then adds group/other read
-    permission itself (ignite >= 0.4.11), so MONAI's reason no longer holds. This subclass turns it back on for
-    the final, key-metric and interval savers. Arguments are those of ``CheckpointSaver``.
+    ignite's ``Checkpoint`` removes the previous file before saving the next, and MONAI's fixed-name savers
+    (``key_metric_filename``, ``final_filename``) remove the very file they are about to rewrite: an interruption
+    in between leaves no checkpoint at all. Here ``remove`` only queues the name; the queue is emptied after the
+    next save has replaced its target (never deleting the file just written).
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename
+        self._pending: list[str] = []
+
+    def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
+        filename = self.filename or filename
+        super().__call__(checkpoint, filename, metadata)  # temp file + os.replace (ignite's atomic mode)
+        pending, self._pending = self._pending, []
+        for old in pending:
+            if old != filename and (self.dirname / old).exists():
+                super().remove(old)
+
+    def remove(self, filename: str) -> None:
+        self._pending.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files survive an interruption at any moment.
+
+    MONAI 1.x builds ignite's ``DiskSaver`` with ``atomic=False`` (so a crash during ``torch.save`` can leave a
+    truncated file) and deletes the previous checkpoint before writing the next. This subclass swaps in a saver
+    that writes to a temporary file in the same folder and ``os.replace``-s it (ignite's atomic mode, which also
+    restores group/other read permission, MONAI's reason for turning it off), and deletes superseded files only
+    after the new one is in place. Arguments are those of ``CheckpointSaver``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
-                # ignite.handlers.DiskSaver reads this flag at every save (DiskSaver._save_func)
-                ckpt.save_handler._atomic = True
+                old = ckpt.save_handler
+                ckpt.save_handler = _AtomicDiskSaver(old.dirname, getattr(old, "filename", None))
 
 
 class MetricsTableWriter:
