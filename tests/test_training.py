@@ -148,17 +148,15 @@ def test_resume_checkpoint_resolution(tmp_path):
 
 def test_metrics_table_writer_replaces_rows_from_resumed_epochs(tmp_path):
     engine = Engine(lambda e, b: None)
-    writer = MetricsTableWriter(tmp_path, stem="m", event="EPOCH_COMPLETED")
-    writer.attach(engine)
 
     @engine.on(Events.EPOCH_COMPLETED)
     def _metrics(e):
         e.state.metrics = {"acc": float(e.state.epoch) / 10, "auc": float("nan")}
 
+    MetricsTableWriter(tmp_path, stem="m", event="EPOCH_COMPLETED").attach(engine)
     engine.run([0], max_epochs=3)
     # a second writer over the same files (a resumed run) replaces epoch 3 and keeps 1-2
     engine2 = Engine(lambda e, b: None)
-    MetricsTableWriter(tmp_path, stem="m", event="EPOCH_COMPLETED").attach(engine2)
     engine2.state.metrics = {"acc": 0.99}
     engine2.state.epoch = 3
     MetricsTableWriter(tmp_path, stem="m")(engine2)

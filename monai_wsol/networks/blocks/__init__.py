@@ -1,5 +1,6 @@
-"""Network blocks: the dual-suppression (SFS) block and the plug-in registry (ADL is resolved lazily)."""
+"""Network blocks: the dual-suppression (SFS) block and the plug-in registry (the registry resolves plug-in names lazily)."""
 
+from monai_wsol.networks.blocks.adl import ADL
 from monai_wsol.networks.blocks.dual_suppression import (
     G_FAMILIES,
     DualSuppressionBlock,
@@ -10,6 +11,7 @@ from monai_wsol.networks.blocks.dual_suppression import (
 from monai_wsol.networks.blocks.registry import available_plugins, get_plugin, register_plugin
 
 __all__ = [
+    "ADL",
     "G_FAMILIES",
     "DualSuppressionBlock",
     "available_plugins",
