@@ -24,7 +24,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from monai_wsol.metrics import boxes_from_scoremap, boxes_from_scoremaps  # noqa: E402
+from monai_wsol.metrics import (  # noqa: E402
+    boxes_from_scoremap,
+    boxes_from_scoremaps,
+    contours,  # noqa: E402
+)
 from monai_wsol.metrics.contours import reference_boxes_from_scoremap  # noqa: E402
 
 FIXTURE = os.environ.get("MONAI_WSOL_FIXTURES", "/work/shared/fixtures") + "/metric_golden.npz"
@@ -77,6 +81,8 @@ def _same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
 
 
 def bench(name: str, maps: list[np.ndarray], taus: np.ndarray, multi: bool) -> None:
+    # warm-up: loads the numba kernel (compiled once, cached on disk)
+    boxes_from_scoremap(maps[0], taus, multi)
     ref, w_ref, c_ref = _timed(lambda: [reference_boxes_from_scoremap(m, taus, multi) for m in maps])
     ours, w_one, c_one = _timed(lambda: [boxes_from_scoremap(m, taus, multi) for m in maps])
     pooled, w_two, _ = _timed(lambda: boxes_from_scoremaps(maps, taus, multi, num_workers=2))
@@ -110,6 +116,8 @@ def main() -> None:
     if args.maps in ("blobs", "all"):
         sets.append(("CAM-like blob 224x224 maps", blob_maps()))
     print(f"OpenCV {cv2.__version__}, NumPy {np.__version__}, {os.cpu_count()} CPUs visible")
+    v1_path = "numba union-find kernel" if contours.USE_NUMBA else "OpenCV contours (numba not installed)"
+    print(f"v1 path: {v1_path}")
     for name, maps in sets:
         for mode in args.modes:
             bench(name, maps, taus, multi=mode == "v2")

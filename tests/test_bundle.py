@@ -137,3 +137,25 @@ def test_inference_on_dicom_writes_seg_referencing_source(trained, tmp_path):
     assert seg.Rows == source.Rows and seg.Columns == source.Columns
     mask = np.asarray(nib.load(row["files"]["mask"]).dataobj)
     assert mask.shape == (source.Columns, source.Rows)  # MONAI's (x = column, y = row) grid of the source
+
+
+def test_evaluate_writes_localization_metrics(trained):
+    from monai_wsol.metrics import MaskOverlapMetric
+
+    out = trained["root"] / "evaluate"
+    configs = [INFERENCE, str(CONFIGS / "evaluate.json")]
+    run_workflow("evaluate", configs, dataset_dir=str(trained["data"]), bundle_root=str(trained["bundle_root"]),
+                 output_dir=str(out), split="validation")
+    (row,) = json.loads((out / "metrics.json").read_text())
+    assert {"PxAP", "dice", "MaxBoxAccV2", "auc", "accuracy"} <= set(row)
+    assert 0 <= row["PxAP"] <= 1 and 0 <= row["dice"] <= 1 and 0 <= row["MaxBoxAccV2"] <= 100
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,PxAP,dice")
+    # the reported Dice is the metric of the written CAMs against the datalist's GT masks
+    datalist = json.loads((trained["data"] / "datalist.json").read_text())
+    preds = json.loads((out / "predictions.json").read_text())
+    metric = MaskOverlapMetric()
+    for item, pred in zip(datalist["validation"], preds, strict=True):
+        cam = np.asarray(nib.load(pred["files"]["cam"]).dataobj)[None]
+        gt = np.asarray(nib.load(trained["data"] / item["mask"]).dataobj)[None] > 0
+        metric(torch.as_tensor(cam)[None], torch.as_tensor(gt)[None])
+    assert float(metric.aggregate()["dice"]) == pytest.approx(row["dice"], abs=1e-6)

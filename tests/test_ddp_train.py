@@ -18,7 +18,7 @@ def test_two_process_gloo_training(tmp_path):
     configs = f"['{TRAIN}', '{CONFIGS / 'multi_gpu_train.json'}']"
     res = run_cli(
         [
-            "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+            "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "monai.bundle", "run", "training",
             "--config_file", configs,
             "--meta_file", str(CONFIGS / "metadata.json"),

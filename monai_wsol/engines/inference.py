@@ -106,7 +106,12 @@ class CAMEvaluator(SupervisedEvaluator):
     """
 
     def __init__(
-        self, *args: Any, cam_class: int | str = 1, cam_key: str = "cam", batch_keys: Sequence[str] = (), **kwargs: Any
+        self,
+        *args: Any,
+        cam_class: int | str = 1,
+        cam_key: str = "cam",
+        batch_keys: Sequence[str] = (),
+        **kwargs: Any,
     ) -> None:
         if not (isinstance(cam_class, int) or cam_class in ("pred", "label")):
             raise ValueError(f"cam_class must be an int class index, 'pred' or 'label'; got {cam_class!r}.")
@@ -131,7 +136,9 @@ class CAMEvaluator(SupervisedEvaluator):
             labels = output[CommonKeys.LABEL]
             if labels is None:
                 raise ValueError("CAMEvaluator(cam_class='label') needs a 'label' in every batch.")
-            idx = labels.long().reshape(-1) if labels.ndim <= 1 or labels.shape[-1] == 1 else labels.argmax(-1)
+            idx = (
+                labels.long().reshape(-1) if labels.ndim <= 1 or labels.shape[-1] == 1 else labels.argmax(-1)
+            )
             cams = cams[torch.arange(cams.shape[0], device=cams.device), idx.to(cams.device)].unsqueeze(1)
         cams = normalize_cam(_plain(cams).float(), spatial_dims=cams.ndim - 2)
         image = output[CommonKeys.IMAGE]
@@ -143,7 +150,9 @@ class CAMEvaluator(SupervisedEvaluator):
         output[engine.cam_key] = cams
         for key in engine.batch_keys:
             if key not in engine.state.batch:
-                raise KeyError(f"CAMEvaluator: batch_keys names '{key}', absent from the batch ({sorted(engine.state.batch)}).")
+                raise KeyError(
+                    f"CAMEvaluator: batch_keys names '{key}', absent from the batch ({sorted(engine.state.batch)})."
+                )
             output[key] = engine.state.batch[key]
 
 
@@ -305,7 +314,9 @@ class LocalizationWriter:
         meta = image.meta if isinstance(image, MetaTensor) else {}
         source = str(meta.get("filename_or_obj", "image"))
         stem = self._unique_stem(image_stem(source))
-        affine = np.asarray(_plain(image.affine) if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64)
+        affine = np.asarray(
+            _plain(image.affine) if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64
+        )
 
         pred = _plain(item[self.pred_key]).detach().float().reshape(-1)
         probs = pred if self.pred_is_prob else torch.softmax(pred, dim=0)
@@ -327,7 +338,9 @@ class LocalizationWriter:
             files["dicom_seg"] = str(write_dicom_seg(mask, dicom, self.output_dir / f"{stem}_seg.dcm"))
         spatial_dims = cam.ndim
         boxes = item.get(self.box_key)
-        boxes = np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
+        boxes = (
+            np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
+        )
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
         files["json"] = str(

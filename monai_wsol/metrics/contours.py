@@ -11,6 +11,10 @@ Reference semantics (wsolevaluation ``compute_bboxes_from_scoremaps``), reproduc
 
 Why it is fast while staying exact:
 
+- v1 (largest contour) with numba installed: one union-find sweep over the pixels from the highest value down
+  gives every distinct mask's box (:mod:`._fast_contours`: the largest contour is an outer one, i.e. an
+  8-connected component, its area a sum over 2x2 windows or a traced border, OpenCV's list order breaks ties);
+  without numba, and for V2 (every contour), the OpenCV path below is used; both give the reference's boxes;
 - only distinct masks are traced: a threshold list of any length maps to at most 256 quantised levels,
   and levels between which no score falls give the same mask (:func:`~._quantize.distinct_masks`);
 - a mask proven to be one 8-connected region (and, for all-contour mode, without holes) is not traced at
@@ -28,8 +32,9 @@ Why it is fast while staying exact:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from operator import itemgetter
 
 import cv2
 import numpy as np
@@ -37,6 +42,15 @@ import torch
 from scipy import ndimage
 
 from ._quantize import as_score_array, distinct_masks, level_bounds, quantise_scores, threshold_levels
+
+try:  # numba is optional: without it the OpenCV path below gives the same boxes, more slowly
+    from ._fast_contours import fits as _kernel_fits
+    from ._fast_contours import largest_contour_boxes as _largest_contour_boxes
+except ImportError:  # pragma: no cover - depends on the environment
+    _largest_contour_boxes = None
+
+#: use the numba v1 kernel when numba is importable (tests switch it off to check both paths agree)
+USE_NUMBA = _largest_contour_boxes is not None
 
 __all__ = [
     "distinct_level_boxes_modes",
@@ -205,9 +219,36 @@ def distinct_level_boxes_modes(
         distinct mask; ``inverse`` (n_tau,) maps each threshold to its distinct mask.
     """
     smap = as_score_array(scoremap, "scoremap", ndim=2)
-    height, width = smap.shape
     q = quantise_scores(smap)
-    levels, inverse = distinct_masks(q, threshold_levels(int(q.max()), thresholds))
+    tau_levels = threshold_levels(int(q.max()), thresholds)
+    fast = _fast_kernel()
+    boxes: list[list[np.ndarray] | None] = [None] * len(modes)
+    if fast is not None and not all(modes) and _kernel_fits(q.shape):
+        # v1 in one union-find sweep (exact, see _fast_contours), which also groups the thresholds by mask
+        # as distinct_masks does; rows are read-only views of one array
+        v1, inverse = fast(q, tau_levels)
+        v1.setflags(write=False)
+        v1_boxes = list(v1[:, None, :])  # (1, 4) views, made by NumPy's iterator
+        boxes = [None if multi else v1_boxes for multi in modes]
+        if all(out is not None for out in boxes):
+            return boxes, inverse  # type: ignore[return-value]
+    levels, inverse = distinct_masks(q, tau_levels)
+    slow = [m for m, out in enumerate(boxes) if out is None]
+    if slow:
+        traced = _traced_level_boxes(q, levels, [modes[m] for m in slow])
+        for m, out in zip(slow, traced, strict=True):
+            boxes[m] = out
+    return boxes, inverse  # type: ignore[return-value]
+
+
+def _fast_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+    """The numba v1 kernel, or None when numba is missing or :data:`USE_NUMBA` is False."""
+    return _largest_contour_boxes if USE_NUMBA else None
+
+
+def _traced_level_boxes(q: np.ndarray, levels: np.ndarray, modes: Sequence[bool]) -> list[list[np.ndarray]]:
+    """Boxes per distinct level and mode with OpenCV's contours (the exact path without numba, and V2)."""
+    height, width = q.shape
     one_component, one_region = _single_region_levels(q)
     single = [one_region if multi else one_component for multi in modes]
     lo, hi = level_bounds(q)
@@ -234,7 +275,7 @@ def distinct_level_boxes_modes(
                 bbox = (slice(lo[level, 0], hi[level, 0] + 1), slice(lo[level, 1], hi[level, 1] + 1))
                 contours = _trace(q, level, bbox)
             boxes[m].append(_contour_boxes(contours, height, width, multi) if contours else empty)
-    return boxes, inverse
+    return boxes
 
 
 def _trace(q: np.ndarray, level: int, bbox: tuple[slice, slice]) -> Sequence[np.ndarray]:
@@ -287,7 +328,9 @@ def boxes_from_scoremap(
         ValueError: scoremap not 2D, NaN/inf or values outside [0, 1]; thresholds outside [0, 1).
     """
     boxes, inverse = distinct_level_boxes(scoremap, thresholds, multi_contour)
-    return [boxes[j] for j in inverse.tolist()]
+    if len(inverse) == 1:
+        return [boxes[int(inverse[0])]]
+    return list(itemgetter(*inverse.tolist())(boxes))  # C-level gather: 1000 thresholds are common
 
 
 def _boxes_job(args: tuple[np.ndarray, np.ndarray, bool]) -> list[np.ndarray]:
