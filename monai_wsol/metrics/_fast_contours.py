@@ -12,7 +12,8 @@ Exact scheme (each claim is checked against OpenCV by ``tests/test_fast_contours
   collinear points) equals ``n4 + n3 / 2`` over the 2x2 windows of the component with its holes filled,
   ``nk`` counting windows holding k of its pixels; without holes this is a sum over windows, kept up to date
   as pixels join; with holes (Euler number, also a window sum, below 1) the outer border is traced
-  (Suzuki-Abe, as OpenCV) and its shoelace taken;
+  (Suzuki-Abe, as OpenCV) and its shoelace taken, only when its upper bound (the area of its box of pixel
+  centres) reaches the best lower bound (window sum) of the level, i.e. when it could win;
 - the box is the component's bounding box; OpenCV pads the image with background, so does the kernel.
 
 Masks grow as the level falls: one sweep from the highest value down adds each pixel once (per-value lists,
