@@ -312,3 +312,31 @@ def test_handler_reports_missing_output_key():
     MaskOverlapHandler().attach(engine, "Dice")
     with pytest.raises(KeyError, match="gt_mask"):
         engine.run([0], max_epochs=1)
+
+
+@pytest.mark.parametrize("decollated", [False, True])
+def test_mask_overlap_handler_positives_only(decollated):
+    # two positives and two negatives whose (normalised) CAMs light up somewhere: positives_only must equal the
+    # metric on the positives alone, and differ from the all-image Dice (the negatives add only false positives)
+    rng = np.random.default_rng(3)
+    cams = torch.from_numpy(rng.random((4, 1, 16, 16))).float()
+    masks = torch.zeros(4, 1, 16, 16, dtype=torch.bool)
+    masks[0, 0, 2:8, 3:9] = True
+    masks[2, 0, 5:12, 6:10] = True
+    cams[0, 0, 2:8, 3:9] += 1.0
+    cams[2, 0, 5:12, 6:10] += 1.0
+    cams = cams / cams.amax(dim=(2, 3), keepdim=True)
+
+    def step(engine, idx):
+        if decollated:
+            return [{"cam": cams[i], "gt_mask": masks[i]} for i in idx]
+        return {"cam": cams[idx], "gt_mask": masks[idx]}
+
+    engine = Engine(step)
+    MaskOverlapHandler(positives_only=True).attach(engine, "DicePos")
+    MaskOverlapHandler().attach(engine, "DiceAll")
+    engine.run([[0, 1], [2, 3]], max_epochs=1)
+    positives = MaskOverlapMetric()
+    positives(cams[[0, 2]], masks[[0, 2]])
+    assert engine.state.metrics["DicePos"] == positives.aggregate()["dice"]
+    assert engine.state.metrics["DiceAll"] < engine.state.metrics["DicePos"]

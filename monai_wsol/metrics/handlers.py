@@ -181,7 +181,12 @@ class PxAPHandler(WSOLMetricHandler):
 
 
 class MaskOverlapHandler(WSOLMetricHandler):
-    """Best-threshold Dice (default value) or IoU (``value_key="iou"``) of binarised score maps vs GT masks."""
+    """Best-threshold Dice (default value) or IoU (``value_key="iou"``) of binarised score maps vs GT masks.
+
+    ``positives_only=True`` scores only the images whose GT mask is not empty, as the WSOL protocol scores
+    localization on images that contain the object: a negative's min-max normalised CAM still reaches 1 somewhere,
+    so with negatives included the dataset-level Dice mostly measures how many negatives there are.
+    """
 
     def __init__(
         self,
@@ -193,6 +198,7 @@ class MaskOverlapHandler(WSOLMetricHandler):
         value_key: str = "dice",
         output_transform: Callable | None = None,
         save_details: bool = True,
+        positives_only: bool = False,
     ) -> None:
         super().__init__(
             MaskOverlapMetric(thresholds, spatial_dims),
@@ -200,6 +206,18 @@ class MaskOverlapHandler(WSOLMetricHandler):
             output_transform or from_engine_output([cam_key, mask_key, ignore_key]),
             save_details,
         )
+        self.positives_only = positives_only
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        """``output`` = ``(cams, gt_masks, ignore_or_None)``; with ``positives_only``, empty-mask images are skipped."""
+        if self.positives_only:
+            masks = output[1]
+            keep = [i for i in range(len(masks)) if bool((masks[i] > 0).any())]
+            if not keep:  # a batch of negatives adds nothing
+                return
+            output = tuple(None if x is None else [x[i] for i in keep] for x in output)
+        self.metric_fn(*output)
 
 
 class LocalizationAccuracyHandler(WSOLMetricHandler):
