@@ -31,7 +31,10 @@ from monai_wsol.metrics import (  # noqa: E402
 )
 from monai_wsol.metrics.contours import reference_boxes_from_scoremap  # noqa: E402
 
-FIXTURE = os.environ.get("MONAI_WSOL_FIXTURES", "/work/shared/fixtures") + "/metric_golden.npz"
+FIXTURE = os.path.join(
+    os.environ.get("MONAI_WSOL_FIXTURES", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")),
+    "metric_golden.npz",
+)
 
 
 def fixture_maps() -> list[np.ndarray]:

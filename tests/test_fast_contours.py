@@ -9,12 +9,10 @@ area of its outer contour.  The OpenCV-only path (numba switched off) must give 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from _paths import GOLDEN
 from scipy import ndimage
 
 from monai_wsol.metrics import contours
@@ -29,7 +27,6 @@ pytest.importorskip("numba")
 from monai_wsol.metrics._fast_contours import largest_contour_boxes  # noqa: E402
 
 TAUS = np.arange(0, 1, 0.001)
-GOLDEN = Path(os.environ.get("MONAI_WSOL_FIXTURES", "/work/shared/fixtures")) / "metric_golden.npz"
 
 
 def _normalise(m: np.ndarray) -> np.ndarray:

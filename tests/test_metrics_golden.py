@@ -1,4 +1,4 @@
-"""Equality with every array of the reference's golden outputs (``/work/shared/fixtures/metric_golden.npz``).
+"""Equality with every array of the reference's golden outputs (``../shared/fixtures/metric_golden.npz``).
 
 The fixture was produced by the protocol's public reference (wsolevaluation ``evaluation.py``); nothing here is
 recomputed by a second implementation of ours: boxes, curves and PxAP must match the stored arrays exactly.
@@ -6,12 +6,10 @@ recomputed by a second implementation of ours: boxes, curves and PxAP must match
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _paths import GOLDEN
 
 from monai_wsol.metrics import (
     BoxAccuracyMetric,
@@ -21,7 +19,6 @@ from monai_wsol.metrics import (
     boxes_from_scoremap,
 )
 
-GOLDEN = Path(os.environ.get("MONAI_WSOL_FIXTURES", "/work/shared/fixtures")) / "metric_golden.npz"
 pytestmark = pytest.mark.skipif(not GOLDEN.is_file(), reason=f"golden fixture {GOLDEN} not available")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _paths import GOLDEN
 from ignite.engine import Engine
 
 from monai_wsol.metrics.box_accuracy import BoxAccuracyMetric
@@ -26,7 +27,6 @@ from monai_wsol.metrics.threshold import (
     select_threshold,
 )
 
-GOLDEN = Path("/work/shared/fixtures/metric_golden.npz")
 if not GOLDEN.exists():
     GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "metric_golden.npz"
 COARSE = np.arange(0, 1, 0.01)

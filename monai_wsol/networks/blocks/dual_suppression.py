@@ -1,4 +1,4 @@
-"""The dual-suppression (SFS: suppress, fuse, select) block of ``/work/shared/METHOD.md``.
+"""The dual-suppression (SFS: suppress, fuse, select) block of ``METHOD.md`` (the project's specification, ``../shared/METHOD.md`` beside the repository).
 
 This module reads side by side with METHOD.md, section "The SFS block". Comments quote its steps:
 
