@@ -21,6 +21,8 @@ against OpenCV by ``tests/test_fast_multi_contours.py``):
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -40,7 +42,7 @@ def _grow(buf: np.ndarray, need: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _drop_root(roots: np.ndarray, pos: np.ndarray, n_roots: int, r: int) -> int:
     """Remove root ``r`` from the list of current roots (swap with the last); returns the new length."""
     i = pos[r]
@@ -51,62 +53,93 @@ def _drop_root(roots: np.ndarray, pos: np.ndarray, n_roots: int, r: int) -> int:
     return n_roots - 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _merge(
     parent: np.ndarray, rank: np.ndarray, box: np.ndarray, roots: np.ndarray, pos: np.ndarray,
     n_roots: int, r: int, rn: int,
 ) -> tuple[int, int]:
     """Union of the sets rooted at ``r`` and ``rn`` (union by rank); returns the new root and list length.
-    The surviving root keeps the union's box; the absorbed one leaves the root list (if it was in it); the
-    outside set, of huge rank, always survives and is never listed."""
+    The surviving root keeps the union's box (``box`` (4, n): x0, y0, x1, y1); the absorbed one leaves the
+    root list (if it was in it); the outside set, of huge rank, always survives and is never listed."""
     if rank[rn] > rank[r]:
         r, rn = rn, r
     elif rank[rn] == rank[r]:
         rank[r] += 1
     parent[rn] = r
-    box[r, 0] = min(box[r, 0], box[rn, 0])
-    box[r, 1] = min(box[r, 1], box[rn, 1])
-    box[r, 2] = max(box[r, 2], box[rn, 2])
-    box[r, 3] = max(box[r, 3], box[rn, 3])
+    box[0, r] = min(box[0, r], box[0, rn])
+    box[1, r] = min(box[1, r], box[1, rn])
+    box[2, r] = max(box[2, r], box[2, rn])
+    box[3, r] = max(box[3, r], box[3, rn])
     if pos[rn] >= 0:
         n_roots = _drop_root(roots, pos, n_roots, rn)
     return r, n_roots
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_pixel(
+    parent: np.ndarray, rank: np.ndarray, box: np.ndarray, roots: np.ndarray, pos: np.ndarray,
+    n_roots: int, p: int, r: int, x: int, y: int,
+) -> int:
+    """Pixel ``p`` at padded ``(x, y)`` joins the set rooted at ``r``, or starts a listed set when ``r < 0``;
+    returns the root list's length."""
+    if r < 0:
+        parent[p] = p
+        rank[p] = 0
+        box[0, p] = x
+        box[1, p] = y
+        box[2, p] = x
+        box[3, p] = y
+        roots[n_roots] = p
+        pos[p] = n_roots
+        return n_roots + 1
+    parent[p] = r
+    box[0, r] = min(box[0, r], x)
+    box[1, r] = min(box[1, r], y)
+    box[2, r] = max(box[2, r], x)
+    box[3, r] = max(box[3, r], y)
+    return n_roots
+
+
 @njit(cache=True, nogil=True)
 def _all_contour_boxes(
-    q: np.ndarray, levels: np.ndarray, unions: np.ndarray, dx: np.ndarray, dy: np.ndarray
+    q: np.ndarray, levels: np.ndarray, work: np.ndarray, active: np.ndarray, unions: np.ndarray,
+    dx: np.ndarray, dy: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     height, width = q.shape
     stride = width + 2
     size = (height + 2) * stride
     n_levels = levels.size
-    # pixels bucketed by value (a linked list per value); padded coordinates kept per pixel
-    head = np.full(256, -1, dtype=np.int64)
-    nxt = np.empty(size, dtype=np.int64)
-    py = np.empty(size, dtype=np.int64)
-    px = np.empty(size, dtype=np.int64)
+    # pixels sorted by value (counting sort): value v's pixels are order[start[v]:start[v + 1]], with their
+    # padded coordinates packed as (y << 16) | x alongside, both read sequentially by the sweeps
+    start = np.zeros(257, dtype=np.int64)
     for y in range(height):
         for x in range(width):
-            p = (y + 1) * stride + x + 1
+            start[q[y, x] + 1] += 1
+    for v in range(256):
+        start[v + 1] += start[v]
+    fill = start[:256].copy()
+    order = work[0]
+    oyx = work[1]
+    for y in range(height):
+        for x in range(width):
             v = q[y, x]
-            nxt[p] = head[v]
-            head[v] = p
-            py[p] = y + 1
-            px[p] = x + 1
-    parent = np.empty(size, dtype=np.int64)
-    rank = np.zeros(size, dtype=np.int64)
-    box = np.empty((size, 4), dtype=np.int64)  # x0, y0, x1, y1 in padded coordinates
-    pos = np.full(size, -1, dtype=np.int64)
-    roots = np.empty(size, dtype=np.int64)
-    active = np.zeros(size, dtype=np.uint8)
+            i = fill[v]
+            fill[v] = i + 1
+            order[i] = (y + 1) * stride + x + 1
+            oyx[i] = ((y + 1) << 16) | (x + 1)
+    parent = work[2]
+    rank = work[3]
+    box = work[4:8]  # x0, y0, x1, y1 of each root, padded coordinates
+    pos = work[8]  # index of a listed root in ``roots``, -1 for any other pixel
+    roots = work[9]
+    pos[:size] = -1
+    active[:size] = 0
     noff = np.empty(8, dtype=np.int64)
     for d in range(8):
         noff[d] = dy[d] * stride + dx[d]
 
     # --- foreground, 8-connected: from the highest value down; level l holds values > l ---
     fg = np.empty((64, 4), dtype=np.int64)
-    fg_end = np.zeros(n_levels + 1, dtype=np.int64)  # level li's boxes: fg[fg_end[li]:fg_end[li + 1]]
     n_fg = 0
     n_roots = 0
     value = 256
@@ -116,8 +149,8 @@ def _all_contour_boxes(
         level = levels[li]
         while value > level + 1:
             value -= 1
-            p = head[value]
-            while p >= 0:
+            for i in range(start[value], start[value + 1]):
+                p = np.int64(order[i])
                 up, down = p - stride, p + stride
                 pattern = (
                     np.int64(active[p + 1])
@@ -130,32 +163,25 @@ def _all_contour_boxes(
                     | (np.int64(active[down + 1]) << 7)
                 )
                 active[p] = 1
-                parent[p] = p
-                rank[p] = 0
-                box[p, 0] = px[p]
-                box[p, 1] = py[p]
-                box[p, 2] = px[p]
-                box[p, 3] = py[p]
-                roots[n_roots] = p
-                pos[p] = n_roots
-                n_roots += 1
-                r = p
+                r = -1
                 for k in range(4):  # one find per group of mutually adjacent active neighbours
                     d = unions[pattern, k]
                     if d < 0:
                         break
                     rn = _find(parent, p + noff[d])
-                    if rn != r:
+                    if r < 0:
+                        r = rn
+                    elif rn != r:
                         r, n_roots = _merge(parent, rank, box, roots, pos, n_roots, r, rn)
-                p = nxt[p]
+                n_roots = _add_pixel(parent, rank, box, roots, pos, n_roots, p, r, oyx[i] & 0xFFFF, oyx[i] >> 16)
         fg = _grow(fg, n_fg + n_roots)
         fg_start[li] = n_fg
         for i in range(n_roots):
             r = roots[i]
-            fg[n_fg, 0] = box[r, 0] - 1
-            fg[n_fg, 1] = box[r, 1] - 1
-            fg[n_fg, 2] = min(box[r, 2], width - 1)  # padded x1 = image x1 + 1, clipped as the reference
-            fg[n_fg, 3] = min(box[r, 3], height - 1)
+            fg[n_fg, 0] = box[0, r] - 1
+            fg[n_fg, 1] = box[1, r] - 1
+            fg[n_fg, 2] = min(box[2, r], width - 1)  # padded x1 = image x1 + 1, clipped as the reference
+            fg[n_fg, 3] = min(box[3, r], height - 1)
             n_fg += 1
         fg_count[li] = n_roots
 
@@ -163,10 +189,10 @@ def _all_contour_boxes(
     for i in range(n_roots):
         pos[roots[i]] = -1
     n_roots = 0
-    active[:] = 0
+    active[:size] = 0
     outside = 0  # a padding cell stands for all the padding: OpenCV's background frame around the image
     parent[outside] = outside
-    rank[outside] = 1 << 40
+    rank[outside] = 1 << 30
     pos[outside] = -1
     for x in range(stride):
         for p in (x, (height + 1) * stride + x):
@@ -185,35 +211,28 @@ def _all_contour_boxes(
         level = levels[li]
         while value < min(level, 255):
             value += 1
-            p = head[value]
-            while p >= 0:
+            for i in range(start[value], start[value + 1]):
+                p = np.int64(order[i])
                 active[p] = 1
-                parent[p] = p
-                rank[p] = 0
-                box[p, 0] = px[p]
-                box[p, 1] = py[p]
-                box[p, 2] = px[p]
-                box[p, 3] = py[p]
-                roots[n_roots] = p
-                pos[p] = n_roots
-                n_roots += 1
-                r = p
+                r = -1
                 for d in range(0, 8, 2):  # the four edge neighbours
                     nb = p + noff[d]
                     if active[nb]:
                         rn = _find(parent, nb)
-                        if rn != r:
+                        if r < 0:
+                            r = rn
+                        elif rn != r:
                             r, n_roots = _merge(parent, rank, box, roots, pos, n_roots, r, rn)
-                p = nxt[p]
+                n_roots = _add_pixel(parent, rank, box, roots, pos, n_roots, p, r, oyx[i] & 0xFFFF, oyx[i] >> 16)
         holes = _grow(holes, n_holes + n_roots)
         hole_start[li] = n_holes
         for i in range(n_roots):
             r = roots[i]
             # a hole's border runs through the foreground pixels around it: its pixel box grown by one
-            holes[n_holes, 0] = box[r, 0] - 2
-            holes[n_holes, 1] = box[r, 1] - 2
-            holes[n_holes, 2] = min(box[r, 2] + 1, width - 1)
-            holes[n_holes, 3] = min(box[r, 3] + 1, height - 1)
+            holes[n_holes, 0] = box[0, r] - 2
+            holes[n_holes, 1] = box[1, r] - 2
+            holes[n_holes, 2] = min(box[2, r] + 1, width - 1)
+            holes[n_holes, 3] = min(box[3, r] + 1, height - 1)
             n_holes += 1
         hole_count[li] = n_roots
 
@@ -230,6 +249,18 @@ def _all_contour_boxes(
         for i in range(hole_count[li]):
             out[o + i] = holes[hole_start[li] + i]
     return out, offsets
+
+
+_N_WORK = 10
+_WORKSPACE = threading.local()  # per-thread scratch arrays, reused across calls (no allocation per map)
+
+
+def _workspace(size: int) -> tuple[np.ndarray, np.ndarray]:
+    work = getattr(_WORKSPACE, "work", None)
+    if work is None or work.shape[1] < size:
+        _WORKSPACE.work = work = np.empty((_N_WORK, size), dtype=np.int32)
+        _WORKSPACE.active = np.empty(size, dtype=np.uint8)
+    return work, _WORKSPACE.active
 
 
 def all_contour_boxes(q: np.ndarray, tau_levels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -252,7 +283,10 @@ def all_contour_boxes(q: np.ndarray, tau_levels: np.ndarray) -> tuple[list[np.nd
             f"q must be 2D (got shape {q.shape}) and tau_levels a non-empty 1D array of levels >= 0."
         )
     levels, inverse = distinct_masks(q, tau_levels)
-    flat, offsets = _all_contour_boxes(q, np.ascontiguousarray(levels, dtype=np.int64), _UNIONS, _DX, _DY)
+    work, active = _workspace((q.shape[0] + 2) * (q.shape[1] + 2))
+    flat, offsets = _all_contour_boxes(
+        q, np.ascontiguousarray(levels, dtype=np.int64), work, active, _UNIONS, _DX, _DY
+    )
     flat.setflags(write=False)
     bounds = offsets.tolist()
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], inverse
