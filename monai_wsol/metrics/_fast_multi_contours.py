@@ -26,7 +26,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from ._fast_contours import _DX, _DY, _UNIONS, _find, fits
+from ._fast_contours import _D_EULER4, _DX, _DY, _UNIONS, _find, fits
 from ._quantize import distinct_masks
 
 __all__ = ["all_contour_boxes"]
@@ -103,7 +103,7 @@ def _add_pixel(
 @njit(cache=True, nogil=True)
 def _all_contour_boxes(
     q: np.ndarray, levels: np.ndarray, work: np.ndarray, active: np.ndarray, unions: np.ndarray,
-    dx: np.ndarray, dy: np.ndarray,
+    d_euler4: np.ndarray, dx: np.ndarray, dy: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     height, width = q.shape
     stride = width + 2
@@ -144,6 +144,8 @@ def _all_contour_boxes(
     n_roots = 0
     value = 256
     fg_count = np.zeros(n_levels, dtype=np.int64)
+    euler4 = 0  # 4 x the Euler number of the mask
+    last_hole = -1  # the highest level (index) with a hole: the background sweep stops there
     fg_start = np.zeros(n_levels, dtype=np.int64)
     for li in range(n_levels - 1, -1, -1):
         level = levels[li]
@@ -163,6 +165,7 @@ def _all_contour_boxes(
                     | (np.int64(active[down + 1]) << 7)
                 )
                 active[p] = 1
+                euler4 += d_euler4[pattern]
                 r = -1
                 for k in range(4):  # one find per group of mutually adjacent active neighbours
                     d = unions[pattern, k]
@@ -184,6 +187,9 @@ def _all_contour_boxes(
             fg[n_fg, 3] = min(box[3, r], height - 1)
             n_fg += 1
         fg_count[li] = n_roots
+        # holes = components - Euler number (8-connected, Gray's bit quads kept up to date as pixels join)
+        if last_hole < 0 and 4 * n_roots != euler4:
+            last_hole = li
 
     # --- background, 4-connected: from the lowest value up; level l's background holds values <= l ---
     for i in range(n_roots):
@@ -207,7 +213,7 @@ def _all_contour_boxes(
     hole_start = np.zeros(n_levels, dtype=np.int64)
     n_holes = 0
     value = -1
-    for li in range(n_levels):
+    for li in range(last_hole + 1):
         level = levels[li]
         while value < min(level, 255):
             value += 1
@@ -285,7 +291,7 @@ def all_contour_boxes(q: np.ndarray, tau_levels: np.ndarray) -> tuple[list[np.nd
     levels, inverse = distinct_masks(q, tau_levels)
     work, active = _workspace((q.shape[0] + 2) * (q.shape[1] + 2))
     flat, offsets = _all_contour_boxes(
-        q, np.ascontiguousarray(levels, dtype=np.int64), work, active, _UNIONS, _DX, _DY
+        q, np.ascontiguousarray(levels, dtype=np.int64), work, active, _UNIONS, _D_EULER4, _DX, _DY
     )
     flat.setflags(write=False)
     bounds = offsets.tolist()
