@@ -14,7 +14,10 @@ Why it is fast while staying exact:
 - v1 (largest contour) with numba installed: one union-find sweep over the pixels from the highest value down
   gives every distinct mask's box (:mod:`._fast_contours`: the largest contour is an outer one, i.e. an
   8-connected component, its area a sum over 2x2 windows or a traced border, OpenCV's list order breaks ties);
-  without numba, and for V2 (every contour), the OpenCV path below is used; both give the reference's boxes;
+  V2 (every contour) with numba and ``ordered=False`` (what the metrics use): two union-find sweeps, foreground
+  8-connected from the top and background 4-connected from the bottom, give every distinct mask's component
+  boxes and hole boxes (:mod:`._fast_multi_contours`; same multiset of boxes, not OpenCV's order);
+  otherwise the OpenCV path below is used; all paths give the reference's boxes;
 - only distinct masks are traced: a threshold list of any length maps to at most 256 quantised levels,
   and levels between which no score falls give the same mask (:func:`~._quantize.distinct_masks`);
 - a mask proven to be one 8-connected region (and, for all-contour mode, without holes) is not traced at
