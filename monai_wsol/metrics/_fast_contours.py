@@ -351,12 +351,15 @@ _N_WORK = 14
 _WORKSPACE = threading.local()  # per-thread scratch arrays, reused across calls (no allocation per map)
 
 
-def _workspace(size: int) -> tuple[np.ndarray, np.ndarray]:
-    work = getattr(_WORKSPACE, "work", None)
+def _workspace(
+    size: int, store: threading.local = _WORKSPACE, n_work: int = _N_WORK
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_work`` int32 scratch rows and one uint8 row of ``size`` cells, kept in ``store`` (one per thread)."""
+    work = getattr(store, "work", None)
     if work is None or work.shape[1] < size:
-        _WORKSPACE.work = work = np.empty((_N_WORK, size), dtype=np.int32)
-        _WORKSPACE.active = np.empty(size, dtype=np.uint8)
-    return work, _WORKSPACE.active
+        store.work = work = np.empty((n_work, size), dtype=np.int32)
+        store.active = np.empty(size, dtype=np.uint8)
+    return work, store.active
 
 
 def largest_contour_boxes(q: np.ndarray, tau_levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

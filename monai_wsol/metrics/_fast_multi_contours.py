@@ -26,7 +26,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from ._fast_contours import _D_EULER4, _DX, _DY, _UNIONS, _find, fits
+from ._fast_contours import _D_EULER4, _DX, _DY, _UNIONS, _find, _workspace, fits
 from ._quantize import distinct_masks
 
 __all__ = ["all_contour_boxes"]
@@ -55,8 +55,14 @@ def _drop_root(roots: np.ndarray, pos: np.ndarray, n_roots: int, r: int) -> int:
 
 @njit(cache=True, nogil=True, inline="always")
 def _merge(
-    parent: np.ndarray, rank: np.ndarray, box: np.ndarray, roots: np.ndarray, pos: np.ndarray,
-    n_roots: int, r: int, rn: int,
+    parent: np.ndarray,
+    rank: np.ndarray,
+    box: np.ndarray,
+    roots: np.ndarray,
+    pos: np.ndarray,
+    n_roots: int,
+    r: int,
+    rn: int,
 ) -> tuple[int, int]:
     """Union of the sets rooted at ``r`` and ``rn`` (union by rank); returns the new root and list length.
     The surviving root keeps the union's box (``box`` (4, n): x0, y0, x1, y1); the absorbed one leaves the
@@ -77,8 +83,16 @@ def _merge(
 
 @njit(cache=True, nogil=True, inline="always")
 def _add_pixel(
-    parent: np.ndarray, rank: np.ndarray, box: np.ndarray, roots: np.ndarray, pos: np.ndarray,
-    n_roots: int, p: int, r: int, x: int, y: int,
+    parent: np.ndarray,
+    rank: np.ndarray,
+    box: np.ndarray,
+    roots: np.ndarray,
+    pos: np.ndarray,
+    n_roots: int,
+    p: int,
+    r: int,
+    x: int,
+    y: int,
 ) -> int:
     """Pixel ``p`` at padded ``(x, y)`` joins the set rooted at ``r``, or starts a listed set when ``r < 0``;
     returns the root list's length."""
@@ -102,8 +116,14 @@ def _add_pixel(
 
 @njit(cache=True, nogil=True)
 def _all_contour_boxes(
-    q: np.ndarray, levels: np.ndarray, work: np.ndarray, active: np.ndarray, unions: np.ndarray,
-    d_euler4: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+    q: np.ndarray,
+    levels: np.ndarray,
+    work: np.ndarray,
+    active: np.ndarray,
+    unions: np.ndarray,
+    d_euler4: np.ndarray,
+    dx: np.ndarray,
+    dy: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     height, width = q.shape
     stride = width + 2
@@ -176,7 +196,9 @@ def _all_contour_boxes(
                         r = rn
                     elif rn != r:
                         r, n_roots = _merge(parent, rank, box, roots, pos, n_roots, r, rn)
-                n_roots = _add_pixel(parent, rank, box, roots, pos, n_roots, p, r, oyx[i] & 0xFFFF, oyx[i] >> 16)
+                n_roots = _add_pixel(
+                    parent, rank, box, roots, pos, n_roots, p, r, oyx[i] & 0xFFFF, oyx[i] >> 16
+                )
         fg = _grow(fg, n_fg + n_roots)
         fg_start[li] = n_fg
         for i in range(n_roots):
@@ -229,7 +251,9 @@ def _all_contour_boxes(
                             r = rn
                         elif rn != r:
                             r, n_roots = _merge(parent, rank, box, roots, pos, n_roots, r, rn)
-                n_roots = _add_pixel(parent, rank, box, roots, pos, n_roots, p, r, oyx[i] & 0xFFFF, oyx[i] >> 16)
+                n_roots = _add_pixel(
+                    parent, rank, box, roots, pos, n_roots, p, r, oyx[i] & 0xFFFF, oyx[i] >> 16
+                )
         holes = _grow(holes, n_holes + n_roots)
         hole_start[li] = n_holes
         for i in range(n_roots):
@@ -261,14 +285,6 @@ _N_WORK = 10
 _WORKSPACE = threading.local()  # per-thread scratch arrays, reused across calls (no allocation per map)
 
 
-def _workspace(size: int) -> tuple[np.ndarray, np.ndarray]:
-    work = getattr(_WORKSPACE, "work", None)
-    if work is None or work.shape[1] < size:
-        _WORKSPACE.work = work = np.empty((_N_WORK, size), dtype=np.int32)
-        _WORKSPACE.active = np.empty(size, dtype=np.uint8)
-    return work, _WORKSPACE.active
-
-
 def all_contour_boxes(q: np.ndarray, tau_levels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Boxes ``[x0, y0, x1, y1]`` of every contour (outer and hole) of ``q > level`` per distinct mask.
 
@@ -289,7 +305,7 @@ def all_contour_boxes(q: np.ndarray, tau_levels: np.ndarray) -> tuple[list[np.nd
             f"q must be 2D (got shape {q.shape}) and tau_levels a non-empty 1D array of levels >= 0."
         )
     levels, inverse = distinct_masks(q, tau_levels)
-    work, active = _workspace((q.shape[0] + 2) * (q.shape[1] + 2))
+    work, active = _workspace((q.shape[0] + 2) * (q.shape[1] + 2), _WORKSPACE, _N_WORK)
     flat, offsets = _all_contour_boxes(
         q, np.ascontiguousarray(levels, dtype=np.int64), work, active, _UNIONS, _D_EULER4, _DX, _DY
     )
