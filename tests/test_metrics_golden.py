@@ -19,8 +19,6 @@ from monai_wsol.metrics import (
     boxes_from_scoremap,
 )
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_file(), reason=f"golden fixture {GOLDEN} not available")
-
 
 @pytest.fixture(scope="module")
 def golden():

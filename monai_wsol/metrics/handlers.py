@@ -185,7 +185,8 @@ class MaskOverlapHandler(WSOLMetricHandler):
 
     ``positives_only=True`` scores only the images whose GT mask is not empty, as the WSOL protocol scores
     localization on images that contain the object: a negative's min-max normalised CAM still reaches 1 somewhere,
-    so with negatives included the dataset-level Dice mostly measures how many negatives there are.
+    so with negatives included the dataset-level Dice mostly measures how many negatives there are. Negatives are
+    passed with an all-ignore mask (zero counts; still in ``num_images``).
     """
 
     def __init__(
@@ -212,11 +213,19 @@ class MaskOverlapHandler(WSOLMetricHandler):
     def update(self, output: Sequence[Any]) -> None:
         """``output`` = ``(cams, gt_masks, ignore_or_None)``; with ``positives_only``, empty-mask images are skipped."""
         if self.positives_only:
-            masks = output[1]
-            keep = [i for i in range(len(masks)) if bool((masks[i] > 0).any())]
-            if not keep:  # a batch of negatives adds nothing
-                return
-            output = tuple(None if x is None else [x[i] for i in keep] for x in output)
+            # a negative is wholly ignored rather than dropped: it adds zero counts, so every DDP rank still
+            # adds rows (a rank whose images were all negatives would otherwise have nothing to gather)
+            cams, masks = output[0], output[1]
+            ignores = output[2] if len(output) > 2 else None
+            new_ignores = []
+            for i in range(len(masks)):
+                mask = torch.as_tensor(masks[i])
+                if bool((mask > 0).any()):
+                    keep = torch.zeros_like(mask, dtype=torch.bool) if ignores is None else ignores[i]
+                    new_ignores.append(keep)
+                else:
+                    new_ignores.append(torch.ones_like(mask, dtype=torch.bool))
+            output = (cams, masks, new_ignores)
         self.metric_fn(*output)
 
 
