@@ -67,6 +67,23 @@ def _find(parent: np.ndarray, p: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def _neighbour_pattern(active: np.ndarray, p: int, stride: int) -> int:
+    """8-bit pattern of the active neighbours of padded pixel ``p``: bit d is set when the neighbour in direction d
+    (:data:`_DX`, :data:`_DY`) is active."""
+    up, down = p - stride, p + stride
+    return (
+        np.int64(active[p + 1])
+        | (np.int64(active[up + 1]) << 1)
+        | (np.int64(active[up]) << 2)
+        | (np.int64(active[up - 1]) << 3)
+        | (np.int64(active[p - 1]) << 4)
+        | (np.int64(active[down - 1]) << 5)
+        | (np.int64(active[down]) << 6)
+        | (np.int64(active[down + 1]) << 7)
+    )
+
+
+@njit(cache=True, nogil=True)
 def _outer_area2(qp: np.ndarray, stride: int, level: int, start: int, dx: np.ndarray, dy: np.ndarray) -> int:
     """Twice the shoelace area of the outer border starting at ``start`` (first raster pixel of its component)
     of ``qp > level``, followed as Suzuki-Abe / OpenCV do."""
@@ -239,17 +256,7 @@ def _largest_contour_boxes(
             p = walk
             walk = nxt[p]
             py, px = yx[p] >> 16, yx[p] & 0xFFFF
-            up, down = p - stride, p + stride
-            pattern = (
-                np.int64(active[p + 1])
-                | (np.int64(active[up + 1]) << 1)
-                | (np.int64(active[up]) << 2)
-                | (np.int64(active[up - 1]) << 3)
-                | (np.int64(active[p - 1]) << 4)
-                | (np.int64(active[down - 1]) << 5)
-                | (np.int64(active[down]) << 6)
-                | (np.int64(active[down + 1]) << 7)
-            )  # bit d: the neighbour in direction d (_DX, _DY) is in the mask
+            pattern = _neighbour_pattern(active, p, stride)
             active[p] = 1
             if pattern == 0:  # a new component
                 parent[p] = p

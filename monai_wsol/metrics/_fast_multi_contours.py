@@ -26,7 +26,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from ._fast_contours import _D_EULER4, _DX, _DY, _UNIONS, _find, _workspace, fits
+from ._fast_contours import _D_EULER4, _DX, _DY, _UNIONS, _find, _neighbour_pattern, _workspace, fits
 from ._quantize import distinct_masks
 
 __all__ = ["all_contour_boxes"]
@@ -115,6 +115,30 @@ def _add_pixel(
 
 
 @njit(cache=True, nogil=True)
+def _emit_root_boxes(
+    out: np.ndarray,
+    n_out: int,
+    roots: np.ndarray,
+    n_roots: int,
+    box: np.ndarray,
+    grow: int,
+    width: int,
+    height: int,
+) -> int:
+    """Append the image-coordinate box ``[x0, y0, x1 + 1, y1 + 1]`` of each listed root, grown by ``grow``
+    pixels on every side (0: a component; 1: a hole's border), ends clipped to W - 1 / H - 1 as the reference.
+    ``box`` holds padded coordinates (image + 1). Returns the new length of ``out``."""
+    for i in range(n_roots):
+        r = roots[i]
+        out[n_out, 0] = box[0, r] - 1 - grow
+        out[n_out, 1] = box[1, r] - 1 - grow
+        out[n_out, 2] = min(box[2, r] + grow, width - 1)
+        out[n_out, 3] = min(box[3, r] + grow, height - 1)
+        n_out += 1
+    return n_out
+
+
+@njit(cache=True, nogil=True)
 def _all_contour_boxes(
     q: np.ndarray,
     levels: np.ndarray,
@@ -173,17 +197,7 @@ def _all_contour_boxes(
             value -= 1
             for i in range(start[value], start[value + 1]):
                 p = np.int64(order[i])
-                up, down = p - stride, p + stride
-                pattern = (
-                    np.int64(active[p + 1])
-                    | (np.int64(active[up + 1]) << 1)
-                    | (np.int64(active[up]) << 2)
-                    | (np.int64(active[up - 1]) << 3)
-                    | (np.int64(active[p - 1]) << 4)
-                    | (np.int64(active[down - 1]) << 5)
-                    | (np.int64(active[down]) << 6)
-                    | (np.int64(active[down + 1]) << 7)
-                )
+                pattern = _neighbour_pattern(active, p, stride)
                 active[p] = 1
                 euler4 += d_euler4[pattern]
                 r = -1
@@ -201,13 +215,7 @@ def _all_contour_boxes(
                 )
         fg = _grow(fg, n_fg + n_roots)
         fg_start[li] = n_fg
-        for i in range(n_roots):
-            r = roots[i]
-            fg[n_fg, 0] = box[0, r] - 1
-            fg[n_fg, 1] = box[1, r] - 1
-            fg[n_fg, 2] = min(box[2, r], width - 1)  # padded x1 = image x1 + 1, clipped as the reference
-            fg[n_fg, 3] = min(box[3, r], height - 1)
-            n_fg += 1
+        n_fg = _emit_root_boxes(fg, n_fg, roots, n_roots, box, 0, width, height)
         fg_count[li] = n_roots
         # holes = components - Euler number (8-connected, Gray's bit quads kept up to date as pixels join)
         if last_hole < 0 and 4 * n_roots != euler4:
@@ -256,14 +264,8 @@ def _all_contour_boxes(
                 )
         holes = _grow(holes, n_holes + n_roots)
         hole_start[li] = n_holes
-        for i in range(n_roots):
-            r = roots[i]
-            # a hole's border runs through the foreground pixels around it: its pixel box grown by one
-            holes[n_holes, 0] = box[0, r] - 2
-            holes[n_holes, 1] = box[1, r] - 2
-            holes[n_holes, 2] = min(box[2, r] + 1, width - 1)
-            holes[n_holes, 3] = min(box[3, r] + 1, height - 1)
-            n_holes += 1
+        # a hole's border runs through the foreground pixels around it: its pixel box grown by one
+        n_holes = _emit_root_boxes(holes, n_holes, roots, n_roots, box, 1, width, height)
         hole_count[li] = n_roots
 
     # --- per level: its components then its holes; an empty mask gives [0, 0, 0, 0] ---
