@@ -35,7 +35,16 @@ from monai_wsol.metrics import (
 from monai_wsol.metrics._quantize import as_score_array
 from monai_wsol.metrics.contours import distinct_level_boxes_modes
 
-__all__ = ["EvaluationError", "Metadata", "read_metadata", "resize_box", "evaluate_wsol", "main"]
+__all__ = [
+    "EvaluationError",
+    "Metadata",
+    "read_lines",
+    "parse_ints",
+    "read_metadata",
+    "resize_box",
+    "evaluate_wsol",
+    "main",
+]
 
 
 class EvaluationError(ValueError):
@@ -68,14 +77,16 @@ class Metadata:
         return bool(self.masks)
 
 
-def _lines(path: str) -> list[tuple[int, str]]:
+def read_lines(path: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a metadata file as ``(line number, text)``; a missing file raises naming it."""
     if not os.path.isfile(path):
         raise EvaluationError(f"{path}: file not found.")
     with open(path, encoding="utf-8") as f:
         return [(n, line.rstrip("\r\n")) for n, line in enumerate(f, start=1) if line.strip()]
 
 
-def _ints(path: str, n: int, fields: Sequence[str], what: str) -> list[int]:
+def parse_ints(path: str, n: int, fields: Sequence[str], what: str) -> list[int]:
+    """``fields`` as integers; otherwise an error naming ``path``, line ``n`` and ``what`` they are."""
     try:
         return [int(x) for x in fields]
     except ValueError:
@@ -92,7 +103,7 @@ def read_metadata(meta_dir: str) -> Metadata:
     ids_path = os.path.join(meta_dir, "image_ids.txt")
     image_ids: list[str] = []
     seen: set[str] = set()
-    for n, line in _lines(ids_path):
+    for n, line in read_lines(ids_path):
         if line in seen:
             raise EvaluationError(f"{ids_path}:{n}: duplicate image id {line!r}.")
         seen.add(line)
@@ -102,7 +113,7 @@ def read_metadata(meta_dir: str) -> Metadata:
     meta = Metadata(image_ids=image_ids)
 
     loc_path = os.path.join(meta_dir, "localization.txt")
-    loc_lines = _lines(loc_path)
+    loc_lines = read_lines(loc_path)
     kinds = {len(line.split(",")) for _, line in loc_lines}
     if kinds == {3}:
         for n, line in loc_lines:
@@ -121,11 +132,11 @@ def read_metadata(meta_dir: str) -> Metadata:
         annotated: dict[str, Any] = meta.masks
     else:
         sizes_path = os.path.join(meta_dir, "image_sizes.txt")
-        for n, line in _lines(sizes_path):
+        for n, line in read_lines(sizes_path):
             parts = line.split(",")
             if len(parts) != 3:
                 raise EvaluationError(f"{sizes_path}:{n}: expected 'id,width,height', got {line!r}.")
-            w, h = _ints(sizes_path, n, parts[1:], "width and height")
+            w, h = parse_ints(sizes_path, n, parts[1:], "width and height")
             if w <= 0 or h <= 0:
                 raise EvaluationError(f"{sizes_path}:{n}: width and height must be positive, got {w}x{h}.")
             meta.image_sizes[parts[0]] = (w, h)
@@ -136,7 +147,7 @@ def read_metadata(meta_dir: str) -> Metadata:
                     f"{loc_path}:{n}: expected 'id,x0,y0,x1,y1' (boxes) or 'id,mask,ignore' (masks), got {line!r}."
                 )
             image_id = parts[0]
-            x0, y0, x1, y1 = _ints(loc_path, n, parts[1:], "box coordinates")
+            x0, y0, x1, y1 = parse_ints(loc_path, n, parts[1:], "box coordinates")
             if image_id not in meta.image_sizes:
                 if image_id in seen:
                     raise EvaluationError(f"{loc_path}:{n}: {image_id!r} has no size in {sizes_path}.")

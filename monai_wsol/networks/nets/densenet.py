@@ -12,14 +12,21 @@ from monai.networks.nets import DenseNet121
 
 from monai_wsol.networks.nets.cam_classifier import CAMClassifier
 
-__all__ = ["CAMDenseNet121", "DENSENET_PRESETS"]
+__all__ = ["CAMDenseNet121", "DENSENET_PRESETS", "densenet_presets"]
 
-#: Presets: one block after dense block 4 (the last stage, as VGG16's conv5_3), two after dense blocks 3 and 4
-#: (the last two stages, as VGG16's conv4_3 and conv5_3).
+#: Presets of DenseNet121: one block after dense block 4 (the last stage, as VGG16's conv5_3), two after dense
+#: blocks 3 and 4 (the last two stages, as VGG16's conv4_3 and conv5_3). With another ``block_config`` the
+#: presets mean the same relative to its last dense block (:func:`densenet_presets`).
 DENSENET_PRESETS: dict[str, tuple[str, ...]] = {
     "one": ("denseblock4",),
     "two": ("denseblock3", "denseblock4"),
 }
+
+
+def densenet_presets(num_blocks: int) -> dict[str, tuple[str, ...]]:
+    """``"one"``: after the last dense block; ``"two"``: after the last two (for ``num_blocks`` dense blocks)."""
+    last = [f"denseblock{i}" for i in range(max(1, num_blocks - 1), num_blocks + 1)]
+    return {"one": (last[-1],), "two": tuple(last)}
 
 
 class CAMDenseNet121(CAMClassifier):
@@ -46,7 +53,8 @@ class CAMDenseNet121(CAMClassifier):
         in_channels: input channels.
         out_channels: number of classes K.
         plugin: a plug-in name of ``monai_wsol.networks.blocks.registry`` or None (plain CAM baseline).
-        positions: ``"one"``, ``"two"`` (see :data:`DENSENET_PRESETS`) or position name(s) ``"denseblock1"`` ...
+        positions: ``"one"``, ``"two"`` (see :data:`DENSENET_PRESETS`; relative to the last dense block with
+            another ``block_config``) or position name(s) ``"denseblock1"`` ...
             ``"denseblock4"``.
         plugin_kwargs: keyword arguments of the plug-in.
         low_stride: see above; default (None) is True in 3D and False in 2D.
@@ -92,7 +100,8 @@ class CAMDenseNet121(CAMClassifier):
             block = "denseblock" + name[len("transition") :]
             anchors[block] = (f"backbone.{name}.relu", layers[name].conv.in_channels)
         anchors[f"denseblock{len(transitions) + 1}"] = ("backbone.relu5", self.classifier.in_features)
-        self._insert_plugins(plugin, positions, plugin_kwargs, anchors, DENSENET_PRESETS)
+        presets = densenet_presets(len(transitions) + 1)
+        self._insert_plugins(plugin, positions, plugin_kwargs, anchors, presets)
 
     @staticmethod
     def convert_monai_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
