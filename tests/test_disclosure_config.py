@@ -29,8 +29,8 @@ def _parser(dataset_root, metadata_root, out_dir) -> ConfigParser:
             "metadata_root": str(metadata_root),
             "output_dir": str(out_dir),
             "pretrained": False,  # no download in tests
-            "crop_size": 64,  # VGG16 at 224^2 is too slow for a CPU test; the code path is the same
-            "resize_size": 72,
+            "crop_size": 32,  # VGG16 at 224^2 is too slow for a CPU test; the code path is the same
+            "resize_size": 36,
             "num_workers": 0,
             "train#epochs": 1,
             "train#batch_size": 4,
@@ -65,7 +65,7 @@ def test_dry_run_on_fake_cub(fake_cub, tmp_path):
         assert len(maps) == len(test_ids)
         for image_id in test_ids:
             m = np.load(out / method / "scoremaps" / f"{image_id}.npy")
-            assert m.shape == (64, 64) and m.min() >= 0 and m.max() <= 1
+            assert m.shape == (32, 32) and m.min() >= 0 and m.max() <= 1
         assert not (out / method / "checkpoint.pt").exists()
     # the blocks are really in the trained networks
     exp = parser.get_parsed_content("experiment")

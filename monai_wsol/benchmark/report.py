@@ -445,7 +445,10 @@ def _hyper_lines(runs: list[dict], methods: list[str]) -> list[str]:
 
 
 def _markdown(
-    records: Sequence[dict], metrics: Sequence[str], reference: str, order: Sequence[str] | None
+    records: Sequence[dict],
+    metrics: Sequence[str],
+    reference: str | Sequence[str],
+    order: Sequence[str] | None,
 ) -> str:
     seeds_all = sorted({r["seed"] for r in records})
     lines = [
@@ -465,12 +468,13 @@ def _markdown(
         lines += [f"## Setting `{setting}` ({len(seeds)} seeds: {', '.join(map(str, seeds))})", ""]
         summary = summarize(runs, (*metrics, "train_seconds"), order)
         lines += _summary_table(summary, methods, metrics, len(seeds)) + [""]
-        if reference in methods:
-            tests = paired_tests(
-                runs, reference, [m for m in PAIRED_METRICS if m in metrics] or list(metrics)
-            )
+        for ref in [reference] if isinstance(reference, str) else list(reference):
+            if ref not in methods:
+                lines += [f"(`{ref}` was not run in this setting: no paired test.)", ""]
+                continue
+            tests = paired_tests(runs, ref, [m for m in PAIRED_METRICS if m in metrics] or list(metrics))
             lines += [
-                f"### Paired t-test: `{reference}` minus each method, runs paired by seed",
+                f"### Paired t-test: `{ref}` minus each method, runs paired by seed",
                 "",
                 "Two-sided paired t-test (scipy.stats.ttest_rel) on the per-seed differences; 95 % t-interval of "
                 "the mean difference; verdict `better`/`worse` only when p < 0.05. With 3 seeds the test has low "
@@ -478,9 +482,7 @@ def _markdown(
                 "comparisons.",
                 "",
             ]
-            lines += _paired_table(tests, reference) + [""]
-        else:
-            lines += [f"(`{reference}` was not run in this setting: no paired test.)", ""]
+            lines += _paired_table(tests, ref) + [""]
         lines += ["### Hyperparameters", ""] + _hyper_lines(runs, methods) + [""]
     return "\n".join(lines)
 
@@ -488,7 +490,7 @@ def _markdown(
 def write_results(
     bench_dir: str | os.PathLike,
     records: Sequence[dict] | None = None,
-    reference: str = "sfs2",
+    reference: str | Sequence[str] = "sfs2",
     metrics: Sequence[str] = DEFAULT_METRICS,
     order: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
@@ -504,7 +506,7 @@ def write_results(
     Args:
         bench_dir: the benchmark folder (records are read from it when ``records`` is None).
         records: run records (:func:`collect_results`).
-        reference: the method of the paired tests.
+        reference: the method of the paired tests, or several (one paired-test table each).
         metrics: the test metrics, in column order.
         order: method order of the tables (:func:`method_order`).
 

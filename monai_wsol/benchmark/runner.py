@@ -490,14 +490,15 @@ class Benchmark:
         train: :class:`TrainConfig` or its keyword arguments.
         box_step: tau step of the box curves (0.001, the protocol's).
         num_examples: test images stored per first-seed run for the example grid.
-        reference: the method the paired tests compare against every other (default ``"sfs2"``).
+        reference: the method(s) the paired tests compare against every other (default ``"sfs2"``).
         search_in: the setting whose validation split makes the ``search`` choices for every setting (saves
             the candidates' runs elsewhere); None: each setting chooses on its own validation split. It may be
             a setting another process runs on the same ``bench_dir``: its choices are then read from
             ``choices_<search_in>.json``, waiting up to ``wait_for_choices`` seconds for them to appear.
         wait_for_choices: see ``search_in`` (0: a missing choice is an error at once).
         variants: name -> ``{"method": <method name>, **options}``: a method under another name with fixed
-            options (ablations, e.g. ``{"sfs2_t0.6": {"method": "sfs2", "t": 0.6}}``).
+            options (ablations, e.g. ``{"sfs2_t0.6": {"method": "sfs2", "t": 0.6}}``); ``"backbone"`` and
+            ``"net_kwargs"`` entries replace the benchmark's for that variant.
         report: write ``results.csv`` / ``results.md`` and the figures at the end.
     """
 
@@ -516,7 +517,7 @@ class Benchmark:
         train: TrainConfig | Mapping[str, Any] | None = None,
         box_step: float = 0.001,
         num_examples: int = 6,
-        reference: str = "sfs2",
+        reference: str | Sequence[str] = "sfs2",
         search_in: str | None = None,
         wait_for_choices: float = 0.0,
         variants: Mapping[str, Mapping[str, Any]] | None = None,
@@ -585,15 +586,15 @@ class Benchmark:
         return path
 
     # -- one run ---------------------------------------------------------------------------------------------------
+    def network(self, name: str) -> tuple[str, dict[str, Any]]:
+        """``(backbone, net_kwargs)`` of a method or variant (a variant may name its own)."""
+        variant = self.variants.get(name, {})
+        return str(variant.get("backbone", self.backbone)), dict(variant.get("net_kwargs", self.net_kwargs))
+
     def _spec(self, method: str, options: Mapping[str, Any]) -> MethodSpec:
+        backbone, net_kwargs = self.network(method)
         return build_method(
-            self.base_method(method),
-            2,
-            1,
-            2,
-            backbone=self.backbone,
-            net_kwargs=self.net_kwargs,
-            **dict(options),
+            self.base_method(method), 2, 1, 2, backbone=backbone, net_kwargs=net_kwargs, **dict(options)
         )
 
     def run_one(
@@ -639,8 +640,8 @@ class Benchmark:
             "seed": seed,
             "hyperparameters": {
                 "options": _jsonable(options),
-                "backbone": self.backbone,
-                "net_kwargs": _jsonable(self.net_kwargs),
+                "backbone": self.network(method)[0],
+                "net_kwargs": _jsonable(self.network(method)[1]),
                 "image_size": self.image_size,
                 "train": _jsonable(vars(self.train)),
             },
@@ -672,7 +673,11 @@ class Benchmark:
         self, setting: str, method: str, data: Mapping[str, SplitData]
     ) -> tuple[dict[str, Any], int | None]:
         """The method's options for ``setting``: the candidate with the best validation MaxBoxAccV2."""
-        variant = {k: v for k, v in self.variants.get(method, {}).items() if k != "method"}
+        variant = {
+            k: v
+            for k, v in self.variants.get(method, {}).items()
+            if k not in ("method", "backbone", "net_kwargs")
+        }
         base = {**variant, **self.method_options.get(method, {})}
         if self.base_method(method) in POSTHOC:
             return self.choose(setting, POSTHOC[self.base_method(method)], data)[0], None
@@ -721,7 +726,6 @@ class Benchmark:
             datalist = self.datalist(setting)
             data = {s: load_split(datalist, s, self.image_size) for s in ("training", "validation", "test")}
             choices_path = self._choices_path(setting)
-            choices = json.loads(choices_path.read_text()) if choices_path.exists() else {}
             for method in self.methods:
                 chosen_on = setting
                 if self.search_in not in (None, setting) and method in self.search:
@@ -729,6 +733,8 @@ class Benchmark:
                     chosen_on = str(self.search_in)
                 else:
                     options, candidate = self.choose(setting, method, data)
+                # re-read first: another process may be running other methods of this setting
+                choices = json.loads(choices_path.read_text()) if choices_path.exists() else {}
                 choices[method] = {
                     "options": _jsonable(options),
                     "candidate": candidate,
