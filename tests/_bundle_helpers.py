@@ -28,8 +28,13 @@ def run_workflow(run_id: str, config_file: str | list[str], **overrides) -> None
     """``python -m monai.bundle run <run_id> --config_file ...`` in this process (``monai.bundle.run``)."""
     from monai.bundle import run
 
-    run(run_id, config_file=config_file, meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"), **overrides)
+    run(
+        run_id,
+        config_file=config_file,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **overrides,
+    )
 
 
 def run_cli(args: list[str], timeout: float = 600, **env) -> subprocess.CompletedProcess:

