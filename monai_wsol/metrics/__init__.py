@@ -31,6 +31,7 @@ from .contours import (
     boxes_from_scoremaps,
     distinct_level_boxes,
     distinct_level_boxes_modes,
+    scoremap_best_iou_curves,
 )
 from .pxap import PxAPMetric, pxap_bin_edges, pxap_from_histograms, pxap_histograms
 
@@ -51,6 +52,7 @@ __all__ = [
     "pxap_bin_edges",
     "pxap_from_histograms",
     "pxap_histograms",
+    "scoremap_best_iou_curves",
 ]
 
 

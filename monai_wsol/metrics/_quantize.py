@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "as_float64",
     "as_score_array",
     "as_thresholds",
     "quantise_scores",
@@ -24,6 +25,14 @@ __all__ = [
     "level_bounds",
     "level_crops",
 ]
+
+
+def as_float64(score: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``score`` as a float64 NumPy array (torch on any device converted on the torch side: exact for
+    float16/bfloat16/float32, which NumPy may not all represent); values are not checked."""
+    if isinstance(score, torch.Tensor):
+        score = score.detach().to(device="cpu", dtype=torch.float64).numpy()
+    return np.asarray(score, dtype=np.float64)
 
 
 def as_score_array(score: np.ndarray | torch.Tensor, name: str, ndim: int | None = None) -> np.ndarray:
@@ -37,10 +46,7 @@ def as_score_array(score: np.ndarray | torch.Tensor, name: str, ndim: int | None
     Raises:
         ValueError: wrong number of dimensions, empty, NaN/inf or values outside [0, 1].
     """
-    if isinstance(score, torch.Tensor):
-        # float64 on the torch side: exact for float16/bfloat16/float32, which NumPy may not all represent
-        score = score.detach().to(device="cpu", dtype=torch.float64).numpy()
-    arr = np.asarray(score, dtype=np.float64)
+    arr = as_float64(score)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(arr.shape)}.")
     if arr.size == 0:

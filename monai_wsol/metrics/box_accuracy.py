@@ -19,7 +19,7 @@ import torch
 from monai.metrics import Cumulative
 
 from ._quantize import as_thresholds
-from .contours import boxes_from_scoremaps
+from .contours import boxes_from_scoremaps, scoremap_best_iou_curves
 
 __all__ = [
     "box_iou_inclusive",
@@ -183,7 +183,8 @@ class BoxAccuracyMetric(Cumulative):
         spatial_dims: 2 or 3, or None to infer it from ``y_pred`` (rank 3 or 4 with one channel: 2D; rank 5:
             3D).
         connectivity: 3D only, 26 (default), 18 or 6.
-        num_workers: processes used to extract boxes of a batch of 2D maps (0: in process).
+        num_workers: for a batch of 2D maps, threads running the compiled kernels (or, without numba,
+            processes running the OpenCV path); 0: in the calling thread.
 
     Example::
 
@@ -222,19 +223,28 @@ class BoxAccuracyMetric(Cumulative):
         self.connectivity = connectivity
         self.num_workers = num_workers
 
-    def _boxes(self, maps: np.ndarray, spatial_dims: int) -> list[list[np.ndarray]]:
+    def _curves(self, maps: np.ndarray, gts: list[np.ndarray], spatial_dims: int) -> np.ndarray:
+        """(B, n_tau) best IoU per image and threshold."""
         if spatial_dims == 2:
+            # the compiled batch path: no box lists, maps checked and quantised inside (exactly the same values)
+            curves = scoremap_best_iou_curves(
+                maps, self.thresholds, gts, self.multi_contour, self.num_workers
+            )
+            if curves is not None:
+                return curves
             # only the best IoU over each threshold's boxes matters: any order of them will do (faster)
-            return boxes_from_scoremaps(
+            boxes = boxes_from_scoremaps(
                 list(maps), self.thresholds, self.multi_contour, self.num_workers, ordered=False
             )
-        # imported lazily: the 3D extractor is an optional sibling module
-        from .volume import boxes_from_scorevolume
+        else:
+            # imported lazily: the 3D extractor is an optional sibling module
+            from .volume import boxes_from_scorevolume
 
-        return [
-            boxes_from_scorevolume(v, self.thresholds, self.multi_contour, connectivity=self.connectivity)
-            for v in maps
-        ]
+            boxes = [
+                boxes_from_scorevolume(v, self.thresholds, self.multi_contour, connectivity=self.connectivity)
+                for v in maps
+            ]
+        return np.stack([best_iou_curve(b, g) for b, g in zip(boxes, gts, strict=True)])
 
     def __call__(self, y_pred: Any, y: Sequence[Any]) -> torch.Tensor:
         """Add a batch.
@@ -254,9 +264,7 @@ class BoxAccuracyMetric(Cumulative):
         gts = [as_gt_boxes(g, maps.shape[1:], name=f"y[{i}]") for i, g in enumerate(y)]
         if len(maps) == 0:
             return torch.zeros((0, len(self.thresholds)), dtype=torch.float64)
-        curves = np.stack(
-            [best_iou_curve(b, g) for b, g in zip(self._boxes(maps, spatial_dims), gts, strict=True)]
-        )
+        curves = self._curves(maps, gts, spatial_dims)
         self.add_curves(curves)
         return torch.from_numpy(curves)
 

@@ -17,6 +17,8 @@ Why it is fast while staying exact:
   V2 (every contour) with numba and ``ordered=False`` (what the metrics use): two union-find sweeps, foreground
   8-connected from the top and background 4-connected from the bottom, give every distinct mask's component
   boxes and hole boxes (:mod:`._fast_multi_contours`; same multiset of boxes, not OpenCV's order);
+  both kernels also quantise and check the map themselves, and :func:`scoremap_best_iou_curves` (what
+  ``BoxAccuracyMetric`` calls) runs a whole batch in one compiled call straight to the best IoU per threshold;
   otherwise the OpenCV path below is used; all paths give the reference's boxes;
 - only distinct masks are traced: a threshold list of any length maps to at most 256 quantised levels,
   and levels between which no score falls give the same mask (:func:`~._quantize.distinct_masks`);
@@ -36,7 +38,7 @@ Why it is fast while staying exact:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from operator import itemgetter
 
 import cv2
@@ -44,15 +46,26 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ._quantize import as_score_array, distinct_masks, level_bounds, quantise_scores, threshold_levels
+from ._quantize import (
+    as_float64,
+    as_score_array,
+    as_thresholds,
+    distinct_masks,
+    level_bounds,
+    quantise_scores,
+    threshold_levels,
+)
 
 try:  # numba is optional: without it the OpenCV path below gives the same boxes, more slowly
     from ._fast_contours import fits as _kernel_fits
     from ._fast_contours import largest_contour_boxes as _largest_contour_boxes
-    from ._fast_multi_contours import all_contour_boxes as _all_contour_boxes
+    from ._fast_multi_contours import best_iou_curves as _best_iou_curves
+    from ._fast_multi_contours import scoremap_level_boxes as _scoremap_level_boxes
+    from ._fast_multi_contours import split_boxes as _split_boxes
 except ImportError:  # pragma: no cover - depends on the environment
     _largest_contour_boxes = None
-    _all_contour_boxes = None
+    _scoremap_level_boxes = None
+    _best_iou_curves = None
 
 #: use the numba v1 kernel when numba is importable (tests switch it off to check both paths agree)
 USE_NUMBA = _largest_contour_boxes is not None
@@ -63,6 +76,7 @@ __all__ = [
     "boxes_from_scoremaps",
     "distinct_level_boxes",
     "reference_boxes_from_scoremap",
+    "scoremap_best_iou_curves",
 ]
 
 
@@ -317,11 +331,15 @@ def distinct_level_boxes(
         ``(boxes, inverse)``: ``boxes[j]`` is a read-only int64 (k, 4) array ``[x0, y0, x1, y1]`` for the
         j-th distinct mask and ``inverse`` (n_tau,) maps each threshold to its distinct mask.
     """
-    if multi_contour and not ordered and USE_NUMBA and _all_contour_boxes is not None:
-        smap = as_score_array(scoremap, "scoremap", ndim=2)
-        if _kernel_fits(smap.shape):
-            q = quantise_scores(smap)
-            return _all_contour_boxes(q, threshold_levels(int(q.max()), thresholds))
+    if (not multi_contour or not ordered) and USE_NUMBA and _scoremap_level_boxes is not None:
+        smap = as_float64(scoremap)
+        if smap.ndim == 2 and smap.size and _kernel_fits(smap.shape):
+            # quantisation, its range check and the boxes of every distinct mask in one compiled call
+            out = _scoremap_level_boxes(smap, as_thresholds(thresholds), multi_contour)
+            if out is None:
+                as_score_array(smap, "scoremap", ndim=2)  # raises, naming the problem
+            flat, offsets, inverse = out
+            return _split_boxes(flat, offsets), inverse
     (boxes,), inverse = distinct_level_boxes_modes(scoremap, thresholds, (multi_contour,))
     return boxes, inverse
 
@@ -376,7 +394,59 @@ def boxes_from_scoremaps(
         return [boxes_from_scoremap(m, taus, multi_contour, ordered) for m in maps]
     chunksize = max(1, len(maps) // (4 * num_workers))
     with ProcessPoolExecutor(max_workers=num_workers) as pool:
-        return list(pool.map(_boxes_job, [(m, taus, multi_contour, ordered) for m in maps], chunksize=chunksize))
+        return list(
+            pool.map(_boxes_job, [(m, taus, multi_contour, ordered) for m in maps], chunksize=chunksize)
+        )
+
+
+def scoremap_best_iou_curves(
+    scoremaps: np.ndarray,
+    thresholds: Sequence[float] | np.ndarray,
+    gt_boxes: Sequence[np.ndarray],
+    multi_contour: bool = False,
+    num_workers: int = 0,
+) -> np.ndarray | None:
+    """Best IoU per threshold of each map with its GT boxes (what BoxAcc needs), from the compiled kernels.
+
+    Equal to ``best_iou_curve(boxes_from_scoremap(map, thresholds, multi_contour), gt)`` per map, without
+    building any box list: a batch runs in one compiled call (quantisation with its range check, the sweeps,
+    the IoUs per distinct mask).  Maps are independent: with ``num_workers > 1`` the batch is split over that
+    many threads (the kernels release the GIL; each thread has its own workspace).
+
+    Args:
+        scoremaps: (B, H, W) score maps in [0, 1] (float64, or anything :func:`~._quantize.as_float64` takes).
+        thresholds: taus, each in [0, 1).
+        gt_boxes: B int64 arrays (g, 4) ``[x0, y0, x1, y1]``, g >= 1, already checked.
+        multi_contour: False: largest contour (MaxBoxAcc); True: every contour (MaxBoxAccV2).
+        num_workers: threads used for the batch (0 or 1: the calling thread).
+
+    Returns:
+        (B, n_tau) float64, or None when the kernels cannot run (numba missing, :data:`USE_NUMBA` False, or a
+        map too large for them): the caller then uses the OpenCV path.
+
+    Raises:
+        ValueError: a map with NaN/inf or values outside [0, 1] (named ``y_pred[i]``); bad thresholds.
+    """
+    maps = as_float64(scoremaps)
+    if not USE_NUMBA or _best_iou_curves is None or maps.ndim != 3 or not _kernel_fits(maps.shape[1:]):
+        return None
+    if maps.shape[1] == 0 or maps.shape[2] == 0:
+        return None  # empty maps: the checked path raises its own error
+    taus = as_thresholds(thresholds)
+    if len(gt_boxes) != len(maps):
+        raise ValueError(f"gt_boxes must hold one box array per map: {len(gt_boxes)} for {len(maps)} maps.")
+    workers = min(int(num_workers), len(maps))
+    if workers <= 1:
+        return _best_iou_curves(maps, taus, list(gt_boxes), multi_contour)
+    bounds = np.linspace(0, len(maps), workers + 1).astype(int).tolist()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(
+            lambda ab: _best_iou_curves(
+                maps[ab[0] : ab[1]], taus, list(gt_boxes[ab[0] : ab[1]]), multi_contour, ab[0]
+            ),
+            zip(bounds[:-1], bounds[1:], strict=True),
+        )
+        return np.concatenate(list(parts), axis=0)
 
 
 def reference_boxes_from_scoremap(
