@@ -266,18 +266,20 @@ def distinct_boxes(
     thresholds: Sequence[float] | np.ndarray,
     multi_region: bool = False,
     connectivity: int = 26,
+    ordered: bool = True,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Boxes per distinct mask of a 2D map (OpenCV contours) or a 3D volume (connected components).
 
     Dispatches on ``score.ndim``: (H, W) to :func:`~.contours.distinct_level_boxes` (boxes (k, 4), exactly
-    the reference), (D, H, W) to :func:`distinct_level_volume_boxes` (boxes (k, 6)); ``connectivity`` is
-    used in 3D only.  ``multi_region`` is ``multi_contour`` / ``multi_component``.
+    the reference; ``ordered=False`` allows any order of a level's boxes, the faster path where only the set
+    matters), (D, H, W) to :func:`distinct_level_volume_boxes` (boxes (k, 6)); ``connectivity`` is used in 3D
+    only.  ``multi_region`` is ``multi_contour`` / ``multi_component``.
 
     Returns:
         ``(boxes, inverse)`` as both functions: boxes per distinct mask and, per threshold, its mask's index.
     """
     if score.ndim == 2:
-        return distinct_level_boxes(score, thresholds, multi_region)
+        return distinct_level_boxes(score, thresholds, multi_region, ordered=ordered)
     if score.ndim == 3:
         return distinct_level_volume_boxes(score, thresholds, multi_region, connectivity)
     raise ValueError(
