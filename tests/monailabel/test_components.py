@@ -164,6 +164,11 @@ def test_task_needs_the_monailabel_keys(untrained_bundle, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(untrained_bundle, bare)
     (bare / "configs" / "monailabel_infer.json").unlink()
+    WSOLInferTask(str(bare), {})  # the keys are in inference.json itself: enough
+    config = json.loads((bare / "configs" / "inference.json").read_text())
+    for key in ("label_output", "inferer", "post_transforms"):
+        config.pop(key)
+    (bare / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="monailabel_infer.json"):
         WSOLInferTask(str(bare), {})
 
