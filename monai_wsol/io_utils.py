@@ -9,14 +9,22 @@ Windows), flushes and fsyncs it, then renames it over the destination.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "to_jsonable",
+]
 
 
 @contextmanager
@@ -68,6 +76,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (``encoding`` defaults to UTF-8); returns ``Path(path)``."""
     return _atomic_stream(path, "w", lambda f: f.write(text), encoding=encoding)
+
+
+def to_jsonable(x: Any) -> Any:
+    """A JSON-ready copy of a config or result: mappings (str keys) and sequences recursively, one-element
+    tensors as numbers, non-finite floats as ``None`` (JSON has no NaN), anything else as its ``str``."""
+    if isinstance(x, Mapping):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    if hasattr(x, "numel") and x.numel() == 1:  # a torch scalar (torch is not imported here)
+        return to_jsonable(x.item())
+    return str(x)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, **dumps_kwargs: Any) -> Path:

@@ -194,3 +194,13 @@ def test_benchmark_rejects_bad_arguments(tmp_path):
         Benchmark(tmp_path, {"d": {}}, ["gradcam"])
     with pytest.raises(ValueError, match="variants"):
         Benchmark(tmp_path, {"d": {}}, ["v"], variants={"v": {"method": "nope"}})
+
+
+def test_to_jsonable_makes_results_strict_json(tmp_path):
+    import math
+
+    from monai_wsol.io_utils import atomic_write_json, to_jsonable
+
+    out = to_jsonable({1: (0.5, math.nan), "t": torch.tensor(2.5), "p": Path("x"), "inf": math.inf})
+    assert out == {"1": [0.5, None], "t": 2.5, "p": "x", "inf": None}
+    atomic_write_json(tmp_path / "r.json", out)  # allow_nan=False: would raise on a NaN

@@ -20,6 +20,7 @@ fake data set in the layout (:func:`monai_wsol.data.wsol_protocol.make_fake_wsol
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -175,8 +176,6 @@ class ProtocolExperiment:
         run_dir = self.out_dir / method
         result_path = run_dir / "result.json"
         if result_path.exists():
-            import json
-
             return json.loads(result_path.read_text())
         train_items = self._items("train")
         num_classes = max(int(i["label"]) for i in train_items) + 1

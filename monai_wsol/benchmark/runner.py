@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,7 +45,7 @@ from scipy import ndimage
 
 from monai_wsol.data import load_datalist, make_load_transforms
 from monai_wsol.data.synthetic import generate
-from monai_wsol.io_utils import atomic_path, atomic_torch_save, atomic_write_json
+from monai_wsol.io_utils import atomic_path, atomic_torch_save, atomic_write_json, to_jsonable
 from monai_wsol.methods import METHODS, MethodSpec, build_method
 from monai_wsol.metrics import MaxBoxAccMetric, MaxBoxAccV2Metric, PxAPMetric, boxes_from_scoremap
 from monai_wsol.metrics.localization import LocalizationAccuracyMetric
@@ -353,10 +352,11 @@ def split_curves(
     boxes = [data.boxes[i] for i in pos]
     v2, v1 = MaxBoxAccV2Metric(thresholds=taus), MaxBoxAccMetric(thresholds=taus, iou_thresholds=(50, 70))
     v2(y_pred=cams, y=boxes)
-    v1(y_pred=cams, y=boxes)
-    r2, r1 = v2.aggregate(), v1.aggregate()
+    r2 = v2.aggregate()
     loc = LocalizationAccuracyMetric(num_classes=logits.shape[1], thresholds=taus)
-    loc(y_pred=logits[pos], y=data.labels[pos], cam=cams, gt_boxes=boxes)
+    # the GT class's largest-contour best-IoU curves are MaxBoxAcc's: extract the boxes once, feed them to both
+    v1.add_curves(loc(y_pred=logits[pos], y=data.labels[pos], cam=cams, gt_boxes=boxes))
+    r1 = v1.aggregate()
     rl = loc.aggregate()
     mask_taus = np.arange(0, 1, mask_step)
     overlap = MaskOverlapMetric(thresholds=mask_taus, spatial_dims=2)
@@ -639,13 +639,13 @@ class Benchmark:
             "method": method,
             "seed": seed,
             "hyperparameters": {
-                "options": _jsonable(options),
+                "options": to_jsonable(options),
                 "backbone": self.network(method)[0],
-                "net_kwargs": _jsonable(self.network(method)[1]),
+                "net_kwargs": to_jsonable(self.network(method)[1]),
                 "image_size": self.image_size,
-                "train": _jsonable(vars(self.train)),
+                "train": to_jsonable(vars(self.train)),
             },
-            **_jsonable(part),
+            **to_jsonable(part),
             "train_seconds": seconds,
         }
         _atomic_npz(run_dir / "curves.npz", arrays)
@@ -736,7 +736,7 @@ class Benchmark:
                 # re-read first: another process may be running other methods of this setting
                 choices = json.loads(choices_path.read_text()) if choices_path.exists() else {}
                 choices[method] = {
-                    "options": _jsonable(options),
+                    "options": to_jsonable(options),
                     "candidate": candidate,
                     "chosen_on_validation_of": chosen_on,
                 }
@@ -778,15 +778,3 @@ def _copy_run(src: Path, dst: Path) -> None:
     shutil.copytree(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN; the report reads null as "n/a"
-    if isinstance(x, str | int | float | bool) or x is None:
-        return x
-    return str(x)

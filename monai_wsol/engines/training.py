@@ -21,7 +21,7 @@ from monai.handlers import LrScheduleHandler, ValidationHandler
 from torch.utils.data import Dataset, DistributedSampler
 
 from monai_wsol.engines.handlers import EpochSeed, NonFiniteLossGuard, is_main_process
-from monai_wsol.io_utils import atomic_write_json
+from monai_wsol.io_utils import atomic_write_json, to_jsonable
 
 __all__ = [
     "LAST_CHECKPOINT_GLOB",
@@ -115,20 +115,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, hyperparameters: Mapping[str, An
     if is_main_process():
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if hyperparameters is not None:
-            atomic_write_json(run_dir / "config.json", _jsonable(hyperparameters))
+            atomic_write_json(run_dir / "config.json", to_jsonable(hyperparameters))
     return str(run_dir)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, str | int | float | bool) or x is None:
-        return x
-    if isinstance(x, torch.Tensor) and x.numel() == 1:
-        return x.item()
-    return str(x)
 
 
 def _items(output: Sequence[Mapping] | Mapping) -> Sequence[Mapping]:

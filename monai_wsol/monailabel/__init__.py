@@ -7,7 +7,7 @@
 - :class:`WSOLApp`: the ``MONAILabelApp`` of ``monai_wsol/monailabel/app/main.py``; answers bad requests with
   4xx (unknown model 404, unsupported format 415, unreadable image or bad parameter 400).
 - :class:`LocalizationInferer`, :class:`LocalizationResultd`, :class:`UnpackDictd`: the pieces the task (and
-  MONAI Label's stock ``monaibundle`` app, through ``bundle/configs/monailabel_infer.json``) runs.
+  MONAI Label's stock ``monaibundle`` app, through the keys of ``bundle/configs/inference.json``) runs.
 
 MONAI Label 0.8.5 needs pydicom < 3 while highdicom needs pydicom 3, so this subpackage lives in its own
 environment (``scripts/setup_monailabel.sh`` -> ``.venv-monailabel``); see ``docs/monailabel.md``.

@@ -163,7 +163,6 @@ def test_task_request_params(untrained_bundle):
 def test_task_needs_the_monailabel_keys(untrained_bundle, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(untrained_bundle, bare)
-    (bare / "configs" / "monailabel_infer.json").unlink()
     WSOLInferTask(str(bare), {})  # the keys are in inference.json itself: enough
     config = json.loads((bare / "configs" / "inference.json").read_text())
     for key in ("label_output", "inferer", "post_transforms"):
@@ -171,6 +170,11 @@ def test_task_needs_the_monailabel_keys(untrained_bundle, tmp_path):
     (bare / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="monailabel_infer.json"):
         WSOLInferTask(str(bare), {})
+    # ... unless an override file supplies them
+    keys = json.loads((REPO / "bundle" / "configs" / "inference.json").read_text())
+    override = {k: keys[k] for k in ("label_output", "inferer", "post_transforms")}
+    (bare / "configs" / "monailabel_infer.json").write_text(json.dumps(override))
+    WSOLInferTask(str(bare), {})
 
 
 def test_image_checks(tmp_path):

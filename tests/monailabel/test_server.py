@@ -321,8 +321,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, volume, work)
 
 
 def test_stock_monaibundle_app(work, bundle, volume):
-    """MONAI Label's own ``monaibundle`` app (offline) serves the bundle once ``inference.json`` carries the keys
-    of ``monailabel_infer.json`` (merged here; a no-op when the bundle's inference.json already has them)."""
+    """MONAI Label's own ``monaibundle`` app (offline) serves the bundle unchanged: ``inference.json`` carries the
+    keys it reads (``inferer``, ``post_transforms``, ``label_output``)."""
     subprocess.run(
         [
             sys.executable,
@@ -342,10 +342,6 @@ def test_stock_monaibundle_app(work, bundle, volume):
     app = work / "stock" / "monaibundle"
     model = app / "model" / MODEL
     shutil.copytree(bundle, model)
-    inference = json.loads((model / "configs" / "inference.json").read_text())
-    inference.update(json.loads((model / "configs" / "monailabel_infer.json").read_text()))
-    (model / "configs" / "inference.json").write_text(json.dumps(inference, indent=4))
-    (model / "configs" / "monailabel_infer.json").unlink()  # the stock app reads inference.json only
     conf = ("--conf", "models", MODEL, "--conf", "zoo_source", "github", "--conf", "sam2", "false")
     with running_server(work, app, *conf) as url:
         img = nib.load(volume)
