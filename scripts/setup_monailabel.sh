@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Optional MONAI Label environment (issue 6): .venv-monailabel beside the core .venv.
+# Optional MONAI Label environment: .venv-monailabel beside the core .venv.
 #
 # MONAI Label 0.8.5 crashes at import on pydicom 3 (it imports pydicom._storage_sopclass_uids) while
 # highdicom (the core DICOM-SEG writer) needs pydicom 3, so the two cannot share one environment.

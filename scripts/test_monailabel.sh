@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI step for the MONAI Label integration (issue 6): create/check .venv-monailabel, then run its tests with it.
+# CI step for the MONAI Label integration: create/check .venv-monailabel, then run its tests with it.
 # Kept apart from the core suite: MONAI Label needs pydicom<3 (highdicom needs 3) and a ~8.6 GB install.
 # The tests train the bundle for one short epoch, start real servers on 127.0.0.1 and stop them (~2-3 min on CPU).
 set -euo pipefail
