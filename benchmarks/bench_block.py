@@ -7,7 +7,7 @@ median time of:
 - ``+1 SFS`` / ``+2 SFS``: the same network with the "one" / "two" dual-suppression presets;
 - ``block@<position>``: each block of the two-block net alone, on the input it gets there (its added latency);
 - ``cam+box``: the plain network's ``forward_cam`` (upsampled to the input) + per-image min-max normalisation +
-  mask at tau + the mask's bounding box, all batched in torch (what METHOD.md's localisation needs);
+  mask at tau + the mask's bounding box, all batched in torch (what docs/method.md's localisation needs);
 - ``cam+loc``: ``forward_cam`` + ``monai_wsol.transforms.CAMToLocation`` per image (normalise, binarise, largest
   connected region, box) when that module is importable.
 

@@ -1,4 +1,4 @@
-"""The dual-suppression block against METHOD.md: each constraint on g, branch 2, steps 1-6, init, export."""
+"""The dual-suppression block against docs/method.md: constraints on g, branch 2, steps 1-6, init, export."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_g_constraints(cr, g):
 
 
 def test_reference_exp_formula_and_alpha():
-    assert g_alpha(0.8) == pytest.approx(math.log(5) / 0.8)  # METHOD.md: ln 5 / 0.8 ~ 2.012
+    assert g_alpha(0.8) == pytest.approx(math.log(5) / 0.8)  # docs/method.md: ln 5 / 0.8 ~ 2.012
     m = 7.0
     xs, ds = _g_below_threshold(0.8, "exp", m)
     alpha = math.log(5) / 0.8

@@ -1,7 +1,8 @@
-"""Equality with every array of the reference's golden outputs (``../shared/fixtures/metric_golden.npz``).
+"""Equality with every array of the reference's golden outputs (``tests/fixtures/metric_golden.npz``).
 
 The fixture was produced by the protocol's public reference (wsolevaluation ``evaluation.py``); nothing here is
-recomputed by a second implementation of ours: boxes, curves and PxAP must match the stored arrays exactly.
+recomputed by a second, in-repository implementation: boxes, curves and PxAP must match the stored arrays
+exactly.
 """
 
 from __future__ import annotations

@@ -67,9 +67,10 @@ def test_vgg16_gap_form_and_positions():
 def test_vgg16_names_match_torchvision():
     """Layers 0-28 carry torchvision's VGG16 ``features`` names and shapes, so its weights load by name."""
     tv = pytest.importorskip("torchvision")
-    ours = {k: v.shape for k, v in CAMVGG16(3, 2).backbone.state_dict().items() if not k.startswith("conv6")}
-    theirs = {k: v.shape for k, v in tv.models.vgg16(weights=None).features.state_dict().items()}
-    assert ours == theirs
+    backbone_state = CAMVGG16(3, 2).backbone.state_dict()
+    camvgg16_shapes = {k: v.shape for k, v in backbone_state.items() if not k.startswith("conv6")}
+    torchvision_shapes = {k: v.shape for k, v in tv.models.vgg16(weights=None).features.state_dict().items()}
+    assert camvgg16_shapes == torchvision_shapes
 
 
 def test_densenet_positions_and_low_stride():

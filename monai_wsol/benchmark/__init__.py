@@ -1,4 +1,4 @@
-"""The benchmark of issue 5: methods x seeds x settings, results tables with paired tests, and figures.
+"""The benchmark: methods x seeds x settings, results tables with paired tests, and figures.
 
 - ``report``: collect the runs' ``result.json``, summarise (mean ± std), paired t-tests, ``results.csv``/``.md``.
 - ``figures``: accuracy-versus-tau curves and the grid of test images under every method (matplotlib, lazily).

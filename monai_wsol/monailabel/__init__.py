@@ -1,4 +1,4 @@
-"""MONAI Label integration: serve the ``monai_wsol`` bundle to 3D Slicer / OHIF (issue 6).
+"""MONAI Label integration: serve the ``monai_wsol`` bundle to 3D Slicer / OHIF.
 
 - :class:`WSOLInferTask`: MONAI Label's ``BundleInferTask`` for the bundle; returns the lesion mask (or the CAM)
   as the label and, in the JSON params, the predicted class, class probabilities, boxes in voxel and world

@@ -1,4 +1,4 @@
-"""A real MONAI Label server with the monai_wsol app and a briefly trained bundle (issue 6).
+"""A real MONAI Label server with the monai_wsol app and a briefly trained bundle.
 
 Runs only in the MONAI Label environment (``bash scripts/test_monailabel.sh``: ``.venv-monailabel``, where
 MONAI Label 0.8.5 has the pydicom < 3 it needs); in the core ``.venv`` the module is skipped. The server is a

@@ -11,8 +11,8 @@ Reference implementation checked: ``clovaai/wsolevaluation`` ``wsol/method/adl.p
   ``u < drop_rate`` and only that map is computed -- the same probability and the same gradients. ``u`` comes
   from the global torch generator (seeded by ``monai.utils.set_determinism`` / ``torch.manual_seed``), as
   there;
-- the default ``gamma`` is 0.9 (the value this project's issue specifies) where wsolevaluation
-  defaults ``adl_drop_threshold`` to 0.8;
+- the default ``gamma`` is 0.9 (the value the project's specification sets, docs/baselines.md) where
+  wsolevaluation defaults ``adl_drop_threshold`` to 0.8;
 - ``spatial_dims`` and ``in_channels`` are accepted (and checked) so that ADL is built like every other
   plug-in of ``monai_wsol.networks.blocks.registry``.
 """

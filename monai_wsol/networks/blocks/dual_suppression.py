@@ -1,6 +1,6 @@
-"""The dual-suppression (SFS: suppress, fuse, select) block of ``METHOD.md`` (the project's specification, ``../shared/METHOD.md`` beside the repository).
+"""The dual-suppression (SFS: suppress, fuse, select) block of the project's specification, docs/method.md.
 
-This module reads side by side with METHOD.md, section "The SFS block". Comments quote its steps:
+This module reads side by side with docs/method.md, section "2. The SFS block". Comments quote its steps:
 
 - "clamp F at 0 before the branches" and ``m_c = max over (i,j) of F[c,i,j]`` (per sample, per channel, over ALL
   spatial positions, so 2D and 3D alike);
@@ -36,14 +36,15 @@ __all__ = [
 
 #: Families offered for the enhancement map ``g(x) = m * h(alpha * x / m)``; ``h`` is concave, increasing,
 #: ``h(0) = 0``, and ``alpha`` is fixed by ``cr`` so that ``h(alpha * cr) = cr`` (the intersection with the
-#: identity lands exactly at ``cr * m``). "exp" is METHOD.md's reference choice and the default.
+#: identity lands exactly at ``cr * m``). "exp" is docs/method.md's reference choice and the default.
 G_FAMILIES = ("exp", "tanh")
 
 
 def g_alpha(cr: float, g: str = "exp") -> float:
-    """The curvature ``alpha`` fixed by ``cr`` (METHOD.md: "alpha is fixed by cr").
+    """The curvature ``alpha`` fixed by ``cr`` (docs/method.md, section 2.1: "alpha is fixed by cr").
 
-    - ``"exp"``: ``h(u) = 1 - exp(-u)``, ``alpha = -ln(1 - cr) / cr`` (METHOD.md's reference; ~2.012 at cr=0.8);
+    - ``"exp"``: ``h(u) = 1 - exp(-u)``, ``alpha = -ln(1 - cr) / cr`` (the reference
+      of docs/method.md; ~2.012 at cr=0.8);
     - ``"tanh"``: ``h(u) = tanh(u)``, ``alpha = atanh(cr) / cr`` (~1.373 at cr=0.8), a flatter alternative.
     """
     _check_fraction("cr", cr)
@@ -97,7 +98,7 @@ def _irrelevant_from_max(x: torch.Tensor, m: torch.Tensor, t: float) -> torch.Te
 
 
 def suppress_discriminative(x: torch.Tensor, cr: float = 0.8, g: str = "exp") -> torch.Tensor:
-    """Branch 1 of METHOD.md: suppress the most discriminative features, enhance the rest.
+    """Branch 1 of docs/method.md (section 2.1): suppress the most discriminative features, enhance the rest.
 
     ``x`` is clamped at 0, then with ``m_c`` the per-sample per-channel max over all spatial positions::
 
@@ -106,8 +107,9 @@ def suppress_discriminative(x: torch.Tensor, cr: float = 0.8, g: str = "exp") ->
 
     Args:
         x: features (B, C, *spatial), any number of spatial dims.
-        cr: first threshold as a fraction of ``m_c``, ``0 < cr < 1`` (METHOD.md default 0.8).
-        g: enhancement family, one of :data:`G_FAMILIES` ("exp" is METHOD.md's reference); see :func:`g_alpha`.
+        cr: first threshold as a fraction of ``m_c``, ``0 < cr < 1`` (docs/method.md default 0.8).
+        g: enhancement family, one of :data:`G_FAMILIES` ("exp" is docs/method.md's reference); see
+            :func:`g_alpha`.
 
     Returns:
         D, same shape and dtype as ``x``.
@@ -119,11 +121,12 @@ def suppress_discriminative(x: torch.Tensor, cr: float = 0.8, g: str = "exp") ->
 
 
 def suppress_irrelevant(x: torch.Tensor, t: float = 0.4) -> torch.Tensor:
-    """Branch 2 of METHOD.md: keep ``x`` where ``x >= t * m_c``, else 0 (``x`` clamped at 0 first).
+    """Branch 2 of docs/method.md (section 2.2): keep ``x`` where ``x >= t * m_c``, else 0 (``x`` clamped at 0
+    first).
 
     Args:
         x: features (B, C, *spatial).
-        t: second threshold as a fraction of ``m_c``, ``0 < t < 1`` (METHOD.md default 0.4).
+        t: second threshold as a fraction of ``m_c``, ``0 < t < 1`` (docs/method.md default 0.4).
 
     Returns:
         S, same shape and dtype as ``x``; channels with ``m_c <= 0`` are 0.
@@ -135,11 +138,11 @@ def suppress_irrelevant(x: torch.Tensor, t: float = 0.4) -> torch.Tensor:
 
 
 class DualSuppressionBlock(nn.Module):
-    """The SFS block: dual suppression, fusion, feature selection (METHOD.md, "The SFS block").
+    """The SFS block: dual suppression, fusion, feature selection (docs/method.md, "2. The SFS block").
 
     Shapes: input ``F`` (B, C, *spatial) -> output ``F*`` (B, C, *spatial), so the backbone continues unchanged.
 
-    Forward, step by step (METHOD.md numbering)::
+    Forward, step by step (docs/method.md numbering, sections 2.1-2.4)::
 
         F = clamp(F, 0); m_c = max_spatial F                    # "clamp F at 0 before the branches"
         D = suppress_discriminative(F, cr)                      # Branch 1, (B, C, *s)
@@ -152,7 +155,7 @@ class DualSuppressionBlock(nn.Module):
         M_w = W* . M                                            # step 5, per channel
         F* = Conv1x1_2C->C(M_w)                                 # step 6 (1x1x1 in 3D)
 
-    Initialisation (beyond the disclosure, METHOD.md "Initialisation"):
+    Initialisation (beyond the patent publication, docs/method.md "2.6 Initialisation"):
 
     - ``init="passthrough"`` (default): ``fc2.weight = 0`` and ``fc2.bias = 0`` so ``W* = sigmoid(0) = 0.5`` for
       every channel at step 0, and the 1x1 conv weight is ``[I_C | I_C]`` with zero bias, so at step 0 exactly
@@ -162,17 +165,18 @@ class DualSuppressionBlock(nn.Module):
       and scale instead of being scrambled by a random conv. ``fc1`` keeps PyTorch's default init; it receives
       no gradient on the very first step (``fc2.weight`` is 0, the zero-init-last-layer trick) and does from the
       first optimiser update on.
-    - ``init="random"``: PyTorch/MONAI defaults for both FC layers and the 1x1 conv (the disclosure's block as
-      written, for the ablation METHOD.md asks for).
+    - ``init="random"``: PyTorch/MONAI defaults for both FC layers and the 1x1 conv (the patent
+      publication's block as written, for the ablation docs/method.md asks for).
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: C, the channels of the feature map the block is inserted after.
         cr: branch-1 threshold fraction, ``0 < cr < 1``. Default 0.8.
         t: branch-2 threshold fraction, ``0 < t < 1``. Default 0.4.
-        reduction_channels: width R of the squeeze FC; default ``in_channels`` (METHOD.md: FC(2C->C)).
+        reduction_channels: width R of the squeeze FC; default ``in_channels`` (docs/method.md: FC(2C->C)).
         init: ``"passthrough"`` or ``"random"`` (see above).
-        g: enhancement family of branch 1, one of :data:`G_FAMILIES`. Default ``"exp"`` (METHOD.md's reference).
+        g: enhancement family of branch 1, one of :data:`G_FAMILIES`. Default ``"exp"`` (docs/method.md's
+            reference).
     """
 
     def __init__(

@@ -2,10 +2,10 @@
 
 A :class:`CAMClassifier` is ``backbone`` (an ``nn.Sequential`` ending with the CAM feature layer) ->
 global average pooling -> ``classifier`` (``nn.Linear(C, K)``). With that structure the class activation map of
-class k (METHOD.md, "From the trained network to class and location") is ``CAM_k = sum_c w_k[c] F[c]``, which
-:meth:`CAMClassifier.forward_cam` computes in the same graph as the logits: batched, on the input's device, with
-no hooks and no backward pass (``monai.visualize.CAM`` needs hooks and per-sample indices; here the CAM is one
-batched matrix product).
+class k (docs/method.md, "3. From the trained network to a class and a location") is
+``CAM_k = sum_c w_k[c] F[c]``, which :meth:`CAMClassifier.forward_cam` computes in the same graph as the
+logits: batched, on the input's device, with no hooks and no backward pass (``monai.visualize.CAM`` needs
+hooks and per-sample indices; here the CAM is one batched matrix product).
 """
 
 from __future__ import annotations

@@ -38,9 +38,10 @@ class CAMDenseNet121(CAMClassifier):
     logits (B, K); :meth:`features` -> (B, 1024, *spatial / stride).
 
     Plug-in positions ``"denseblock1"`` ... ``"denseblock4"`` mean "after dense block N and the BN + ReLU that
-    follows it", where activations are non-negative as METHOD.md's block assumes: for N < 4 the plug-in becomes
-    the entry ``plugin_denseblockN`` of ``transitionN`` between its ``relu`` and its 1x1 ``conv``; for N = 4 it is
-    the last entry of ``backbone`` (after ``relu5``), so it feeds the pooling and the CAM is taken on its output.
+    follows it", where activations are non-negative as docs/method.md's block assumes: for N < 4 the plug-in
+    becomes the entry ``plugin_denseblockN`` of ``transitionN`` between its ``relu`` and its 1x1 ``conv``; for
+    N = 4 it is the last entry of ``backbone`` (after ``relu5``), so it feeds the pooling and the CAM is taken
+    on its output.
 
     Feature stride: 32 by default (a 224x224 image gives 7x7, a 96^3 volume 3x3x3). ``low_stride=True`` replaces
     the 2x2 average pools of ``transition2`` and ``transition3`` with identities (entry names kept, no parameter

@@ -20,7 +20,8 @@ _CONV_NAMES = tuple(f"conv{s}_{i}" for s, (_, n) in enumerate(_STAGES, start=1) 
 
 #: Valid plug-in positions: after a conv layer's ReLU (conv6 is the WSOL head conv, 512 -> 1024).
 VGG16_POSITIONS: tuple[str, ...] = (*_CONV_NAMES, "conv6")
-#: The disclosure's placements: one block after conv5_3, two blocks after conv4_3 and conv5_3.
+#: Placements for one and two blocks (the project's choice; the patent publication does not name the layers):
+#: one block after conv5_3, two blocks after conv4_3 and conv5_3.
 VGG16_PRESETS: dict[str, tuple[str, ...]] = {"one": ("conv5_3",), "two": ("conv4_3", "conv5_3")}
 
 
