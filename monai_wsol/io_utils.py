@@ -1,5 +1,8 @@
 """Atomic file writes shared by every writer, checkpoint and report in ``monai_wsol``.
 
+This module sits below every other layer (the data generator, the writers, the engines): it imports nothing
+from ``monai_wsol``.
+
 A crash (or ``kill``) in the middle of a write must never leave a truncated file where a reader expects a
 complete one (a checkpoint, a datalist, a JSON report). Every helper here writes to a temporary file in the
 destination's own directory (so the final ``os.replace`` is a same-filesystem rename, atomic on POSIX and
@@ -17,12 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
     "atomic_torch_save",
+    "atomic_write_nifti",
     "to_jsonable",
 ]
 
@@ -111,3 +117,24 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     import torch
 
     return _atomic_stream(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, fsync: bool = True
+) -> Path:
+    """Write a plain (X, Y[, Z]) array with a voxel-to-world ``affine`` (4 x 4, mm, RAS) atomically with nibabel.
+
+    The dtype is kept (int16 HU stays int16). nibabel writes gzip without time stamp or file name, so equal
+    inputs give byte-identical files. ``fsync=False``: see :func:`atomic_path`. Returns ``Path(path)``.
+    """
+    import nibabel as nib  # imported on use: most callers of this module never write NIfTI
+
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(np.asarray(array), affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path = Path(path)
+    with atomic_path(path, fsync=fsync) as tmp:
+        nib.save(image, tmp)
+    return path

@@ -72,11 +72,14 @@ def test_matches_plain_reference_loop(seed, multi):
     if seed == 3:
         smap = np.round(smap * 7) / 7  # plateaus: many equal scores, masks shared by many taus
     taus = np.arange(0, 1, 0.001)
-    ours = boxes_from_scoremap(smap, taus, multi_contour=multi)
+    ours = boxes_from_scoremap(smap, taus, multi_contour=multi, order="opencv")
     ref = reference_boxes_from_scoremap(smap, taus, multi_contour=multi)
     assert len(ours) == len(ref) == len(taus)
     for got, want in zip(ours, ref, strict=True):
         np.testing.assert_array_equal(got, want)
+    # the default order: the same boxes as multisets
+    for got, want in zip(boxes_from_scoremap(smap, taus, multi_contour=multi), ref, strict=True):
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -147,9 +147,10 @@ def test_golden_maps_equal_reference():
 def test_fast_and_opencv_paths_agree(monkeypatch):
     rng = np.random.default_rng(3)
     maps = [_smooth(rng, 30, 20), _rings(rng, 25, 25), _noise(rng, 17, 31), np.zeros((5, 6))]
-    fast = [distinct_level_boxes_modes(m, TAUS) for m in maps]
+    # OpenCV's order: V2 boxes compare row for row (the default order is checked in test_fast_multi_contours)
+    fast = [distinct_level_boxes_modes(m, TAUS, order="opencv") for m in maps]
     monkeypatch.setattr(contours, "USE_NUMBA", False)
-    slow = [distinct_level_boxes_modes(m, TAUS) for m in maps]
+    slow = [distinct_level_boxes_modes(m, TAUS, order="opencv") for m in maps]
     for (f_boxes, f_inv), (s_boxes, s_inv) in zip(fast, slow, strict=True):
         assert np.array_equal(f_inv, s_inv)
         for f_mode, s_mode in zip(f_boxes, s_boxes, strict=True):

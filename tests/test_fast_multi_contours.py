@@ -1,4 +1,4 @@
-"""The numba all-contour (MaxBoxAccV2) kernel (``monai_wsol.metrics._fast_multi_contours``) against OpenCV.
+"""The numba all-contour (MaxBoxAccV2) kernel (``monai_wsol.metrics._fast_contours``) against OpenCV.
 
 The kernel gives each threshold's boxes in another order than OpenCV, so boxes are compared as multisets
 (sorted rows) with the reference's own per-threshold loop (``reference_boxes_from_scoremap``, threshold +
@@ -18,10 +18,14 @@ from test_fast_contours import TAUS, _lines, _noise, _normalise, _rings, _smooth
 
 from monai_wsol.metrics import BoxAccuracyMetric, contours
 from monai_wsol.metrics._quantize import distinct_masks, quantise_scores, threshold_levels
-from monai_wsol.metrics.contours import boxes_from_scoremap, reference_boxes_from_scoremap
+from monai_wsol.metrics.contours import (
+    boxes_from_scoremap,
+    distinct_level_boxes_modes,
+    reference_boxes_from_scoremap,
+)
 
 pytest.importorskip("numba")
-from monai_wsol.metrics._fast_multi_contours import all_contour_boxes  # noqa: E402
+from monai_wsol.metrics._fast_contours import all_contour_boxes  # noqa: E402
 
 
 def _sorted_rows(boxes: np.ndarray) -> np.ndarray:
@@ -153,24 +157,50 @@ def test_grouping_empty_mask_and_bad_input():
         all_contour_boxes(np.zeros((2, 2, 2), dtype=np.uint8), np.array([0]))
 
 
-def test_unordered_api_uses_the_kernel_and_matches_ordered(monkeypatch):
+def test_default_order_uses_the_kernel_and_opencv_order_is_kept_on_request(monkeypatch):
     rng = np.random.default_rng(9)
     m = torch.as_tensor(_rings(rng, 30, 26), dtype=torch.float32)
-    ordered = boxes_from_scoremap(m, TAUS, multi_contour=True)
+    opencv = boxes_from_scoremap(m, TAUS, multi_contour=True, order="opencv")
+    ref = reference_boxes_from_scoremap(m.double().numpy(), TAUS, multi_contour=True)
+    assert all(np.array_equal(a, b) for a, b in zip(opencv, ref, strict=True)), "not OpenCV's order"
     calls = []
     kernel = contours._scoremap_level_boxes
     monkeypatch.setattr(contours, "_scoremap_level_boxes", lambda *a: calls.append(1) or kernel(*a))
-    unordered = boxes_from_scoremap(m, TAUS, multi_contour=True, ordered=False)
-    assert calls, "ordered=False with multi_contour=True must use the kernel"
-    _assert_same_multisets(unordered, ordered, TAUS, "API")
-    # v1 ignores ``ordered``; without numba the unordered request falls back to the ordered OpenCV boxes
-    v1 = boxes_from_scoremap(m, TAUS, ordered=False)
+    default = boxes_from_scoremap(m, TAUS, multi_contour=True)
+    assert calls, "the default order with multi_contour=True must use the kernel"
+    _assert_same_multisets(default, opencv, TAUS, "API")
+    # rings: components come before holes in the kernel, not in OpenCV's list, so the option has an effect
+    assert any(not np.array_equal(a, b) for a, b in zip(default, opencv, strict=True))
+    # v1 has one box: ``order`` changes nothing
+    v1 = boxes_from_scoremap(m, TAUS, order="opencv")
     assert all(np.array_equal(a, b) for a, b in zip(v1, boxes_from_scoremap(m, TAUS), strict=True))
+    with pytest.raises(ValueError, match="order must be"):
+        boxes_from_scoremap(m, TAUS, multi_contour=True, order=False)
+    # without numba the default falls back to the OpenCV path, hence OpenCV's order
     calls.clear()
     monkeypatch.setattr(contours, "USE_NUMBA", False)
-    slow = boxes_from_scoremap(m, TAUS, multi_contour=True, ordered=False)
+    slow = boxes_from_scoremap(m, TAUS, multi_contour=True)
     assert not calls
-    assert all(np.array_equal(a, b) for a, b in zip(slow, ordered, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(slow, opencv, strict=True))
+
+
+def test_modes_default_order_uses_the_kernel(monkeypatch):
+    """Both modes at once (the evaluate command line): V2 from the kernel by default, OpenCV's on request."""
+    rng = np.random.default_rng(4)
+    m = _rings(rng, 40, 33)
+    calls = []
+    kernel = contours._all_contour_boxes
+    monkeypatch.setattr(contours, "_all_contour_boxes", lambda *a: calls.append(1) or kernel(*a))
+    (v1, v2), inverse = distinct_level_boxes_modes(m, TAUS)
+    assert calls, "the default order must take the V2 boxes from the kernel"
+    calls.clear()
+    (v1_cv, v2_cv), inverse_cv = distinct_level_boxes_modes(m, TAUS, order="opencv")
+    assert not calls
+    assert np.array_equal(inverse, inverse_cv)
+    assert all(np.array_equal(a, b) for a, b in zip(v1, v1_cv, strict=True))
+    _assert_same_multisets(v2, v2_cv, range(len(v2)), "modes")
+    ref = reference_boxes_from_scoremap(m, TAUS, multi_contour=True)
+    assert all(np.array_equal(v2_cv[j], b) for j, b in zip(inverse.tolist(), ref, strict=True))
 
 
 def test_v2_metric_uses_the_kernel_and_equals_golden(monkeypatch):

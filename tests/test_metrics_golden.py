@@ -53,7 +53,7 @@ def test_v2_boxes_every_coarse_threshold(golden):
             k = i * len(taus) + t
             ref = flat[starts[k] : ends[k]]
             assert len(got) == counts[i, t], (i, t)
-            # compared as multisets (the fixture allows another order); the order is in fact the same
+            # compared as multisets: the default order is the kernel's (components, then holes), not OpenCV's
             assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, ref.tolist())), (i, t)
 
 

@@ -45,7 +45,7 @@ def _assert_three_paths(maps: np.ndarray, gts: list[np.ndarray], taus: np.ndarra
         batch = scoremap_best_iou_curves(maps, taus, gts, multi)
         assert batch is not None and batch.shape == (len(maps), len(taus))
         for i, (smap, gt) in enumerate(zip(maps, gts, strict=True)):
-            per_map = best_iou_curve(boxes_from_scoremap(smap, taus, multi, ordered=False), gt)
+            per_map = best_iou_curve(boxes_from_scoremap(smap, taus, multi), gt)
             ref = _reference_curve(smap, taus, gt, multi)
             mode = "V2" if multi else "v1"
             assert np.array_equal(per_map, ref), f"{what} #{i} {mode}: per-map path != reference"
@@ -167,7 +167,7 @@ def test_bad_maps_are_named(value, match):
     with pytest.raises(ValueError, match=match):
         BoxAccuracyMetric(thresholds=TAUS)(maps, gts)
     with pytest.raises(ValueError, match=match):
-        boxes_from_scoremap(maps[2], TAUS, multi_contour=True, ordered=False)
+        boxes_from_scoremap(maps[2], TAUS, multi_contour=True)
     with pytest.raises(ValueError, match="thresholds"):
         scoremap_best_iou_curves(maps[:1] * 0, [0.5, 1.0], gts[:1])
     with pytest.raises(ValueError, match="one box array per map"):

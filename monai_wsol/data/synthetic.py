@@ -47,9 +47,8 @@ import numpy as np
 from scipy import ndimage
 
 from monai_wsol.data.sources import SOURCES, SourceVolume, load_source
-from monai_wsol.io_utils import atomic_write_json
+from monai_wsol.io_utils import atomic_write_json, atomic_write_nifti
 from monai_wsol.transforms.functional import keep_regions, mask_to_boxes
-from monai_wsol.writers.nifti import write_nifti
 
 __all__ = ["generate", "gt_boxes", "insert_lesion", "insert_distractor", "SPLITS", "main"]
 
@@ -468,8 +467,8 @@ def generate(
             with_distractor = bool(distractor and rng.uniform() < rates[int(label)])
             sample = _make_sample(src, layout, split, mode, size, depth, int(label), with_distractor, rng)
             stem = f"{split}_{i:04d}.nii.gz"
-            write_nifti(sample["image"], sample["affine"], out_dir / "images" / stem, fsync=False)
-            write_nifti(
+            atomic_write_nifti(sample["image"], sample["affine"], out_dir / "images" / stem, fsync=False)
+            atomic_write_nifti(
                 sample["mask"].astype(np.uint8), sample["affine"], out_dir / "masks" / stem, fsync=False
             )
             item = {

@@ -49,7 +49,7 @@ from monai.transforms import (
 from monai.utils import TransformBackends, convert_to_tensor, ensure_tuple_rep
 
 from monai_wsol.data.readers import LoadImageCheckedd
-from monai_wsol.evaluate import EvaluationError, parse_ints, read_lines, read_metadata
+from monai_wsol.data.wsol_metadata import EvaluationError, parse_ints, read_lines, read_metadata
 from monai_wsol.io_utils import atomic_path, atomic_write_text
 
 __all__ = [

@@ -232,10 +232,8 @@ class BoxAccuracyMetric(Cumulative):
             )
             if curves is not None:
                 return curves
-            # only the best IoU over each threshold's boxes matters: any order of them will do (faster)
-            boxes = boxes_from_scoremaps(
-                list(maps), self.thresholds, self.multi_contour, self.num_workers, ordered=False
-            )
+            # only the best IoU over each threshold's boxes matters: the default order (any) will do
+            boxes = boxes_from_scoremaps(list(maps), self.thresholds, self.multi_contour, self.num_workers)
         else:
             # imported lazily: the 3D extractor is an optional sibling module
             from .volume import boxes_from_scorevolume

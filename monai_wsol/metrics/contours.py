@@ -11,15 +11,17 @@ Reference semantics (wsolevaluation ``compute_bboxes_from_scoremaps``), reproduc
 
 Why it is fast while staying exact:
 
-- v1 (largest contour) with numba installed: one union-find sweep over the pixels from the highest value down
-  gives every distinct mask's box (:mod:`._fast_contours`: the largest contour is an outer one, i.e. an
-  8-connected component, its area a sum over 2x2 windows or a traced border, OpenCV's list order breaks ties);
-  V2 (every contour) with numba and ``ordered=False`` (what the metrics use): two union-find sweeps, foreground
-  8-connected from the top and background 4-connected from the bottom, give every distinct mask's component
-  boxes and hole boxes (:mod:`._fast_multi_contours`; same multiset of boxes, not OpenCV's order);
-  both kernels also quantise and check the map themselves, and :func:`scoremap_best_iou_curves` (what
-  ``BoxAccuracyMetric`` calls) runs a whole batch in one compiled call straight to the best IoU per threshold;
-  otherwise the OpenCV path below is used; all paths give the reference's boxes;
+- the numba kernels (:mod:`._fast_contours`), when numba is installed: for v1 (largest contour) one
+  union-find sweep over the pixels from the highest value down gives every distinct mask's box (the largest
+  contour is an outer one, i.e. an 8-connected component, its area a sum over 2x2 windows or a traced border,
+  OpenCV's list order breaks ties); for V2 (every contour) two union-find sweeps, foreground 8-connected from
+  the top and background 4-connected from the bottom, give every distinct mask's component boxes and hole
+  boxes: the same multiset of boxes as the reference, components first, not in OpenCV's order (the default,
+  ``order="any"``); both kernels also quantise and check the map themselves, and
+  :func:`scoremap_best_iou_curves` (what ``BoxAccuracyMetric`` calls) runs a whole batch in one compiled call
+  straight to the best IoU per threshold;
+- otherwise (no numba, or V2 with ``order="opencv"``: the reference's contour order) the OpenCV path below is
+  used; all paths give the reference's boxes;
 - only distinct masks are traced: a threshold list of any length maps to at most 256 quantised levels,
   and levels between which no score falls give the same mask (:func:`~._quantize.distinct_masks`);
 - a mask proven to be one 8-connected region (and, for all-contour mode, without holes) is not traced at
@@ -40,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from operator import itemgetter
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -57,12 +60,14 @@ from ._quantize import (
 )
 
 try:  # numba is optional: without it the OpenCV path below gives the same boxes, more slowly
+    from ._fast_contours import all_contour_boxes as _all_contour_boxes
+    from ._fast_contours import best_iou_curves as _best_iou_curves
     from ._fast_contours import fits as _kernel_fits
     from ._fast_contours import largest_contour_boxes as _largest_contour_boxes
-    from ._fast_multi_contours import best_iou_curves as _best_iou_curves
-    from ._fast_multi_contours import scoremap_level_boxes as _scoremap_level_boxes
-    from ._fast_multi_contours import split_boxes as _split_boxes
+    from ._fast_contours import scoremap_level_boxes as _scoremap_level_boxes
+    from ._fast_contours import split_boxes as _split_boxes
 except ImportError:  # pragma: no cover - depends on the environment
+    _all_contour_boxes = None
     _largest_contour_boxes = None
     _scoremap_level_boxes = None
     _best_iou_curves = None
@@ -70,7 +75,14 @@ except ImportError:  # pragma: no cover - depends on the environment
 #: use the numba v1 kernel when numba is importable (tests switch it off to check both paths agree)
 USE_NUMBA = _largest_contour_boxes is not None
 
+#: order of each threshold's boxes in V2 (all-contour) mode: "any" gives the reference's boxes as a multiset,
+#: in the kernel's order (components, then holes), which is all a best-IoU metric needs and the fast path;
+#: "opencv" gives them in the reference's own contour order (``cv2.findContours``), traced with OpenCV
+ContourOrder = Literal["any", "opencv"]
+_ORDERS = ("any", "opencv")
+
 __all__ = [
+    "ContourOrder",
     "distinct_level_boxes_modes",
     "boxes_from_scoremap",
     "boxes_from_scoremaps",
@@ -78,6 +90,13 @@ __all__ = [
     "reference_boxes_from_scoremap",
     "scoremap_best_iou_curves",
 ]
+
+
+def _opencv_order(order: str) -> bool:
+    """Is OpenCV's contour order required?  Raises on a value other than "any" or "opencv"."""
+    if isinstance(order, bool) or order not in _ORDERS:
+        raise ValueError(f"order must be 'any' or 'opencv', got {order!r}.")
+    return order == "opencv"
 
 
 def _empty_box(spatial_dims: int = 2) -> np.ndarray:
@@ -225,6 +244,8 @@ def distinct_level_boxes_modes(
     scoremap: np.ndarray | torch.Tensor,
     thresholds: Sequence[float] | np.ndarray,
     modes: Sequence[bool] = (False, True),
+    *,
+    order: ContourOrder = "any",
 ) -> tuple[list[list[np.ndarray]], np.ndarray]:
     """:func:`distinct_level_boxes` for several contour modes at once, tracing each mask at most once.
 
@@ -232,23 +253,30 @@ def distinct_level_boxes_modes(
         scoremap: score map of shape (H, W) in [0, 1] (NumPy or torch).
         thresholds: taus, each in [0, 1).
         modes: ``multi_contour`` flags, e.g. ``(False, True)`` for MaxBoxAcc and MaxBoxAccV2 together.
+        order: order of the boxes of a multi-contour mode: "any" (same multiset as the reference, from the
+            numba kernel when available) or "opencv" (the reference's order); see :data:`ContourOrder`.
 
     Returns:
         ``(boxes, inverse)``: ``boxes[m][j]`` is the (k, 4) box array of mode ``modes[m]`` for the j-th
         distinct mask; ``inverse`` (n_tau,) maps each threshold to its distinct mask.
     """
+    opencv_order = _opencv_order(order)
     smap = as_score_array(scoremap, "scoremap", ndim=2)
     q = quantise_scores(smap)
     tau_levels = threshold_levels(int(q.max()), thresholds)
     fast = _fast_kernel()
     boxes: list[list[np.ndarray] | None] = [None] * len(modes)
-    if fast is not None and not all(modes) and _kernel_fits(q.shape):
-        # v1 in one union-find sweep (exact, see _fast_contours), which also groups the thresholds by mask
-        # as distinct_masks does; rows are read-only views of one array
-        v1, inverse = fast(q, tau_levels)
-        v1.setflags(write=False)
-        v1_boxes = list(v1[:, None, :])  # (1, 4) views, made by NumPy's iterator
-        boxes = [None if multi else v1_boxes for multi in modes]
+    if fast is not None and len(modes) and _kernel_fits(q.shape):
+        # the kernels (exact, see _fast_contours) also group the thresholds by mask as distinct_masks does
+        if not all(modes):
+            # v1 in one union-find sweep; rows are read-only views of one array
+            v1, inverse = fast(q, tau_levels)
+            v1.setflags(write=False)
+            v1_boxes = list(v1[:, None, :])  # (1, 4) views, made by NumPy's iterator
+            boxes = [None if multi else v1_boxes for multi in modes]
+        if any(modes) and not opencv_order:
+            v2, inverse = _all_contour_boxes(q, tau_levels)
+            boxes = [v2 if multi else out for multi, out in zip(modes, boxes, strict=True)]
         if all(out is not None for out in boxes):
             return boxes, inverse  # type: ignore[return-value]
     levels, inverse = distinct_masks(q, tau_levels)
@@ -311,7 +339,8 @@ def distinct_level_boxes(
     scoremap: np.ndarray | torch.Tensor,
     thresholds: Sequence[float] | np.ndarray,
     multi_contour: bool = False,
-    ordered: bool = True,
+    *,
+    order: ContourOrder = "any",
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Boxes per distinct mask, and which distinct mask each threshold gives.
 
@@ -322,16 +351,17 @@ def distinct_level_boxes(
         scoremap: score map of shape (H, W) in [0, 1] (NumPy or torch).
         thresholds: taus, each in [0, 1).
         multi_contour: False keeps the largest contour only (MaxBoxAcc), True every contour (MaxBoxAccV2).
-        ordered: with ``multi_contour``, True keeps the reference's contour ORDER (OpenCV); False gives the same
-            boxes as a multiset, in another order, from the numba all-contour kernel when numba is available
-            (:mod:`._fast_multi_contours`; much faster); enough wherever only the best IoU over the boxes
-            matters, as in MaxBoxAccV2.  Ignored in v1 mode (one box).
+        order: with ``multi_contour``, "any" (default) gives the reference's boxes as a multiset, in another
+            order, from the numba all-contour kernel when numba is available (:mod:`._fast_contours`; much
+            faster): enough wherever only the best IoU over the boxes matters, as in MaxBoxAccV2; "opencv"
+            keeps the reference's contour ORDER (traced with OpenCV).  No effect in v1 mode (one box).
 
     Returns:
         ``(boxes, inverse)``: ``boxes[j]`` is a read-only int64 (k, 4) array ``[x0, y0, x1, y1]`` for the
         j-th distinct mask and ``inverse`` (n_tau,) maps each threshold to its distinct mask.
     """
-    if (not multi_contour or not ordered) and USE_NUMBA and _scoremap_level_boxes is not None:
+    opencv_order = _opencv_order(order)
+    if (not multi_contour or not opencv_order) and USE_NUMBA and _scoremap_level_boxes is not None:
         smap = as_float64(scoremap)
         if smap.ndim == 2 and smap.size and _kernel_fits(smap.shape):
             # quantisation, its range check and the boxes of every distinct mask in one compiled call
@@ -340,7 +370,7 @@ def distinct_level_boxes(
                 as_score_array(smap, "scoremap", ndim=2)  # raises, naming the problem
             flat, offsets, inverse = out
             return _split_boxes(flat, offsets), inverse
-    (boxes,), inverse = distinct_level_boxes_modes(scoremap, thresholds, (multi_contour,))
+    (boxes,), inverse = distinct_level_boxes_modes(scoremap, thresholds, (multi_contour,), order=order)
     return boxes, inverse
 
 
@@ -348,7 +378,8 @@ def boxes_from_scoremap(
     scoremap: np.ndarray | torch.Tensor,
     thresholds: Sequence[float] | np.ndarray,
     multi_contour: bool = False,
-    ordered: bool = True,
+    *,
+    order: ContourOrder = "any",
 ) -> list[np.ndarray]:
     """Boxes of the thresholded score map at each threshold, identical to the WSOL reference.
 
@@ -356,25 +387,28 @@ def boxes_from_scoremap(
         scoremap: score map of shape (H, W), min-max normalised to [0, 1] (NumPy or torch, any device).
         thresholds: taus, each in [0, 1) (e.g. ``np.arange(0, 1, 0.001)``).
         multi_contour: False keeps only the contour of largest ``cv2.contourArea`` (MaxBoxAcc, v1);
-            True returns the box of every outer and hole contour in OpenCV's order (MaxBoxAccV2).
-        ordered: with ``multi_contour``, False allows another order of each threshold's boxes (the same
-            multiset; faster, see :func:`distinct_level_boxes`).
+            True returns the box of every outer and hole contour (MaxBoxAccV2).
+        order: with ``multi_contour``, "any" (default) gives each threshold's boxes as the reference's
+            multiset in another order (components, then holes; the fast kernel), "opencv" in the reference's
+            contour order (slower); see :func:`distinct_level_boxes`.
 
     Returns:
         one int64 array of shape (k, 4) per threshold, rows ``[x0, y0, x1, y1]``; ``k = 1`` in v1 mode and
         ``[[0, 0, 0, 0]]`` when the mask is empty.  Thresholds giving the same mask share one read-only array.
 
     Raises:
-        ValueError: scoremap not 2D, NaN/inf or values outside [0, 1]; thresholds outside [0, 1).
+        ValueError: scoremap not 2D, NaN/inf or values outside [0, 1]; thresholds outside [0, 1); unknown
+            ``order``.
     """
-    boxes, inverse = distinct_level_boxes(scoremap, thresholds, multi_contour, ordered)
+    boxes, inverse = distinct_level_boxes(scoremap, thresholds, multi_contour, order=order)
     if len(inverse) == 1:
         return [boxes[int(inverse[0])]]
     return list(itemgetter(*inverse.tolist())(boxes))  # C-level gather: 1000 thresholds are common
 
 
-def _boxes_job(args: tuple[np.ndarray, np.ndarray, bool, bool]) -> list[np.ndarray]:
-    return boxes_from_scoremap(*args)
+def _boxes_job(args: tuple[np.ndarray, np.ndarray, bool, ContourOrder]) -> list[np.ndarray]:
+    smap, taus, multi_contour, order = args
+    return boxes_from_scoremap(smap, taus, multi_contour, order=order)
 
 
 def boxes_from_scoremaps(
@@ -382,20 +416,23 @@ def boxes_from_scoremaps(
     thresholds: Sequence[float] | np.ndarray,
     multi_contour: bool = False,
     num_workers: int = 0,
-    ordered: bool = True,
+    *,
+    order: ContourOrder = "any",
 ) -> list[list[np.ndarray]]:
     """:func:`boxes_from_scoremap` for many maps, optionally over ``num_workers`` processes (0: in process).
 
-    Maps are independent, so the result does not depend on ``num_workers``.
+    Maps are independent, so the result does not depend on ``num_workers``; ``order`` is that of
+    :func:`boxes_from_scoremap`.
     """
+    _opencv_order(order)  # a bad value raises here, not in a worker
     maps = [as_score_array(s, f"scoremaps[{i}]", ndim=2) for i, s in enumerate(scoremaps)]
     taus = np.asarray(thresholds, dtype=np.float64)
     if num_workers <= 0 or len(maps) < 2:
-        return [boxes_from_scoremap(m, taus, multi_contour, ordered) for m in maps]
+        return [boxes_from_scoremap(m, taus, multi_contour, order=order) for m in maps]
     chunksize = max(1, len(maps) // (4 * num_workers))
     with ProcessPoolExecutor(max_workers=num_workers) as pool:
         return list(
-            pool.map(_boxes_job, [(m, taus, multi_contour, ordered) for m in maps], chunksize=chunksize)
+            pool.map(_boxes_job, [(m, taus, multi_contour, order) for m in maps], chunksize=chunksize)
         )
 
 

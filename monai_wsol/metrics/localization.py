@@ -72,8 +72,8 @@ def best_iou_per_threshold(
         multi_region: every contour / component is a candidate (V2) instead of the largest only.
         connectivity: 3D neighbourhood (26, 18 or 6).
     """
-    # only the best IoU over a level's boxes matters: their order does not (the faster unordered 2D path)
-    boxes, inverse = distinct_boxes(score, thresholds, multi_region, connectivity, ordered=False)
+    # only the best IoU over a level's boxes matters: their order does not (the default, faster 2D path)
+    boxes, inverse = distinct_boxes(score, thresholds, multi_region, connectivity)
     return best_iou_curve(boxes, gt_boxes)[inverse]
 
 

@@ -44,7 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._quantize import as_score_array, distinct_masks, level_crops, quantise_scores, threshold_levels
-from .contours import distinct_level_boxes
+from .contours import ContourOrder, distinct_level_boxes
 
 __all__ = ["boxes_from_scorevolume", "distinct_level_volume_boxes", "distinct_boxes"]
 
@@ -266,20 +266,21 @@ def distinct_boxes(
     thresholds: Sequence[float] | np.ndarray,
     multi_region: bool = False,
     connectivity: int = 26,
-    ordered: bool = True,
+    *,
+    order: ContourOrder = "any",
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Boxes per distinct mask of a 2D map (OpenCV contours) or a 3D volume (connected components).
 
     Dispatches on ``score.ndim``: (H, W) to :func:`~.contours.distinct_level_boxes` (boxes (k, 4), exactly
-    the reference; ``ordered=False`` allows any order of a level's boxes, the faster path where only the set
-    matters), (D, H, W) to :func:`distinct_level_volume_boxes` (boxes (k, 6)); ``connectivity`` is used in 3D
+    the reference; ``order="opencv"`` keeps OpenCV's order of a level's boxes, the default "any" is the
+    faster path where only the set matters), (D, H, W) to :func:`distinct_level_volume_boxes` (boxes (k, 6)); ``connectivity`` is used in 3D
     only.  ``multi_region`` is ``multi_contour`` / ``multi_component``.
 
     Returns:
         ``(boxes, inverse)`` as both functions: boxes per distinct mask and, per threshold, its mask's index.
     """
     if score.ndim == 2:
-        return distinct_level_boxes(score, thresholds, multi_region, ordered=ordered)
+        return distinct_level_boxes(score, thresholds, multi_region, order=order)
     if score.ndim == 3:
         return distinct_level_volume_boxes(score, thresholds, multi_region, connectivity)
     raise ValueError(

@@ -1,6 +1,8 @@
 """NIfTI outputs: ``save_nifti`` (thin over MONAI ``SaveImage``) and ``write_nifti`` (plain nibabel, for arrays).
 
-Both keep the affine given to them (no resampling) and write atomically.
+Both keep the affine given to them (no resampling) and write atomically.  ``write_nifti`` is
+:func:`monai_wsol.io_utils.atomic_write_nifti`, re-exported: it lives below the data layer, whose generator
+writes NIfTI too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from monai.transforms import SaveImage
 from monai.utils import ImageMetaKey
 
 from monai_wsol.io_utils import atomic_path
+from monai_wsol.io_utils import atomic_write_nifti as write_nifti
 
 __all__ = ["save_nifti", "write_nifti", "NIFTI_EXT"]
 
@@ -96,22 +99,3 @@ def save_nifti(
     with atomic_path(target, suffix=ext) as tmp:
         saver(array, meta_data=meta, filename=str(tmp)[: -len(ext)])
     return target
-
-
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, fsync: bool = True) -> Path:
-    """Write a plain (X, Y[, Z]) array with a voxel-to-world ``affine`` (mm, RAS) atomically with nibabel.
-
-    The dtype is kept (int16 HU stays int16). nibabel writes gzip without time stamp or file name, so equal
-    inputs give byte-identical files. ``fsync=False``: see :func:`monai_wsol.io_utils.atomic_path`.
-    """
-    import nibabel as nib
-
-    affine = np.asarray(affine, dtype=np.float64)
-    image = nib.Nifti1Image(np.asarray(array), affine)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    path = Path(path)
-    with atomic_path(path, fsync=fsync) as tmp:
-        nib.save(image, tmp)
-    return path
