@@ -1,21 +1,22 @@
 """Registry of the WSOL methods compared in the benchmark, built so that a trainer runs each one the same way.
 
 Each method is a :class:`MethodSpec`: the network, the per-sample training transforms to append, an optional
-batch-level augmentation, the training forward, the loss and the localization-map function. A trainer does::
+batch-level augmentation, the training forward, the loss and the CAM extractor (:mod:`monai_wsol.extractors`).
+A trainer does::
 
     spec = build_method("adl", spatial_dims=2, in_channels=1, num_classes=2)
     train_tf = Compose([*base_transforms, *spec.train_transforms])     # dictionary transforms on "image"
     for batch in loader:
         loss = spec.training_loss(batch["image"], batch["label"])      # batch_fn -> forward_fn -> loss_fn
         loss.backward(); opt.step(); opt.zero_grad()
-    maps = spec.cam_fn(spec.net, images, None)                          # (B, 1, *spatial) in [0, 1]
+    logits, maps = spec.extractor(spec.net, images, None)               # (B, K), (B, 1, *spatial) in [0, 1]
 
 Methods (:data:`METHODS`): ``cam`` (plain classifier), ``adl``, ``has`` (Hide-and-Seek), ``cutmix``, ``acol``,
 ``gradcam`` / ``gradcampp`` (post-hoc maps of the plain classifier), ``sfs1`` / ``sfs2`` (the dual-suppression
 block, one / two blocks). Details, defaults and sources: ``docs/baselines.md``.
 
 Labels: class indices (B,) or (B, 1), or soft / one-hot labels (B, K) (what CutMix produces);
-:func:`classification_loss` takes either. Nets need K >= 2 outputs (a CAM per class).
+:func:`monai_wsol.losses.classification_loss` takes either. Nets need K >= 2 outputs (a CAM per class).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import torch.nn.functional as F
 from monai.transforms import CutMix
 from monai.utils import convert_to_tensor
 
+from monai_wsol.extractors import CAMExtractor, ForwardCAM, GradCAMExtractor
+from monai_wsol.losses import acol_loss, classification_loss
 from monai_wsol.networks.nets import CAMVGG16, CAMDenseNet121
-from monai_wsol.networks.nets.acol import ACoLClassifier, acol_loss
-from monai_wsol.posthoc import gradcam, preserved_module_state
-from monai_wsol.transforms.functional import normalize_cam
+from monai_wsol.networks.nets.acol import ACoLClassifier
 from monai_wsol.transforms.hide_and_seek import RandHideAndSeekd
 
 __all__ = [
@@ -45,37 +46,9 @@ __all__ = [
     "MethodSpec",
     "available_methods",
     "build_method",
-    "classification_loss",
-    "net_cam",
 ]
 
 BACKBONES: tuple[str, ...] = ("densenet121", "vgg16")
-
-CamFn = Callable[[nn.Module, torch.Tensor, Any], torch.Tensor]
-
-
-def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for hard or soft labels.
-
-    Args:
-        logits: (B, K), K >= 2.
-        target: class indices (B,) or (B, 1) (any integer or integral float dtype), or class probabilities
-            (B, K) as floats (one-hot, or mixed by CutMix); each row of a soft target should sum to 1.
-    """
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(
-            f"classification_loss: logits must be (B, K) with K >= 2, got {tuple(logits.shape)}."
-        )
-    target = convert_to_tensor(target, track_meta=False).to(logits.device)
-    if target.shape == logits.shape and target.dtype.is_floating_point:
-        return F.cross_entropy(logits, target.to(logits.dtype))  # soft-label cross-entropy
-    target = target.reshape(-1)
-    if target.numel() != logits.shape[0]:
-        raise ValueError(
-            f"classification_loss: target must be (B,), (B, 1) or (B, K) for logits {tuple(logits.shape)}, "
-            f"got {tuple(target.shape)}."
-        )
-    return F.cross_entropy(logits, target.long())
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -165,8 +138,10 @@ class MethodSpec:
         train_transforms: per-sample MONAI dictionary transforms to append to the training pipeline (the image
             key is the ``image_key`` option, default ``"image"``); training only.
         loss_fn: ``loss_fn(output, target) -> scalar``; ``output`` is what ``forward_fn`` returns.
-        cam_fn: ``cam_fn(net, x, class_idx) -> (B, 1, *spatial)`` maps in [0, 1] at input resolution, computed
-            in eval mode (the net's modes are restored after); ``class_idx`` None (predicted), int or (B,).
+        extractor: the method's :class:`~monai_wsol.extractors.CAMExtractor`:
+            ``extractor(net, x, class_idx) -> (logits (B, K), maps (B, 1, *spatial))``, maps in [0, 1] at input
+            resolution, computed in eval mode (the net is left as it was); ``class_idx`` None (predicted), an
+            int, class indices (B,) or labels (B, K).
         batch_fn: optional batch-level augmentation ``(images, labels) -> (images, labels)`` (CutMix).
         forward_fn: the training forward ``forward_fn(net, x, labels) -> output`` (ACoL needs the labels).
         options: the resolved options (for logging / configs).
@@ -176,7 +151,7 @@ class MethodSpec:
     net: nn.Module
     train_transforms: list[Callable]
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
-    cam_fn: CamFn
+    extractor: CAMExtractor
     batch_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     forward_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] = _plain_forward
     options: dict[str, Any] = field(default_factory=dict)
@@ -186,28 +161,6 @@ class MethodSpec:
         if self.batch_fn is not None:
             images, labels = self.batch_fn(images, labels)
         return self.loss_fn(self.forward_fn(self.net, images, labels), labels)
-
-
-def _eval_maps(net: nn.Module, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Run ``compute`` with ``net`` in eval mode and without autograd, restore every module's mode after."""
-    with preserved_module_state(net), torch.no_grad():
-        net.eval()
-        return compute()
-
-
-def net_cam(net: nn.Module, x: torch.Tensor, class_idx: Any = None) -> torch.Tensor:
-    """CAM of a net with ``forward_cam`` (CAM nets, ACoL): (B, C_in, *spatial) -> (B, 1, *spatial), [0, 1]."""
-    if isinstance(class_idx, torch.Tensor) and class_idx.ndim == 2:
-        raise ValueError("net_cam: class_idx must be None, an int or (B,) indices (one map per sample).")
-    _, cams = _eval_maps(net, lambda: net.forward_cam(x, class_idx=class_idx, upsample=True))
-    return normalize_cam(cams, spatial_dims=cams.ndim - 2)
-
-
-def _gradcam_fn(plusplus: bool) -> CamFn:
-    def cam_fn(net: nn.Module, x: torch.Tensor, class_idx: Any = None) -> torch.Tensor:
-        return gradcam(net, x, class_idx=class_idx, plusplus=plusplus, normalize=True)
-
-    return cam_fn
 
 
 def _labels_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -319,12 +272,14 @@ def build_method(
         plugin_kwargs = {k: options[k] for k in option_names if k in options}
         net = _backbone(plugin=plugin, positions=positions, plugin_kwargs=plugin_kwargs, **common)
         resolved["positions"] = getattr(net, "positions", positions)
-        return MethodSpec(name, net, [], classification_loss, net_cam, options=resolved)
+        return MethodSpec(name, net, [], classification_loss, ForwardCAM(), options=resolved)
 
     if name == "acol":
         acol_opts = {k: options[k] for k in ("erase_threshold", "hidden_channels") if k in options}
         net = ACoLClassifier(_backbone(**common), **acol_opts)
-        return MethodSpec(name, net, [], acol_loss, net_cam, forward_fn=_labels_forward, options=resolved)
+        return MethodSpec(
+            name, net, [], acol_loss, ForwardCAM(), forward_fn=_labels_forward, options=resolved
+        )
 
     net = _backbone(**common)
     if name == "has":
@@ -337,14 +292,21 @@ def build_method(
             net,
             [RandHideAndSeekd(keys=key, **has_opts)],
             classification_loss,
-            net_cam,
+            ForwardCAM(),
             options=resolved,
         )
     if name == "cutmix":
         batch_fn = CutMixBatch(num_classes, **options)
-        return MethodSpec(name, net, [], classification_loss, net_cam, batch_fn=batch_fn, options=resolved)
+        return MethodSpec(
+            name, net, [], classification_loss, ForwardCAM(), batch_fn=batch_fn, options=resolved
+        )
     if name in ("gradcam", "gradcampp"):
         return MethodSpec(
-            name, net, [], classification_loss, _gradcam_fn(name == "gradcampp"), options=resolved
+            name,
+            net,
+            [],
+            classification_loss,
+            GradCAMExtractor(plusplus=name == "gradcampp"),
+            options=resolved,
         )
-    return MethodSpec(name, net, [], classification_loss, net_cam, options=resolved)  # "cam"
+    return MethodSpec(name, net, [], classification_loss, ForwardCAM(), options=resolved)  # "cam"

@@ -1,4 +1,7 @@
-"""Tests of the WSOL baselines: ADL, Hide-and-Seek, CutMix, ACoL, Grad-CAM(++), and the method registry."""
+"""Tests of the WSOL baselines: ADL, Hide-and-Seek, CutMix, ACoL, losses, and the method registry.
+
+The Grad-CAM(++) maps are tested with the other CAM extractors in ``tests/test_extractors.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from monai_wsol.methods import (
-    CutMixBatch,
-    available_methods,
-    build_method,
-    classification_loss,
-)
+from monai_wsol.extractors import ForwardCAM, GradCAMExtractor
+from monai_wsol.losses import acol_loss, classification_loss
+from monai_wsol.methods import CutMixBatch, available_methods, build_method
 from monai_wsol.networks.blocks.adl import ADL
 from monai_wsol.networks.blocks.registry import get_plugin
 from monai_wsol.networks.nets import CAMDenseNet121
-from monai_wsol.networks.nets.acol import ACoLClassifier, acol_loss
-from monai_wsol.posthoc import gradcam
-from monai_wsol.transforms.functional import normalize_cam
+from monai_wsol.networks.nets.acol import ACoLClassifier
 from monai_wsol.transforms.hide_and_seek import RandHideAndSeek, RandHideAndSeekd
 
 # A DenseNet121 topology with 1 layer per dense block and narrow growth: same code path, milliseconds per
@@ -285,81 +283,6 @@ def test_acol_rejects_non_cam_backbone():
         ACoLClassifier(nn.Linear(3, 3))
 
 
-# -------------------------------------------------------------------------------------------------- Grad-CAM
-def _hook_count(net: nn.Module) -> int:
-    return sum(
-        len(d) for m in net.modules() for k, d in vars(m).items() if "hooks" in k and isinstance(d, dict)
-    )
-
-
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_gradcam_equals_relu_cam_for_gap_linear_nets(spatial_dims):
-    # For GAP + linear, dlogit_k/dF_c = w_k[c] / N everywhere, so Grad-CAM = ReLU(CAM) / N: same normalised
-    # map.
-    torch.manual_seed(0)
-    net = tiny_densenet(spatial_dims).eval()
-    x = torch.rand(*SHAPES[spatial_dims])
-    maps = gradcam(net, x, class_idx=1, normalize=True)
-    with torch.no_grad():
-        _, cams = net.forward_cam(x, class_idx=1, upsample=False)
-    mode = "bilinear" if spatial_dims == 2 else "trilinear"
-    up = F.interpolate(F.relu(cams), size=x.shape[2:], mode=mode, align_corners=False)
-    expected = normalize_cam(up, spatial_dims=spatial_dims)
-    assert maps.shape == (x.shape[0], 1, *x.shape[2:])
-    torch.testing.assert_close(maps, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_gradcam_restores_net_and_runs_without_grad():
-    torch.manual_seed(0)
-    net = tiny_densenet(2).train()
-    frozen_bn = net.backbone.norm0
-    frozen_bn.eval()  # a per-module mode that net.train() would lose
-    relu = net.backbone.transition1.relu
-    relu.inplace = True  # MONAI's GradCAM switches a hooked layer's inplace off; check it is put back
-    x = torch.rand(*SHAPES[2])
-    net(x).sum().backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
-    hooks = _hook_count(net)
-    for plusplus in (False, True):
-        with torch.no_grad():
-            a = gradcam(net, x, plusplus=plusplus, layer_name="backbone.transition1.relu")
-        with torch.inference_mode():
-            b = gradcam(net, x, plusplus=plusplus, layer_name="backbone.transition1.relu")
-        assert a.shape == (4, 1, 32, 32) and torch.equal(a, b) and bool((a >= 0).all())
-    assert _hook_count(net) == hooks
-    assert net.training and not frozen_bn.training and net.backbone.denseblock1.training
-    assert relu.inplace is True
-    for n, p in net.named_parameters():
-        assert torch.equal(p.grad, grads[n]), n
-
-
-@pytest.mark.parametrize("plusplus", [False, True])
-def test_gradcam_batch_equals_per_sample(plusplus):
-    torch.manual_seed(2)
-    net = tiny_densenet(2).eval()
-    x = torch.rand(*SHAPES[2])
-    cls = torch.tensor([2, 0, 1, 2])
-    batch = gradcam(net, x, class_idx=cls, plusplus=plusplus)
-    single = torch.cat(
-        [gradcam(net, x[i : i + 1], class_idx=int(c), plusplus=plusplus) for i, c in enumerate(cls)]
-    )
-    torch.testing.assert_close(batch, single)
-    # class None = each sample's own prediction
-    pred = net(x).argmax(1)
-    torch.testing.assert_close(gradcam(net, x, plusplus=plusplus), gradcam(net, x, pred, plusplus=plusplus))
-
-
-def test_gradcam_errors():
-    net = tiny_densenet(2)
-    with pytest.raises(ValueError, match="not a module"):
-        gradcam(net, torch.rand(1, 1, 32, 32), layer_name="nope")
-    with pytest.raises(ValueError, match="class_idx"):
-        gradcam(net, torch.rand(2, 1, 32, 32), class_idx=torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="class_idx must be in"):
-        gradcam(net, torch.rand(2, 1, 32, 32), class_idx=3)
-    assert net.training and not any(len(m._forward_hooks) for m in net.modules())  # restored after the error
-
-
 # ------------------------------------------------------------------------------------------ method registry
 _METHOD_OPTS = {"acol": {"hidden_channels": 8}, "has": {"grid_size": 8}}
 _CASES = [(m, sd) for m in available_methods() for sd in (2, 3)]
@@ -387,11 +310,14 @@ def test_every_method_trains_one_step_and_maps(name, spatial_dims):
         params = list(plugin.parameters())
         if params:  # ADL has none; the SFS block's 1x1 conv and FCs must learn
             assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
-    maps = spec.cam_fn(net, x, None)
-    assert maps.shape == (shape[0], 1, *shape[2:])
+    expected = GradCAMExtractor if name in ("gradcam", "gradcampp") else ForwardCAM
+    assert type(spec.extractor) is expected
+    assert getattr(spec.extractor, "plusplus", name == "gradcampp") == (name == "gradcampp")
+    logits, maps = spec.extractor(net, x, None)
+    assert logits.shape == (shape[0], 3) and maps.shape == (shape[0], 1, *shape[2:])
     assert bool(torch.isfinite(maps).all()) and float(maps.min()) >= 0 and float(maps.max()) <= 1
-    assert net.training  # cam_fn restores the mode
-    maps_gt = spec.cam_fn(net, x, y)
+    assert net.training  # the extractor restores the mode
+    _, maps_gt = spec.extractor(net, x, y)
     assert maps_gt.shape == maps.shape
 
 
@@ -402,7 +328,7 @@ def test_vgg16_backbone_2d(name):
     loss = spec.training_loss(x, torch.tensor([0, 1]))
     loss.backward()
     assert bool(torch.isfinite(loss))
-    assert spec.cam_fn(spec.net, x, None).shape == (2, 1, 32, 32)
+    assert spec.extractor(spec.net, x, None)[1].shape == (2, 1, 32, 32)
     if name == "adl":
         assert spec.net.positions == ("conv3_3", "conv4_3", "conv5_3")
 

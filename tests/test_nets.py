@@ -266,3 +266,26 @@ def test_bundle_config():
     assert isinstance(block, DualSuppressionBlock) and (block.cr, block.t) == (0.7, 0.3)
     vgg = parser.get_parsed_content("vgg")
     assert isinstance(vgg, CAMVGG16) and vgg.plugin_names == ()
+
+
+def test_nets_import_no_upper_layer():
+    # nets sit below the method registry and the workflows: importing either from a net (even inside a
+    # function) would make an import circle
+    import ast
+    from pathlib import Path
+
+    import monai_wsol.networks as networks
+
+    upper = ("monai_wsol.methods", "monai_wsol.engines", "monai_wsol.benchmark", "monai_wsol.monailabel")
+    files = sorted(Path(networks.__file__).parent.rglob("*.py"))
+    assert any(f.name == "acol.py" for f in files)
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n.startswith(upper)], f"{path.name} imports {names}"

@@ -164,7 +164,7 @@ class ProtocolExperiment:
         for batch in loader:
             images = torch.as_tensor(batch["image"]).as_subclass(torch.Tensor).to(self.device)
             labels = torch.as_tensor(batch["label"]).reshape(-1).to(self.device)
-            cams = spec.cam_fn(spec.net, images, labels)[:, 0].float().cpu().numpy()
+            cams = spec.extractor(spec.net, images, labels)[1][:, 0].float().cpu().numpy()
             for image_id, cam in zip(batch["image_id"], cams, strict=True):
                 path = root / f"{image_id}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -321,7 +321,7 @@ def _predict(spec: MethodSpec, data: SplitData, batch_size: int = 64) -> tuple[t
         )
     pos = data.positives
     cams = [
-        spec.cam_fn(net, data.images[pos[i : i + batch_size]], _LESION).detach()
+        spec.extractor(net, data.images[pos[i : i + batch_size]], _LESION)[1]
         for i in range(0, pos.size, batch_size)
     ]
     return logits.float(), torch.cat(cams).float().clamp(0, 1)

@@ -1,7 +1,7 @@
 """The inference step: class probabilities and a class activation map per image, inside MONAI's evaluator.
 
-- :class:`CAMInferer`: a MONAI :class:`~monai.inferers.Inferer` that calls the network's ``forward_cam`` and
-  returns ``(logits, cams)``.
+- :class:`CAMInferer`: a MONAI :class:`~monai.inferers.Inferer` running a CAM extractor
+  (:mod:`monai_wsol.extractors`, default the network's ``forward_cam``); returns ``(logits, maps)``.
 - :class:`CAMEvaluator`: a :class:`~monai.engines.SupervisedEvaluator` whose output carries ``pred`` (logits,
   ``(B, K)``) and ``cam`` (``(B, 1, *spatial)``, min-max normalised to [0, 1], upsampled to the input grid and
   carrying the input's metadata, so the input's affine applies to it unchanged). Used for validation during
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from monai.inferers import Inferer
 from monai.utils import CommonKeys
 
 from monai_wsol.engines.handlers import is_main_process, write_rows
-from monai_wsol.transforms.functional import normalize_cam
+from monai_wsol.extractors import CAMExtractor, ClassSelection, get_extractor
 
 __all__ = [
     "CAMInferer",
@@ -68,36 +68,55 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
 
 
 class CAMInferer(Inferer):
-    """Run ``network.forward_cam(inputs, class_idx, upsample=True)``; return ``(logits (B, K), cams (B, k, *spatial))``.
+    """A CAM extractor as a MONAI :class:`~monai.inferers.Inferer`: ``(logits (B, K), maps (B, 1, *spatial))``.
+
+    The maps are those of :mod:`monai_wsol.extractors` (eval mode, upsampled to the input grid, min-max
+    normalised to [0, 1], the input's metadata when it is a ``MetaTensor``); the network may be wrapped in
+    ``DistributedDataParallel`` / ``DataParallel``.
 
     Args:
-        class_idx: the class (or classes) whose maps are computed; ``None`` for each sample's predicted class.
+        class_idx: the class whose map is computed: ``None`` (each sample's predicted class), an ``int``, or
+            per-sample indices (see :func:`~monai_wsol.extractors.resolve_class_selection`).
+        extractor: a :class:`~monai_wsol.extractors.CAMExtractor` or its name (``"cam"``, ``"gradcam"``,
+            ``"gradcampp"``); default ``"cam"`` (:class:`~monai_wsol.extractors.ForwardCAM`).
     """
 
-    def __init__(self, class_idx: int | Sequence[int] | None = None) -> None:
+    def __init__(self, class_idx: ClassSelection = None, extractor: CAMExtractor | str | None = None) -> None:
         super().__init__()
         self.class_idx = class_idx
+        self.extractor = get_extractor("cam" if extractor is None else extractor)
 
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple:
-        net = unwrap_network(network)
-        if not hasattr(net, "forward_cam"):
-            raise TypeError(
-                f"CAMInferer needs a network with forward_cam(x, class_idx, upsample); got {type(net).__name__}."
-            )
-        return net.forward_cam(inputs, class_idx=self.class_idx, upsample=True)
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        *args: Any,
+        labels: ClassSelection = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs`` (B, C, *spatial) -> ``(logits, maps)``; ``labels`` (per-sample classes), when given,
+        replace ``class_idx`` for this call. Other arguments (a ``prepare_batch``'s network arguments) are
+        ignored."""
+        class_idx = self.class_idx if labels is None else labels
+        return self.extractor(unwrap_network(network), inputs, class_idx)
 
 
 class CAMEvaluator(SupervisedEvaluator):
     """``SupervisedEvaluator`` that also outputs the normalised CAM of one class per sample under ``cam_key``.
 
+    Logits and maps come from one call of a CAM extractor (:mod:`monai_wsol.extractors`), i.e. one forward
+    pass for the in-graph CAM.
+
     Args:
         cam_class: which class's map: an ``int`` (e.g. ``1``, the lesion class of a present/absent classifier:
             the map then answers "where is the lesion" for every image, whatever the prediction), ``"pred"``
             (each sample's predicted class) or ``"label"`` (its ground-truth class, the WSOL evaluation protocol;
-            needs labels in the batch).
+            needs labels in the batch: indices (B,) / (B, 1) or one-hot / soft (B, K)).
         cam_key: output key of the map.
         batch_keys: keys of the input batch copied into the output as they are (e.g. the GT ``"mask"`` the
             localization metrics compare the map with; MONAI's evaluator keeps only image, label and pred).
+        extractor: a :class:`~monai_wsol.extractors.CAMExtractor` or its name (``"cam"``, ``"gradcam"``,
+            ``"gradcampp"``); default ``"cam"`` (the network's ``forward_cam``).
         args, kwargs: those of :class:`~monai.engines.SupervisedEvaluator`; ``inferer`` is replaced by a
             :class:`CAMInferer`.
 
@@ -111,18 +130,17 @@ class CAMEvaluator(SupervisedEvaluator):
         cam_class: int | str = 1,
         cam_key: str = "cam",
         batch_keys: Sequence[str] = (),
+        extractor: CAMExtractor | str | None = None,
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(cam_class, int) or cam_class in ("pred", "label")):
+        if not (isinstance(cam_class, int) or cam_class in ("pred", "label")) or isinstance(cam_class, bool):
             raise ValueError(f"cam_class must be an int class index, 'pred' or 'label'; got {cam_class!r}.")
         kwargs.pop("inferer", None)
-        # "label" computes every class's map (classes read from the linear head) and picks the GT one per sample
+        class_idx = int(cam_class) if isinstance(cam_class, int) else None
+        super().__init__(*args, inferer=CAMInferer(class_idx, extractor), **kwargs)
         if cam_class == "label":
-            network = unwrap_network(kwargs.get("network") if "network" in kwargs else args[2])
-            class_idx: Any = list(range(network.classifier.out_features))
-        else:
-            class_idx = None if cam_class == "pred" else int(cam_class)
-        super().__init__(*args, inferer=CAMInferer(class_idx), **kwargs)
+            # the inferer only sees what prepare_batch returns: pass the labels on as its per-call classes
+            self.prepare_batch = _LabelsToInferer(self.prepare_batch)
         self.cam_class = cam_class
         self.cam_key = cam_key
         self.batch_keys = tuple(batch_keys)
@@ -131,29 +149,29 @@ class CAMEvaluator(SupervisedEvaluator):
     def _split_pred(self, engine: CAMEvaluator) -> None:
         # runs on FORWARD_COMPLETED, i.e. before MONAI decollates and post-processes the output at MODEL_COMPLETED
         output = engine.state.output
-        logits, cams = output[CommonKeys.PRED]
-        if engine.cam_class == "label":
-            labels = output[CommonKeys.LABEL]
-            if labels is None:
-                raise ValueError("CAMEvaluator(cam_class='label') needs a 'label' in every batch.")
-            idx = (
-                labels.long().reshape(-1) if labels.ndim <= 1 or labels.shape[-1] == 1 else labels.argmax(-1)
-            )
-            cams = cams[torch.arange(cams.shape[0], device=cams.device), idx.to(cams.device)].unsqueeze(1)
-        cams = normalize_cam(_plain(cams).float(), spatial_dims=cams.ndim - 2)
-        image = output[CommonKeys.IMAGE]
-        if isinstance(image, MetaTensor):
-            # the batch's metadata (collated affines, is_batch) so that decollation gives each map its image's
-            cams = MetaTensor(cams)
-            cams.copy_meta_from(image)
-        output[CommonKeys.PRED] = _plain(logits).float()
-        output[engine.cam_key] = cams
+        logits, maps = output[CommonKeys.PRED]
+        output[CommonKeys.PRED] = _plain(logits)
+        output[engine.cam_key] = maps
         for key in engine.batch_keys:
             if key not in engine.state.batch:
                 raise KeyError(
                     f"CAMEvaluator: batch_keys names '{key}', absent from the batch ({sorted(engine.state.batch)})."
                 )
             output[key] = engine.state.batch[key]
+
+
+class _LabelsToInferer:
+    """Wrap a ``prepare_batch``: its targets also go to the inferer as ``labels`` (``cam_class="label"``)."""
+
+    def __init__(self, prepare_batch: Callable) -> None:
+        self.prepare_batch = prepare_batch
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple:
+        batch = self.prepare_batch(*args, **kwargs)
+        inputs, targets, net_args, net_kwargs = (*batch, (), {}) if len(batch) == 2 else batch
+        if targets is None:
+            raise ValueError("CAMEvaluator(cam_class='label') needs a 'label' in every batch.")
+        return inputs, targets, tuple(net_args), {**dict(net_kwargs), "labels": targets}
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -383,11 +401,3 @@ class LocalizationWriter:
         ]
         write_rows(self.output_dir, "predictions", self.rows, csv_rows=flat)
         logger.info(f"Wrote {len(self.rows)} localizations to {self.output_dir}")
-
-
-def _with_meta(x: torch.Tensor, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` as a MetaTensor carrying ``image``'s metadata (the maps live on the input grid)."""
-    data = _plain(torch.as_tensor(x)).detach().cpu().to(dtype)
-    if isinstance(image, MetaTensor):
-        return MetaTensor(data, meta=dict(image.meta))
-    return data

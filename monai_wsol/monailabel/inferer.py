@@ -2,7 +2,8 @@
 
 MONAI Label's ``BasicInferTask.run_inferer`` calls ``inferer(image[None], network)`` once and decollates a
 dictionary output, so :class:`LocalizationInferer` returns ``{"pred": logits, "cam": map}`` from a single
-forward pass (``forward_cam``, as :class:`monai_wsol.engines.CAMInferer`).
+forward pass (``forward_cam``, through :class:`monai_wsol.extractors.ForwardCAM`, as
+:class:`monai_wsol.engines.CAMInferer`).
 
 Viewers (3D Slicer, OHIF) always send volumes. A 2D network given a 3D volume ``(B, C, X, Y, Z)`` runs slice
 by slice along the last array axis (the slice axis of NIfTI files and of MONAI's DICOM series); the raw CAMs of
@@ -19,8 +20,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from monai_wsol.engines.inference import CAMInferer, unwrap_network
-from monai_wsol.transforms.functional import normalize_cam
+from monai_wsol.engines.inference import unwrap_network
+from monai_wsol.extractors import ForwardCAM, normalize_maps
 
 __all__ = ["LocalizationInferer", "InputShapeError"]
 
@@ -59,7 +60,9 @@ class LocalizationInferer(Inferer):
         self.cam_class = cam_class
         self.slice_batch = slice_batch
         self.pred_key, self.cam_key, self.slice_key = pred_key, cam_key, slice_key
-        self._cam_inferer = CAMInferer(cam_class)
+        self._extractor = ForwardCAM()
+        # slices of a volume are normalised together afterwards, so their maps are extracted raw
+        self._slice_extractor = ForwardCAM(normalize=False)
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> dict:
         net = unwrap_network(network)
@@ -76,10 +79,11 @@ class LocalizationInferer(Inferer):
                 "a grayscale model)."
             )
         if x.ndim == sd + 2:
-            logits, cams = self._cam_inferer(x, network)
-            out = {self.pred_key: logits.float()}
+            logits, cams = self._extractor(net, x, self.cam_class)
+            out = {self.pred_key: logits}
         elif sd == 2 and x.ndim == 5:
-            logits, cams, slice_logits = self._slice_by_slice(x, network)
+            logits, cams, slice_logits = self._slice_by_slice(x, net)
+            cams = normalize_maps(cams)
             out = {self.pred_key: logits}
             if self.slice_key is not None:
                 out[self.slice_key] = slice_logits
@@ -89,20 +93,25 @@ class LocalizationInferer(Inferer):
                 f"(B, C, *spatial) with {sd} spatial axes"
                 + (" or a 3D volume (B, C, X, Y, Z)." if sd == 2 else ".")
             )
-        out[self.cam_key] = normalize_cam(cams.float(), spatial_dims=cams.ndim - 2)
+        out[self.cam_key] = cams
         return out
 
     def _slice_by_slice(
         self, x: torch.Tensor, network: torch.nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, X, Y, Z) -> volume logits (B, K), raw CAM (B, 1, X, Y, Z), slice logits (B, Z, K)."""
+        """(B, C, X, Y, Z) -> volume logits (B, K), raw CAM (B, 1, X, Y, Z), slice logits (B, Z, K).
+
+        ``network`` is the unwrapped 2D network.
+        """
         b, c, *xy, z = x.shape
         slices = x.permute(0, 4, 1, 2, 3).reshape(b * z, c, *xy)  # (B*Z, C, X, Y), slice-major per volume
         logits_parts, cam_parts = [], []
         for start in range(0, b * z, self.slice_batch):
-            logits, cams = self._cam_inferer(slices[start : start + self.slice_batch], network)
-            logits_parts.append(logits.float())
-            cam_parts.append(cams.float())
+            logits, cams = self._slice_extractor(
+                network, slices[start : start + self.slice_batch], self.cam_class
+            )
+            logits_parts.append(logits)
+            cam_parts.append(cams)
         slice_logits = torch.cat(logits_parts).reshape(b, z, -1)  # (B, Z, K)
         cams = torch.cat(cam_parts).reshape(b, z, 1, *xy).permute(0, 2, 3, 4, 1)  # (B, 1, X, Y, Z)
         # the volume's class scores: the slice most likely to hold the lesion class

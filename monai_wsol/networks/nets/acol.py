@@ -4,7 +4,7 @@ Two classifier heads share a backbone's final feature map F (B, C, *s). Head A m
 *s); their global average gives logits A. The class map of the target class (the ground truth in training, the
 prediction otherwise) is min-max normalised per sample, and F is erased (set to 0) where it is >= the erase
 threshold. Head B sees the erased features, so it must find the object's *other* parts. Both heads are trained
-with the classification loss (:func:`acol_loss` sums them). The localization map is the element-wise **max**
+with the classification loss (:func:`monai_wsol.losses.acol_loss` sums them). The localization map is the element-wise **max**
 of the two heads' normalised class maps: the paper fuses them by the maximum at each location, because the
 two maps are complementary (B is zero-ish exactly where A fired), so a sum would double-count the overlap and
 a mean would halve regions seen by one head only.
@@ -19,15 +19,14 @@ Works in 2D and 3D (the heads use ``spatial_dims`` convolutions).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 
+from monai_wsol.extractors import normalize_maps, resolve_class_selection
+from monai_wsol.losses import acol_loss  # its loss, exported with the net by monai_wsol.networks.nets
 from monai_wsol.networks.nets.cam_classifier import ClassIndex, resolve_class_idx
-from monai_wsol.transforms.functional import normalize_cam
 
 __all__ = ["ACoLClassifier", "acol_loss", "class_map_head"]
 
@@ -49,17 +48,6 @@ def class_map_head(
 def _select_class(maps: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """(B, K, *s) maps, (B,) class indices -> (B, 1, *s)."""
     return maps[torch.arange(maps.shape[0], device=maps.device), idx].unsqueeze(1)
-
-
-def _as_class_indices(labels: torch.Tensor, batch: int) -> torch.Tensor:
-    """Class indices (B,) from (B,), (B, 1) indices or (B, K) one-hot / soft labels."""
-    labels = torch.as_tensor(labels)
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        labels = labels.argmax(dim=1)
-    labels = labels.reshape(-1).long()
-    if labels.numel() != batch:
-        raise ValueError(f"ACoL: labels has {labels.numel()} entries for a batch of {batch}.")
-    return labels
 
 
 class ACoLClassifier(nn.Module):
@@ -128,7 +116,7 @@ class ACoLClassifier(nn.Module):
         Returns head B's class maps (B, K, *s).
         """
         # the erasing mask is a constant for head B (no gradient through the threshold), as in the reference
-        attention = normalize_cam(_select_class(maps_a, idx).detach(), self.spatial_dims)
+        attention = normalize_maps(_select_class(maps_a, idx).detach())
         return self.head_b(feat * (attention < self.erase_threshold).to(feat.dtype))
 
     def forward(
@@ -145,7 +133,11 @@ class ACoLClassifier(nn.Module):
         maps_a, logits_a = self._head_a(feat)
         if not self.training:
             return logits_a
-        idx = logits_a.argmax(dim=1) if labels is None else _as_class_indices(labels, x.shape[0]).to(x.device)
+        idx = (
+            logits_a.argmax(dim=1)
+            if labels is None
+            else resolve_class_selection(labels, x.shape[0]).to(x.device)
+        )
         logits_b = self._head_b(feat, maps_a, idx).flatten(2).mean(dim=2)
         return logits_a, logits_b
 
@@ -163,7 +155,8 @@ class ACoLClassifier(nn.Module):
 
         Returns:
             ``(logits (B, K), cams (B, k, *spatial))``; each map is the max over the two heads of their
-            per-sample min-max normalised class map, so it lies in [0, 1] (unlike the raw CAM of a plain net).
+            per-sample min-max normalised class map (:func:`~monai_wsol.extractors.normalize_maps`), so it
+            lies in [0, 1] (unlike the raw CAM of a plain net).
         """
         feat = self.features(x)
         maps_a, logits_a = self._head_a(feat)
@@ -173,8 +166,8 @@ class ACoLClassifier(nn.Module):
             maps_b = self._head_b(feat, maps_a, idx[:, j])
             cams.append(
                 torch.maximum(
-                    normalize_cam(_select_class(maps_a, idx[:, j]), self.spatial_dims),
-                    normalize_cam(_select_class(maps_b, idx[:, j]), self.spatial_dims),
+                    normalize_maps(_select_class(maps_a, idx[:, j])),
+                    normalize_maps(_select_class(maps_b, idx[:, j])),
                 )
             )
         cam = torch.cat(cams, dim=1)
@@ -182,20 +175,3 @@ class ACoLClassifier(nn.Module):
             mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
             cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
         return logits_a, cam
-
-
-def acol_loss(
-    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Sequence[torch.Tensor], target: torch.Tensor
-) -> torch.Tensor:
-    """ACoL training loss: the sum of the classification losses of both heads.
-
-    Args:
-        output: ``(logits_a, logits_b)`` from a training-mode :class:`ACoLClassifier` (a single (B, K) tensor
-            is also accepted, e.g. in eval mode).
-        target: class indices (B,) / (B, 1) or soft labels (B, K).
-    """
-    from monai_wsol.methods import classification_loss  # local import: methods imports this module
-
-    if isinstance(output, torch.Tensor):
-        return classification_loss(output, target)
-    return sum((classification_loss(o, target) for o in output), torch.zeros((), device=target.device))

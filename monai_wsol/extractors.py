@@ -1,0 +1,376 @@
+"""CAM extractors: from a trained classifier and a batch to class logits and localization maps in [0, 1].
+
+One base class, :class:`CAMExtractor` (modelled on torchcam's ``_CAM``), owns everything around a map so that
+every caller (method registry, benchmark, ignite evaluator, MONAI Label inferer) gets the same maps:
+
+- the net runs in eval mode, and every module's mode, ``inplace`` flag, hook, parameter ``.grad`` and
+  ``requires_grad`` is put back afterwards, also when the extraction raises (:func:`preserved_module_state`);
+- forward CAMs run without autograd; gradient-based ones run with it, even inside ``torch.no_grad()`` or
+  ``torch.inference_mode()`` (which ignite evaluators use);
+- class selection: ``None`` (each sample's predicted class), an ``int`` (that class for every sample), class
+  indices ``(B,)`` / ``(B, 1)`` (one class per sample, e.g. the labels), or one-hot / soft labels ``(B, K)``
+  (their argmax per sample);
+- upsampling to the input's spatial size (bilinear in 2D, trilinear in 3D, ``align_corners=False``), then a
+  per-sample min-max normalisation to [0, 1] (:func:`normalize_maps`, the package's one CAM normalisation);
+- a ``MetaTensor`` input gives ``MetaTensor`` maps carrying its metadata: the maps are on the input grid, so
+  the input's affine is theirs.
+
+Subclasses only compute ``(logits, raw maps)``: :class:`ForwardCAM` (the net's in-graph ``forward_cam``: CAM
+nets, ACoL, any net with that method) and :class:`GradCAMExtractor` (Grad-CAM / Grad-CAM++ of
+``monai.visualize``). :func:`get_extractor` builds one by name (``"cam"``, ``"gradcam"``, ``"gradcampp"``)
+so that configs can name it::
+
+    extractor = get_extractor("gradcampp")
+    logits, maps = extractor(net, images, class_idx=labels)  # (B, K), (B, 1, *spatial) in [0, 1]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.visualize import GradCAM, GradCAMpp
+from monai.visualize.class_activation_maps import ModelWithHooks
+
+from monai_wsol.transforms.functional import normalize_cam
+
+__all__ = [
+    "EXTRACTORS",
+    "CAMExtractor",
+    "ClassSelection",
+    "ForwardCAM",
+    "GradCAMExtractor",
+    "available_extractors",
+    "get_extractor",
+    "normalize_maps",
+    "preserved_module_state",
+    "resolve_class_selection",
+]
+
+#: what a caller may pass as ``class_idx``: None, an int, (B,) / (B, 1) indices or (B, K) one-hot / soft labels
+ClassSelection = int | Sequence[int] | np.ndarray | torch.Tensor | None
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map to [0, 1] over its spatial axes: (B, k, *spatial) -> the same shape.
+
+    Every (sample, channel) map is normalised on its own; a constant map becomes zeros. Float64 stays float64,
+    any other dtype becomes float32.
+    """
+    return normalize_cam(maps, spatial_dims=maps.ndim - 2)
+
+
+def _hook_dicts(module: nn.Module) -> dict[str, dict]:
+    # every hook registry of a module is a dict attribute whose name contains "hooks"
+    # (_forward_hooks, _backward_hooks, _forward_hooks_with_kwargs, ...), whatever the torch version
+    return {k: v for k, v in vars(module).items() if "hooks" in k and isinstance(v, dict)}
+
+
+@contextlib.contextmanager
+def preserved_module_state(net: nn.Module) -> Iterator[None]:
+    """Undo, on exit (normal or not), what hook-based tools do to ``net``.
+
+    Restored: every module's training flag, ``inplace`` flag and ``_is_full_backward_hook`` flag; hooks added
+    to any module's hook registries are removed; every parameter's ``.grad`` and ``requires_grad``. Inside the
+    block the parameters' ``.grad`` is ``None``, so a backward pass there accumulates into fresh tensors and
+    never into the caller's gradients.
+    """
+    modules = list(net.modules())
+    training = [m.training for m in modules]
+    inplace = [m.__dict__.get("inplace") for m in modules]
+    full_bw = [m.__dict__.get("_is_full_backward_hook") for m in modules]
+    hook_keys = [{name: set(d) for name, d in _hook_dicts(m).items()} for m in modules]
+    params = list(net.parameters())
+    grads = [p.grad for p in params]
+    requires_grad = [p.requires_grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for m, tr, inp, fb, keys in zip(modules, training, inplace, full_bw, hook_keys, strict=True):
+            m.training = tr
+            if inp is not None:
+                m.__dict__["inplace"] = inp
+            if "_is_full_backward_hook" in m.__dict__:
+                m.__dict__["_is_full_backward_hook"] = fb
+            for name, d in _hook_dicts(m).items():
+                for key in set(d) - keys.get(name, set()):
+                    del d[key]
+        for p, g, rg in zip(params, grads, requires_grad, strict=True):
+            p.requires_grad_(rg)
+            p.grad = g
+
+
+def resolve_class_selection(class_idx: ClassSelection, batch: int) -> torch.Tensor | None:
+    """One class per sample: ``class_idx`` -> ``None`` (predicted class) or a LongTensor (B,).
+
+    Args:
+        class_idx: ``None``; an ``int`` (or a one-entry array) for every sample; class indices (B,) or (B, 1)
+            (integer, or integral floats as label tensors often are); one-hot or soft labels (B, K), K >= 2,
+            reduced to their argmax per sample.
+        batch: B.
+
+    Raises:
+        TypeError: a bool, bool tensor or complex tensor.
+        ValueError: a shape that does not give one class per sample, or non-integral float indices.
+    """
+    if class_idx is None:
+        return None
+    if isinstance(class_idx, bool):
+        raise TypeError("class_idx must be None, an int, class indices (B,) or labels (B, K); got a bool.")
+    idx = class_idx.as_tensor() if isinstance(class_idx, MetaTensor) else torch.as_tensor(class_idx)
+    if idx.dtype == torch.bool or idx.is_complex():
+        raise TypeError(f"class_idx must hold class indices or label scores, got dtype {idx.dtype}.")
+    if idx.ndim == 2 and idx.shape[1] > 1:
+        if idx.shape[0] != batch:
+            raise ValueError(f"class_idx labels (B, K) have {idx.shape[0]} rows for a batch of {batch}.")
+        return idx.argmax(dim=1)
+    if idx.ndim > 2:
+        raise ValueError(f"class_idx must be (B,), (B, 1) or (B, K), got shape {tuple(idx.shape)}.")
+    idx = idx.reshape(-1)
+    if idx.dtype.is_floating_point and not bool((idx == idx.round()).all()):
+        raise ValueError(f"class_idx float indices must be integral, got {idx.tolist()}.")
+    idx = idx.long()
+    if idx.numel() == 1:
+        return idx.expand(batch).clone()
+    if idx.numel() != batch:
+        raise ValueError(f"class_idx has {idx.numel()} entries for a batch of {batch}.")
+    return idx
+
+
+class CAMExtractor(ABC):
+    """Base class: eval mode and state restoration, autograd mode, class selection, upsampling, normalisation.
+
+    Subclasses implement :meth:`_extract` (logits and raw maps of the selected classes) and set
+    :attr:`needs_grad` when they back-propagate.
+
+    Args:
+        normalize: min-max normalise each map to [0, 1] (default). ``False`` returns the raw (upsampled) maps,
+            for callers that normalise several calls' maps jointly with :func:`normalize_maps`.
+    """
+
+    #: whether :meth:`_extract` back-propagates (then it runs under ``enable_grad``, else under ``no_grad``)
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(self, normalize: bool = True) -> None:
+        self.normalize = bool(normalize)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(normalize={self.normalize})"
+
+    def __call__(
+        self, net: nn.Module, x: torch.Tensor, class_idx: ClassSelection = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and one localization map per sample.
+
+        Args:
+            net: the classifier (not a DDP/DataParallel wrapper: pass its ``.module``). Left as it was.
+            x: input batch (B, C, *spatial), 2D or 3D; a ``MetaTensor`` gives ``MetaTensor`` maps with its
+                metadata.
+            class_idx: the class whose map is computed, see :func:`resolve_class_selection`.
+
+        Returns:
+            ``(logits (B, K), maps (B, 1, *spatial))``, detached, float32 (float64 stays float64); the maps are
+            at the input's spatial size and, with ``normalize``, in [0, 1] with per-sample max 1 (zeros for a
+            constant map).
+        """
+        x_plain = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+        if x_plain.ndim not in (4, 5):
+            raise ValueError(
+                f"{type(self).__name__}: x must be (B, C, *spatial) with 2 or 3 spatial dims, "
+                f"got shape {tuple(x_plain.shape)}."
+            )
+        classes = resolve_class_selection(class_idx, x_plain.shape[0])
+        if classes is not None:
+            classes = classes.to(x_plain.device)
+        # gradient-based maps need autograd even when called under no_grad / inference_mode (evaluators)
+        grad_mode = _grad_enabled() if self.needs_grad else torch.no_grad()
+        with preserved_module_state(net):
+            net.eval()
+            with grad_mode:
+                logits, maps = self._extract(net, x_plain, classes)
+        logits, maps = _as_float(logits.detach()), _as_float(maps.detach())
+        self._check_outputs(logits, maps, class_idx, x_plain.shape[0])
+        maps = self.upsample(maps, tuple(x_plain.shape[2:]))
+        if self.normalize:
+            maps = normalize_maps(maps)
+        if isinstance(x, MetaTensor):
+            # the batch's metadata (affines, is_batch), so that decollation gives each map its image's
+            maps = MetaTensor(maps)
+            maps.copy_meta_from(x)
+        return logits, maps
+
+    @staticmethod
+    def upsample(maps: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+        """(B, k, *s) -> (B, k, *spatial_size): bilinear (2D) / trilinear (3D), ``align_corners=False``."""
+        if tuple(maps.shape[2:]) == tuple(spatial_size):
+            return maps
+        mode = "bilinear" if len(spatial_size) == 2 else "trilinear"
+        return F.interpolate(maps, size=tuple(spatial_size), mode=mode, align_corners=False)
+
+    @abstractmethod
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``net`` in eval mode, ``x`` (B, C, *spatial) a plain tensor, ``class_idx`` None or LongTensor (B,)
+        -> ``(logits (B, K), raw maps (B, 1, *s))`` at any resolution ``s``."""
+
+    def _check_outputs(
+        self, logits: torch.Tensor, maps: torch.Tensor, class_idx: ClassSelection, batch: int
+    ) -> None:
+        name = type(self).__name__
+        if logits.ndim != 2 or logits.shape[0] != batch:
+            raise ValueError(f"{name}: the net must return logits (B, K), got {tuple(logits.shape)}.")
+        if maps.ndim < 4 or maps.shape[:2] != (batch, 1):
+            raise ValueError(f"{name}: expected one map per sample (B, 1, *s), got {tuple(maps.shape)}.")
+        shape = tuple(getattr(class_idx, "shape", ()))
+        if len(shape) == 2 and shape[1] > 1 and shape[1] != logits.shape[1]:
+            # (B, K) labels were reduced by argmax before the forward pass; their K must be the net's
+            raise ValueError(f"{name}: labels {shape} for a net with {logits.shape[1]} classes.")
+
+
+@contextlib.contextmanager
+def _grad_enabled() -> Iterator[None]:
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
+class ForwardCAM(CAMExtractor):
+    """Maps from the net's own ``forward_cam(x, class_idx, upsample)`` (one forward pass, no hooks, no grad).
+
+    Works for the CAM nets of :mod:`monai_wsol.networks.nets` (CAM = ``sum_c w_k[c] F[c]``), ACoL (its fused
+    map) and any net with that method returning ``(logits (B, K), maps (B, 1, *s))`` for (B,) class indices.
+    """
+
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        forward_cam = getattr(net, "forward_cam", None)
+        if not callable(forward_cam):
+            raise TypeError(
+                f"ForwardCAM needs a net with forward_cam(x, class_idx, upsample); got {type(net).__name__} "
+                "(unwrap DistributedDataParallel / DataParallel first)."
+            )
+        return forward_cam(x, class_idx=class_idx, upsample=False)
+
+
+class _PerSampleScore(ModelWithHooks):
+    """MONAI's ``ModelWithHooks`` scoring each sample's own class, so a whole batch runs in one pass.
+
+    MONAI's ``class_score`` is ``logits[:, class_idx].squeeze()``: with (B,) indices that is a (B, B) matrix
+    whose sum back-propagates every sample's class into every sample (and Grad-CAM++ fails on its shape).
+    Here the score is ``logits[i, class_idx[i]]``, shaped (B, 1, *[1] * spatial_dims) so that Grad-CAM++'s
+    ``score.exp() * grad`` broadcasts per sample; ``score.sum().backward()`` then gives each sample its own
+    gradient (in eval mode the samples of a batch do not interact). The logits of the pass are kept, so the
+    extractor returns them without a second forward.
+    """
+
+    def __init__(self, nn_module: nn.Module, target_layer: str, spatial_dims: int) -> None:
+        super().__init__(nn_module, target_layer, register_forward=True, register_backward=True)
+        self.spatial_dims = spatial_dims
+        self.logits: torch.Tensor | None = None
+
+    def class_score(self, logits: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:  # type: ignore
+        idx = torch.as_tensor(class_idx, device=logits.device).reshape(-1, 1).long()
+        if bool(((idx < 0) | (idx >= logits.shape[1])).any()):
+            raise ValueError(
+                f"GradCAMExtractor: class_idx must be in [0, {logits.shape[1] - 1}], "
+                f"got {idx.flatten().tolist()}."
+            )
+        return logits.gather(1, idx).reshape(-1, 1, *([1] * self.spatial_dims))
+
+    def __call__(self, x: torch.Tensor, class_idx: Any = None, retain_graph: bool = False, **kwargs: Any):
+        logits, acti, grad = super().__call__(x, class_idx=class_idx, retain_graph=retain_graph, **kwargs)
+        self.logits = logits.detach()
+        return logits, acti, grad
+
+
+class GradCAMExtractor(CAMExtractor):
+    """Grad-CAM (or Grad-CAM++) maps, computed by ``monai.visualize.GradCAM`` / ``GradCAMpp``.
+
+    MONAI does the maths (``compute_map``: ReLU of the gradient-weighted activations of one layer); this class
+    makes it safe and batched, working around MONAI 1.6.1's behaviours: its hooks are never removed, the
+    target layer's ``inplace`` is switched off, ``model.zero_grad()`` is called and the net ends in
+    ``model.train()`` (all undone by :func:`preserved_module_state`); the class score of a batch mixes samples
+    (fixed by scoring each sample's own class, so a batch is one forward/backward pass); and its default
+    post-processing inverts the map (not used: the base class upsamples and normalises, larger = more class
+    evidence, as for CAM). The backward pass needs a grad-requiring input, so a fresh copy of ``x`` is used:
+    it works with every parameter frozen and inside ``no_grad`` / ``inference_mode``.
+
+    Args:
+        plusplus: Grad-CAM++ instead of Grad-CAM.
+        layer_name: the module whose activations and gradients are used; default ``net.cam_layer_name``.
+        normalize: see :class:`CAMExtractor`.
+    """
+
+    needs_grad = True
+
+    def __init__(self, plusplus: bool = False, layer_name: str | None = None, normalize: bool = True) -> None:
+        super().__init__(normalize=normalize)
+        self.plusplus = bool(plusplus)
+        self.layer_name = layer_name
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(plusplus={self.plusplus}, layer_name={self.layer_name!r}, "
+            f"normalize={self.normalize})"
+        )
+
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.layer_name if self.layer_name is not None else getattr(net, "cam_layer_name", None)
+        if not isinstance(name, str):
+            raise ValueError(
+                "GradCAMExtractor: the net has no `cam_layer_name`; pass layer_name=<module name>."
+            )
+        if name not in dict(net.named_modules()):
+            raise ValueError(f"GradCAMExtractor: layer {name!r} is not a module of the net.")
+        hooked = _PerSampleScore(net, name, spatial_dims=x.ndim - 2)
+        cam = (GradCAMpp if self.plusplus else GradCAM)(nn_module=hooked, target_layers=name)
+        # fresh copies: x must require grad for the backward pass to exist (even with every parameter frozen),
+        # and neither may be an inference tensor, which autograd cannot save
+        classes = None if class_idx is None else class_idx.clone()
+        maps = cam.compute_map(x.clone().requires_grad_(True), class_idx=classes)
+        assert hooked.logits is not None  # set by the forward pass compute_map just ran
+        return hooked.logits, maps
+
+
+#: extractor name -> factory (keyword arguments: ``normalize``, and ``layer_name`` for the Grad-CAMs)
+EXTRACTORS: dict[str, Callable[..., CAMExtractor]] = {
+    "cam": ForwardCAM,
+    "gradcam": partial(GradCAMExtractor, plusplus=False),
+    "gradcampp": partial(GradCAMExtractor, plusplus=True),
+}
+
+
+def available_extractors() -> tuple[str, ...]:
+    """The names :func:`get_extractor` accepts."""
+    return tuple(EXTRACTORS)
+
+
+def get_extractor(extractor: str | CAMExtractor = "cam", **kwargs: Any) -> CAMExtractor:
+    """An extractor by name (``"cam"``, ``"gradcam"``, ``"gradcampp"``) with ``kwargs``, or ``extractor``
+    itself when it already is one (then ``kwargs`` must be empty)."""
+    if isinstance(extractor, CAMExtractor):
+        if kwargs:
+            raise ValueError(f"get_extractor: options {sorted(kwargs)} given with an extractor instance.")
+        return extractor
+    if extractor not in EXTRACTORS:
+        raise ValueError(
+            f"unknown CAM extractor {extractor!r}; valid extractors: {', '.join(available_extractors())}."
+        )
+    return EXTRACTORS[extractor](**kwargs)
