@@ -7,9 +7,11 @@ score maps ``<scoremap_root>/<image_id>.npy``, and the same numbers, computed by
 :mod:`monai_wsol.metrics`.  Additions: ``--output FILE.json`` (written atomically), ``--num_workers``, a
 printed table, and strict input checks (every error names the file and line; nothing is written on error).
 
-Box datasets (``localization.txt`` lines ``id,x0,y0,x1,y1``) give MaxBoxAcc (largest contour, IoU 0.5),
-MaxBoxAccV2 (all contours, mean over the IoU list) and ``BoxAcc@d`` (best tau per IoU d, in the contour mode
-chosen by ``--multi_contour_eval``); mask datasets (lines ``id,mask_png,ignore_png``) give PxAP.
+Box datasets (``localization.txt`` lines ``id,x0,y0,x1,y1``, boxes in the protocol's convention of
+:mod:`monai_wsol.boxes`: x along the image width, ends at start + extent as the reference's ``x + w``) give
+MaxBoxAcc (largest contour, IoU 0.5), MaxBoxAccV2 (all contours, mean over the IoU list) and ``BoxAcc@d``
+(best tau per IoU d, in the contour mode chosen by ``--multi_contour_eval``); mask datasets (lines
+``id,mask_png,ignore_png``) give PxAP.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def str2bool(value: str | bool) -> bool:
 def resize_box(
     box: Sequence[int], image_size: Sequence[int], map_size: Sequence[int]
 ) -> tuple[int, int, int, int]:
-    """Rescale a box from the original (w, h) to the score map's (w, h), truncating as the reference."""
+    """Rescale a protocol-convention box from the original (w, h) to the score map's (w, h), truncating as the
+    reference."""
     x0, y0, x1, y1 = map(float, box)
     w, h = map(float, image_size)
     new_w, new_h = map(float, map_size)
@@ -116,6 +119,7 @@ def _box_curves(job: tuple[str, str, list, tuple[int, int], np.ndarray]) -> tupl
         [resize_box(b, image_size, (width, height)) for b in boxes],
         smap.shape,
         name=f"GT boxes of {image_id!r}",
+        convention="protocol",
     )
     (v1, v2), inverse = distinct_level_boxes_modes(smap, taus, (False, True))
     return best_iou_curve(v1, gt, inverse), best_iou_curve(v2, gt, inverse)

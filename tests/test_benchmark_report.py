@@ -331,9 +331,9 @@ def test_plot_example_grid(bench, tmp_path, monkeypatch):
     assert _png_size(out) == (4 * 40, 3 * 40)  # columns: input + 3 methods; rows: 3 images
     axes = figs[0].axes
     assert len(axes) == 3 * 4
-    # pixel-inclusive GT box [x0, y0, x1, y1] = [2, 3, 8, 9] drawn from (1.5, 2.5), 7 x 7 pixels
+    # protocol GT box [x0, y0, x1, y1] = [2, 3, 8, 9] (end = start + extent): from (1.5, 2.5), 6 x 6 pixels
     (rect,) = axes[0].patches
-    assert rect.get_xy() == (1.5, 2.5) and (rect.get_width(), rect.get_height()) == (7, 7)
+    assert rect.get_xy() == (1.5, 2.5) and (rect.get_width(), rect.get_height()) == (6, 6)
     # a method panel: GT box then the predicted box (from the flat, pickle-free layout for adl)
     gt_box, pred_box = axes[2].patches
     assert pred_box.get_xy() == (2.5, 3.5) and pred_box.get_edgecolor()[:3] == (1.0, 0.0, 0.0)

@@ -30,11 +30,11 @@ def tiny(tmp_path_factory) -> Path:
     return make_tiny_data(tmp_path_factory.mktemp("bench_data")) / "datalist.json"
 
 
-def test_protocol_boxes_are_inclusive_column_first():
+def test_protocol_boxes_are_column_first_ending_at_start_plus_extent():
     mask = np.zeros((10, 12), dtype=bool)
     mask[2:5, 7:11] = True  # rows 2..4, columns 7..10
     mask[8, 0] = True
-    assert protocol_boxes(mask).tolist() == [[7, 2, 10, 4], [0, 8, 0, 8]]
+    assert protocol_boxes(mask).tolist() == [[7, 2, 11, 5], [0, 8, 1, 9]]
     assert protocol_boxes(np.zeros((4, 4), bool)).shape == (0, 4)
 
 
@@ -44,8 +44,8 @@ def test_load_split_keeps_masks_and_boxes_together(tiny):
     assert 0 <= float(data.images.min()) and float(data.images.max()) <= 1
     for label, mask, boxes in zip(data.labels.tolist(), data.masks, data.boxes, strict=True):
         assert (label == 1) == bool(mask.any()) == (len(boxes) > 0)
-        for x0, y0, x1, y1 in boxes:  # every GT box holds mask pixels on its four edges
-            region = mask[0, y0 : y1 + 1, x0 : x1 + 1]
+        for x0, y0, x1, y1 in boxes:  # every GT box (end = start + extent) has mask pixels on its 4 edges
+            region = mask[0, y0:y1, x0:x1]
             assert region[0].any() and region[-1].any() and region[:, 0].any() and region[:, -1].any()
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from monai_wsol.boxes import Boxes
 from monai_wsol.metrics import (
     BoxAccuracyMetric,
     MaxBoxAccMetric,
@@ -170,9 +171,33 @@ def test_3d_dispatch_one_cube():
     vol = np.zeros((1, 1, 8, 9, 10))
     vol[0, 0, 2:6, 3:7, 1:5] = 1.0
     metric = BoxAccuracyMetric(thresholds=TAUS, iou_thresholds=(50,))
+    # the cube's protocol box is its StandardMode box in 3D (array-axis order, end = start + extent)
     curves = metric(vol, [np.array([[2, 3, 1, 6, 7, 5]])])
-    assert curves.shape == (1, len(TAUS)) and float(curves.min()) > 0.5
+    assert curves.shape == (1, len(TAUS)) and bool((curves == 1.0).all())
     assert metric.aggregate()["BoxAcc@50"] == 100.0
+    tagged = BoxAccuracyMetric(thresholds=TAUS, iou_thresholds=(50,))
+    assert bool((tagged(vol, [Boxes.standard([[2, 3, 1, 6, 7, 5]], 3)]) == curves).all())
+
+
+def test_perfect_map_of_a_lesion_on_the_border():
+    # a lesion on the last 5 columns and rows 2..7: its GT box ends at W (start + extent), the protocol's
+    # extracted box at W - 1 (the reference clips x + w): IoU 5 * 7 / (6 * 7) with pixel-inclusive areas
+    mask = np.zeros((10, 12))
+    mask[2:8, 7:] = 1.0
+    gt = Boxes.standard([[2, 7, 8, 12]], 2)
+    assert gt.to_protocol().coords.tolist() == [[7, 2, 12, 8]]
+    assert boxes_from_scoremap(mask, [0.5])[0].tolist() == [[7, 2, 11, 8]]
+    curves = MaxBoxAccV2Metric(thresholds=TAUS)(mask[None], [gt])
+    assert bool((curves == 35 / 42).all())
+
+
+def test_iou_and_curve_accept_boxes_of_either_convention():
+    standard = Boxes.standard([[1, 2, 4, 9]], 2)  # rows 1..3, columns 2..8
+    protocol = np.array([[2, 1, 9, 4]])
+    assert box_iou_inclusive(standard, protocol).tolist() == [[1.0]]
+    assert box_iou_inclusive(standard.to_protocol(), standard).tolist() == [[1.0]]
+    per_tau = [protocol, np.array([[0, 0, 3, 3]])]
+    np.testing.assert_array_equal(best_iou_curve(per_tau, standard), best_iou_curve(per_tau, protocol))
 
 
 @pytest.mark.parametrize(

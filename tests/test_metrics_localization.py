@@ -15,6 +15,7 @@ from monai_wsol.metrics.handlers import (
     BoxAccuracyHandler,
     LocalizationAccuracyHandler,
     MaskOverlapHandler,
+    PositiveBoxAccuracyHandler,
     PxAPHandler,
 )
 from monai_wsol.metrics.localization import LocalizationAccuracyMetric, class_rank
@@ -273,12 +274,15 @@ def test_handlers_record_value_and_details(decollated):
         }
 
     engine = Engine(step)
-    BoxAccuracyHandler().attach(engine, "MaxBoxAcc")
-    BoxAccuracyHandler(multi_contour=True).attach(engine, "MaxBoxAccV2")
+    # these boxes are in the protocol's convention, as the metrics below read bare arrays by default
+    BoxAccuracyHandler(box_convention="protocol").attach(engine, "MaxBoxAcc")
+    BoxAccuracyHandler(multi_contour=True, box_convention="protocol").attach(engine, "MaxBoxAccV2")
     PxAPHandler().attach(engine, "PxAP")
     MaskOverlapHandler(value_key="iou").attach(engine, "IoU")
-    LocalizationAccuracyHandler(num_classes=3, value_key="top5_loc").attach(engine, "Top5Loc")
-    LocalizationAccuracyHandler(num_classes=3).attach(engine, "Top1Loc")
+    LocalizationAccuracyHandler(num_classes=3, value_key="top5_loc", box_convention="protocol").attach(
+        engine, "Top5Loc"
+    )
+    LocalizationAccuracyHandler(num_classes=3, box_convention="protocol").attach(engine, "Top1Loc")
     engine.run([[0, 1], [2, 3]], max_epochs=1)
 
     # the same numbers from the metrics called directly on all images
@@ -305,6 +309,52 @@ def test_handlers_record_value_and_details(decollated):
     assert details["Top1Loc"]["top1_loc_per_class"].shape == (3,)
     assert details["IoU"]["dice"] == overlap.aggregate()["dice"]
     assert details["MaxBoxAcc"]["box_acc"].shape == (1, 1000)
+
+
+@pytest.mark.parametrize("decollated", [True, False])
+def test_positive_box_handler_reads_standard_boxes_and_skips_negatives(decollated):
+    # perfect maps of a tall and a wide lesion, and two negatives; GT boxes as datalists hold them (MONAI
+    # StandardMode float32 tensors, (0, 4) for a negative)
+    cams = torch.zeros((4, 1, 20, 20))
+    cams[0, 0, 2:16, 4:7] = 1.0
+    cams[2, 0, 12:15, 1:18] = 1.0
+    boxes = [
+        torch.tensor([[2.0, 4.0, 16.0, 7.0]]),
+        torch.zeros((0, 4)),
+        torch.tensor([[12.0, 1.0, 15.0, 18.0]]),
+        torch.zeros((0, 4)),
+    ]
+
+    def step(engine, idx):
+        if decollated:
+            return [{"cam": cams[i], "boxes": boxes[i]} for i in idx]
+        return {"cam": cams[idx], "boxes": [boxes[i] for i in idx]}
+
+    engine = Engine(step)
+    default = PositiveBoxAccuracyHandler(multi_contour=True, boxes_key="boxes")
+    assert default.metric_fn.box_convention == "standard"
+    default.attach(engine, "standard")
+    PositiveBoxAccuracyHandler(multi_contour=True, boxes_key="boxes", box_convention="protocol").attach(
+        engine, "protocol"
+    )
+    engine.run([[0, 1], [2, 3]], max_epochs=1)
+    assert engine.state.metrics["standard"] == 100.0
+    assert engine.state.metric_details["standard"]["num_images"] == 2  # the negatives are not scored
+    # the same boxes read in the protocol's order (x = column first) miss both lesions
+    assert engine.state.metrics["protocol"] == 0.0
+
+
+def test_localization_reads_standard_tensors_and_empty_tensors_as_negatives():
+    # datalist boxes after EnsureTyped: float32 StandardMode tensors, (0, 4) for an image without a lesion
+    cams = torch.zeros((2, 1, 20, 20))
+    cams[0, 0, 2:16, 4:7] = 1.0  # a tall lesion, found perfectly
+    cams[1, 0, 5, 5] = 1.0
+    boxes = [torch.tensor([[2.0, 4.0, 16.0, 7.0]]), torch.zeros((0, 4))]
+    metric = LocalizationAccuracyMetric(num_classes=2, thresholds=COARSE, box_convention="standard")
+    metric(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), [1, 0], cams, boxes)
+    out = metric.aggregate()
+    assert out["num_images"] == 2 and out["num_images_with_boxes"] == 1
+    assert out["gt_known_loc"] == 100.0 and out["top1_cls"] == 100.0
 
 
 def test_handler_reports_missing_output_key():

@@ -5,7 +5,8 @@ Both read a benchmark folder written by the runner (``<bench_dir>/runs/<setting>
 - :func:`plot_threshold_curves` uses each run's ``curves.npz`` (``thresholds`` (T,), ``boxacc`` (3, T) in percent
   at IoU 0.3/0.5/0.7, optional ``dice`` (T,));
 - :func:`plot_example_grid` uses ``examples.npz`` (``images``, ``cams`` (N, H, W) in [0, 1], ``gt_masks`` (N, H, W)
-  bool, ``gt_boxes``/``pred_boxes`` per image (k, 4) ``[x0, y0, x1, y1]``, x = column, y = row, pixel-inclusive,
+  bool, ``gt_boxes``/``pred_boxes`` per image (k, 4) ``[x0, y0, x1, y1]`` in the WSOL protocol's convention
+  (``monai_wsol.boxes``: x = column, y = row, ends at start + extent),
   ``tau``, ``image_ids`` (N,)).
 
 matplotlib (the ``viz`` extra) is imported lazily; figures are drawn on an Agg canvas (no display, no pyplot
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from monai_wsol.benchmark.report import collect_results, method_order
+from monai_wsol.boxes import Boxes
 from monai_wsol.io_utils import atomic_path
 
 __all__ = ["plot_threshold_curves", "plot_example_grid", "CURVE_IOUS"]
@@ -219,12 +221,13 @@ def _load_examples(path: Path) -> dict[str, Any]:
 
 
 def _draw_boxes(ax: Any, boxes: np.ndarray, color: str) -> None:
-    """Pixel-inclusive ``[x0, y0, x1, y1]`` boxes: the rectangle covers pixel centres x0..x1, so its edges sit
+    """Protocol-convention ``[x0, y0, x1, y1]`` boxes, drawn from their StandardMode form
+    ``[row0, col0, row1, col1)``: the rectangle covers the pixel centres ``col0 .. col1 - 1``, so its edges sit
     half a pixel outside them."""
     from matplotlib.patches import Rectangle
 
-    for x0, y0, x1, y1 in boxes:
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, ec=color, lw=1.2))
+    for r0, c0, r1, c1 in Boxes.protocol(boxes, 2).to_standard().coords:
+        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, ec=color, lw=1.2))
 
 
 def _draw_contour(ax: Any, mask: np.ndarray, color: str) -> None:

@@ -43,6 +43,7 @@ from monai.metrics import compute_roc_auc
 from monai.transforms import Compose, Resized, ScaleIntensityRangePercentilesd
 from scipy import ndimage
 
+from monai_wsol.boxes import Boxes
 from monai_wsol.data import load_datalist, make_load_transforms
 from monai_wsol.data.synthetic import generate
 from monai_wsol.io_utils import atomic_path, atomic_torch_save, atomic_write_json, to_jsonable
@@ -106,9 +107,9 @@ class SplitData:
         images: (N, 1, S, S) float32 in [0, 1] (percentile-scaled, resized to S).
         labels: (N,) int64 class indices.
         masks: (N, 1, S, S) bool GT lesion masks (all False for negatives).
-        boxes: per image a (k, 4) int64 array ``[x0, y0, x1, y1]``, x = column (array axis 1), y = row (axis 0),
-            inclusive ends (the WSOL protocol's convention), one box per 8-connected mask region; (0, 4) for
-            negatives.
+        boxes: per image a (k, 4) int64 array ``[x0, y0, x1, y1]`` in the WSOL protocol's convention
+            (``monai_wsol.boxes``: x = column (array axis 1), y = row (axis 0), ends at start + extent, IoU
+            pixel-inclusive), one box per 8-connected mask region; (0, 4) for negatives.
         ids: image file names (for the figures).
     """
 
@@ -125,10 +126,10 @@ class SplitData:
 
 
 def protocol_boxes(mask: np.ndarray) -> np.ndarray:
-    """Inclusive ``[x0, y0, x1, y1]`` boxes (x = column) of the 8-connected regions of a 2D mask, (k, 4)."""
+    """Protocol-convention ``[x0, y0, x1, y1]`` boxes (x = column) of a 2D mask's 8-connected regions, (k, 4)."""
     labelled, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    boxes = [[s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1] for s in ndimage.find_objects(labelled)]
-    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    standard = [[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in ndimage.find_objects(labelled)]
+    return Boxes.standard(np.asarray(standard, dtype=np.int64).reshape(-1, 4), 2).to_protocol().coords
 
 
 def load_split(datalist: str | Path, split: str, image_size: int) -> SplitData:

@@ -32,7 +32,6 @@ from monai.transforms import Randomizable
 from monai.utils import CommonKeys, set_determinism
 
 from monai_wsol.io_utils import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
-from monai_wsol.metrics.handlers import BoxAccuracyHandler
 
 __all__ = [
     "NonFiniteLossError",
@@ -44,7 +43,6 @@ __all__ = [
     "is_main_process",
     "atomic_copy",
     "write_rows",
-    "PositiveBoxAccuracyHandler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -287,18 +285,3 @@ class ExportModel:
         else:
             raise FileNotFoundError(f"ExportModel: no checkpoint at '{self.src}' and no fallback module.")
         logger.info(f"Exported model to {self.dst}")
-
-
-class PositiveBoxAccuracyHandler(BoxAccuracyHandler):
-    """:class:`monai_wsol.metrics.handlers.BoxAccuracyHandler` over the images that have a GT box.
-
-    The WSOL protocol scores box accuracy on images that contain the object; lesion data also has negatives
-    (no box), which the box metric rejects. Their maps still count in PxAP and Dice. Arguments are those of
-    ``BoxAccuracyHandler`` with its default key-based ``output_transform`` (``(cams, gt_boxes)``).
-    """
-
-    def update(self, output: Sequence[Any]) -> None:
-        cams, boxes = output[0], output[1]
-        keep = [i for i, b in enumerate(boxes) if len(b) > 0]
-        if keep:  # a batch of negatives only adds nothing
-            self.metric_fn([cams[i] for i in keep], [boxes[i] for i in keep], *output[2:])

@@ -7,6 +7,12 @@ Definitions (Choe et al., CVPR 2020, reference ``wsolevaluation``):
 - MaxBoxAcc is the maximum over tau of BoxAcc(tau, 0.5) with only the largest contour kept per threshold;
 - MaxBoxAccV2 is the mean over delta in {0.3, 0.5, 0.7} of max over tau of BoxAcc(tau, delta), with every
   contour (outer and hole) a candidate box.
+
+Box conventions: every box here is compared in the protocol's convention (``monai_wsol.boxes``: 2D
+``[x0, y0, x1, y1]`` with x along the last array axis, 3D in array-axis order, IoU pixel-inclusive).  GT boxes
+may be given as :class:`~monai_wsol.boxes.Boxes` of either convention (converted here) or, as the reference's
+drop-in API, as bare arrays read in the protocol's convention unless the metric's ``box_convention`` says
+otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import Cumulative
+
+from monai_wsol.boxes import BOX_CONVENTIONS, BoxConvention, Boxes, check_box_convention
 
 from ._quantize import as_thresholds
 from .contours import boxes_from_scoremaps, scoremap_best_iou_curves
@@ -31,20 +39,30 @@ __all__ = [
 ]
 
 
-def box_iou_inclusive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _protocol_coords(boxes: Boxes | Any) -> np.ndarray:
+    """The protocol-convention coordinates of a :class:`Boxes` (converted), or a bare array as it is."""
+    if isinstance(boxes, Boxes):
+        return boxes.to_protocol().coords
+    if isinstance(boxes, torch.Tensor):
+        return boxes.detach().cpu().numpy()
+    return np.asarray(boxes)
+
+
+def box_iou_inclusive(a: Boxes | np.ndarray, b: Boxes | np.ndarray) -> np.ndarray:
     """Pixel/voxel-inclusive IoU of every box of ``a`` with every box of ``b``.
 
     Args:
-        a: boxes (n, 2 * d), rows ``[lo_0 .. lo_{d-1}, hi_0 .. hi_{d-1}]`` with inclusive ends (d = 2: x0, y0,
-            x1, y1; d = 3: any consistent axis order).
-        b: boxes (m, 2 * d) in the same convention.
+        a: boxes (n, 2 * d): a :class:`~monai_wsol.boxes.Boxes` of either convention, or a bare array in the
+            protocol's convention, rows ``[lo_0 .. lo_{d-1}, hi_0 .. hi_{d-1}]`` (d = 2: x0, y0, x1, y1 with x
+            along the last array axis; d = 3: array-axis order).
+        b: boxes (m, 2 * d), likewise.
 
     Returns:
         (n, m) float64 IoUs; extents are ``hi - lo + 1``, and a non-positive union gives 0, exactly as the
         reference's ``calculate_multiple_iou`` (same integer arithmetic, same final division).
     """
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
+    a = np.asarray(_protocol_coords(a), dtype=np.int64)
+    b = np.asarray(_protocol_coords(b), dtype=np.int64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] % 2:
         raise ValueError(f"boxes must be (n, 2d) and (m, 2d) arrays, got shapes {a.shape} and {b.shape}.")
     d = a.shape[1] // 2
@@ -61,21 +79,23 @@ def box_iou_inclusive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def best_iou_curve(
-    boxes_per_tau: Sequence[np.ndarray], gt_boxes: np.ndarray, inverse: np.ndarray | None = None
+    boxes_per_tau: Sequence[np.ndarray], gt_boxes: Boxes | np.ndarray, inverse: np.ndarray | None = None
 ) -> np.ndarray:
     """Best IoU at each threshold: max over the threshold's boxes and all GT boxes.
 
     Args:
-        boxes_per_tau: one (k, 2d) box array per threshold (as returned by ``boxes_from_scoremap`` or
-            ``boxes_from_scorevolume``); thresholds sharing one array object are computed once.  With
-            ``inverse``, one array per distinct mask instead (as ``distinct_level_boxes`` returns).
-        gt_boxes: GT boxes (g, 2d), g >= 1.
+        boxes_per_tau: one (k, 2d) protocol-convention box array per threshold (as returned by
+            ``boxes_from_scoremap`` or ``boxes_from_scorevolume``); thresholds sharing one array object are
+            computed once.  With ``inverse``, one array per distinct mask instead (as ``distinct_level_boxes``
+            returns).
+        gt_boxes: GT boxes (g, 2d), g >= 1: a :class:`~monai_wsol.boxes.Boxes` of either convention or a
+            bare array in the protocol's convention.
         inverse: optional (n_tau,) index of each threshold's array in ``boxes_per_tau``.
 
     Returns:
         (n_tau,) float64 best IoU per threshold.
     """
-    gt = np.asarray(gt_boxes, dtype=np.int64)
+    gt = np.asarray(_protocol_coords(gt_boxes), dtype=np.int64)
     if inverse is not None:
         return _best_iou_distinct(boxes_per_tau, gt)[np.asarray(inverse)]
     index: dict[int, int] = {}
@@ -98,32 +118,64 @@ def _best_iou_distinct(distinct: Sequence[np.ndarray], gt: np.ndarray) -> np.nda
     return np.maximum.reduceat(per_box, starts)
 
 
-def as_gt_boxes(boxes: Any, spatial_shape: Sequence[int], name: str = "y") -> np.ndarray:
-    """GT boxes as an int64 (g, 2d) array, checked against the map's spatial shape.
+def as_gt_boxes(
+    boxes: Boxes | Any,
+    spatial_shape: Sequence[int],
+    name: str = "y",
+    convention: BoxConvention | None = None,
+) -> np.ndarray:
+    """GT boxes as an int64 (g, 2d) protocol-convention array, checked against the map's spatial shape.
 
-    Boxes are ``[x0, y0, x1, y1]`` in 2D (x along the last axis) with inclusive ends; in 3D the axis order
-    is that of the box extractor (``monai_wsol.metrics.volume``).
+    Args:
+        boxes: a :class:`~monai_wsol.boxes.Boxes` (converted to the protocol's convention), or a bare
+            (g, 2d) / (2d,) array, tensor or sequence in ``convention`` (the protocol's when ``None``: the
+            reference's drop-in API).
+        spatial_shape: the score map's (H, W) or (D, H, W).
+        name: how error messages call ``boxes``.
+        convention: the convention this boundary expects: a :class:`Boxes` of the other one raises, and bare
+            arrays are read in it.  ``None``: a :class:`Boxes` carries its own, bare arrays are protocol.
+
+    Returns:
+        (g, 2d) int64 rows ``[x0, y0, x1, y1]`` in 2D (x along the last axis), array-axis order in 3D; ends
+        at start + extent (the reference's ``x + w``), compared pixel-inclusively.
 
     Raises:
-        ValueError: wrong shape, no box, non-integer values, inverted boxes or boxes outside the map.
+        ValueError: wrong convention (both named), wrong shape or spatial dims, no box, non-integer values,
+            inverted boxes or boxes outside the map.
     """
-    if isinstance(boxes, torch.Tensor):
-        boxes = boxes.detach().cpu().numpy()
-    arr = np.asarray(boxes)
     d = len(spatial_shape)
-    if arr.ndim == 1 and arr.size == 2 * d:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 2 * d or arr.shape[0] == 0:
+    if convention is not None and convention not in BOX_CONVENTIONS:
+        raise ValueError(f"convention must be one of {sorted(BOX_CONVENTIONS)} or None, got {convention!r}.")
+    if isinstance(boxes, Boxes):
+        if convention is not None:
+            check_box_convention(boxes, convention, name)
+        if boxes.spatial_dims != d:
+            raise ValueError(
+                f"{name} holds {boxes.spatial_dims}D boxes for a {d}D map {tuple(spatial_shape)}."
+            )
+        arr = boxes.to_protocol().coords
+    else:
+        arr = _protocol_coords(boxes)
+        if arr.ndim == 1 and arr.size == 2 * d:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != 2 * d:
+            raise ValueError(f"{name} must hold boxes of {2 * d} coordinates, got shape {arr.shape}.")
+        if convention == "standard" and arr.size:
+            try:
+                arr = Boxes.standard(arr, d).to_protocol().coords
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from e
+    if arr.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one box of {2 * d} coordinates, got shape {arr.shape}.")
     if not np.array_equal(arr, np.round(arr)):
         raise ValueError(f"{name} box coordinates must be integers, got {arr.tolist()}.")
     arr = arr.astype(np.int64)
     if (arr[:, d:] < arr[:, :d]).any():
         raise ValueError(f"{name} has an inverted box (end < start): {arr.tolist()}.")
-    # 2D boxes are (x, y), i.e. the reverse of the array's (H, W) order
+    # 2D protocol boxes are (x, y), i.e. the reverse of the array's (H, W) order
     extent = np.asarray(spatial_shape[::-1] if d == 2 else spatial_shape, dtype=np.int64)
-    # an end equal to the size is accepted: the reference's int-truncated rescaling of a box ending on the
-    # image border lands there, and its IoU is still well defined
+    # an end equal to the size is accepted: it is the end (start + extent) of a box reaching the border, and
+    # the reference's int-truncated rescaling of such a box lands there too
     if (arr < 0).any() or (arr[:, d:] > extent).any():
         raise ValueError(f"{name} has a box outside the {tuple(spatial_shape)} map: {arr.tolist()}.")
     return arr
@@ -185,6 +237,10 @@ class BoxAccuracyMetric(Cumulative):
         connectivity: 3D only, 26 (default), 18 or 6.
         num_workers: for a batch of 2D maps, threads running the compiled kernels (or, without numba,
             processes running the OpenCV path); 0: in the calling thread.
+        box_convention: the convention of the GT boxes ``y`` (``monai_wsol.boxes``): ``"standard"`` or
+            ``"protocol"`` reads bare arrays in it and rejects :class:`~monai_wsol.boxes.Boxes` of the other
+            one; ``None`` (default, the reference's drop-in API) lets each ``Boxes`` carry its own and reads
+            bare arrays in the protocol's convention.
 
     Example::
 
@@ -203,8 +259,14 @@ class BoxAccuracyMetric(Cumulative):
         spatial_dims: int | None = None,
         connectivity: int = 26,
         num_workers: int = 0,
+        box_convention: BoxConvention | None = None,
     ) -> None:
         super().__init__()
+        if box_convention is not None and box_convention not in BOX_CONVENTIONS:
+            raise ValueError(
+                f"box_convention must be one of {sorted(BOX_CONVENTIONS)} or None, got {box_convention!r}."
+            )
+        self.box_convention = box_convention
         if cam_curve_interval is not None:
             if thresholds is not None:
                 raise ValueError("give thresholds or cam_curve_interval, not both.")
@@ -250,8 +312,9 @@ class BoxAccuracyMetric(Cumulative):
         Args:
             y_pred: score maps (B, 1, H, W) / (B, H, W), or volumes (B, 1, D, H, W), in [0, 1]; torch (any
                 device) or NumPy, or a list of B channel-first items (a decollated batch).
-            y: B GT box arrays, each (g, 4) ``[x0, y0, x1, y1]`` (or (g, 6) in 3D) in the map's pixel
-                coordinates, inclusive ends.
+            y: B GT box sets in the map's pixel grid, each a :class:`~monai_wsol.boxes.Boxes` or a (g, 4) /
+                (g, 6) array in ``box_convention`` (protocol by default: ``[x0, y0, x1, y1]``, x along the
+                last axis).
 
         Returns:
             (B, n_tau) float64 tensor of each image's best IoU per threshold.
@@ -259,7 +322,7 @@ class BoxAccuracyMetric(Cumulative):
         maps, spatial_dims = _batch_maps(y_pred, self.spatial_dims)
         if len(y) != len(maps):
             raise ValueError(f"y must hold one box array per image: {len(y)} for a batch of {len(maps)}.")
-        gts = [as_gt_boxes(g, maps.shape[1:], name=f"y[{i}]") for i, g in enumerate(y)]
+        gts = [as_gt_boxes(g, maps.shape[1:], f"y[{i}]", self.box_convention) for i, g in enumerate(y)]
         if len(maps) == 0:
             return torch.zeros((0, len(self.thresholds)), dtype=torch.float64)
         curves = self._curves(maps, gts, spatial_dims)

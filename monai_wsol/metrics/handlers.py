@@ -11,8 +11,10 @@ are arguments of each handler):
 
 - ``"cam"``: score map of the GT class, (B, 1, *spatial) or per image (1, *spatial), min-max normalised to
   [0, 1], 2D or 3D;
-- ``"gt_boxes"``: per image a (k, 4) ``[x0, y0, x1, y1]`` / (k, 6) array of GT boxes in the CAM's grid, as a
-  list (boxes are not collated);
+- ``"gt_boxes"``: per image the GT boxes in the CAM's grid, as a list (boxes are not collated): a
+  :class:`~monai_wsol.boxes.Boxes`, or a (k, 4) / (k, 6) array in the handler's ``box_convention`` --
+  ``"standard"`` by default (MONAI ``StandardMode``, what datalists and ``mask_to_boxes`` give), or
+  ``"protocol"`` (the WSOL reference's ``[x0, y0, x1, y1]``, x along the last axis);
 - ``"gt_mask"`` (and optionally an ignore mask key): GT foreground, same layout as ``"cam"``;
 - ``"pred"``: class scores (B, C) or per image (C,); ``"label"``: class index (B,) / (B, 1) or per image ();
 - optionally ``"pred_cam"``: the top-1 class's score map, same layout as ``"cam"``.
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler
 from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_wsol.boxes import BoxConvention
 
 from .box_accuracy import BoxAccuracyMetric
 from .localization import LocalizationAccuracyMetric
@@ -45,6 +49,7 @@ __all__ = [
     "from_engine_output",
     "WSOLMetricHandler",
     "BoxAccuracyHandler",
+    "PositiveBoxAccuracyHandler",
     "PxAPHandler",
     "MaskOverlapHandler",
     "LocalizationAccuracyHandler",
@@ -136,6 +141,9 @@ class BoxAccuracyHandler(WSOLMetricHandler):
         cam_key, boxes_key: keys of the score maps and GT boxes in ``engine.state.output``.
         output_transform: overrides the key-based transform; must return ``(cams, gt_boxes)``.
         save_details: store the whole result dict in ``engine.state.metric_details``.
+        box_convention: convention of the GT boxes (``monai_wsol.boxes``): ``"standard"`` (default: MONAI
+            ``StandardMode``, as datalists hold them) or ``"protocol"``; bare arrays are read in it and
+            converted through :class:`~monai_wsol.boxes.Boxes`, a ``Boxes`` of the other convention raises.
         metric_kwargs: passed to :class:`~.box_accuracy.BoxAccuracyMetric` (thresholds, iou_thresholds, ...).
     """
 
@@ -147,16 +155,35 @@ class BoxAccuracyHandler(WSOLMetricHandler):
         boxes_key: str = "gt_boxes",
         output_transform: Callable | None = None,
         save_details: bool = True,
+        box_convention: BoxConvention = "standard",
         **metric_kwargs: Any,
     ) -> None:
         if not multi_contour:
             metric_kwargs.setdefault("iou_thresholds", (50,))
         super().__init__(
-            BoxAccuracyMetric(multi_contour=multi_contour, **metric_kwargs),
+            BoxAccuracyMetric(multi_contour=multi_contour, box_convention=box_convention, **metric_kwargs),
             value_key or ("MaxBoxAccV2" if multi_contour else "MaxBoxAcc"),
             output_transform or from_engine_output([cam_key, boxes_key], unstacked=[boxes_key]),
             save_details,
         )
+
+
+class PositiveBoxAccuracyHandler(BoxAccuracyHandler):
+    """:class:`BoxAccuracyHandler` over the images that have a GT box.
+
+    The WSOL protocol scores box accuracy on images that contain the object; lesion data also has negatives
+    (no box), which the box metric rejects. Their maps still count in PxAP and Dice. Arguments are those of
+    ``BoxAccuracyHandler`` (``box_convention`` ``"standard"`` by default: datalist boxes are MONAI
+    ``StandardMode``) with its default key-based ``output_transform`` (``(cams, gt_boxes)``).
+    """
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[Any]) -> None:
+        """``output`` = ``(cams, gt_boxes)``; images with no box are skipped."""
+        cams, boxes = output[0], output[1]
+        keep = [i for i, b in enumerate(boxes) if len(b) > 0]
+        if keep:  # a batch of negatives only adds nothing
+            self.metric_fn([cams[i] for i in keep], [boxes[i] for i in keep], *output[2:])
 
 
 class PxAPHandler(WSOLMetricHandler):
@@ -240,6 +267,7 @@ class LocalizationAccuracyHandler(WSOLMetricHandler):
         output_transform: overrides the key-based transform; must return
             ``(scores, labels, cams, gt_boxes, pred_cams_or_None)``.
         save_details: store the whole result dict in ``engine.state.metric_details``.
+        box_convention: convention of the GT boxes, as :class:`BoxAccuracyHandler` (``"standard"`` default).
         metric_kwargs: passed to the metric (thresholds, iou_threshold, fixed_threshold, topk, ...).
     """
 
@@ -254,11 +282,12 @@ class LocalizationAccuracyHandler(WSOLMetricHandler):
         pred_cam_key: str | None = None,
         output_transform: Callable | None = None,
         save_details: bool = True,
+        box_convention: BoxConvention = "standard",
         **metric_kwargs: Any,
     ) -> None:
         keys = [pred_key, label_key, cam_key, boxes_key, pred_cam_key]
         super().__init__(
-            LocalizationAccuracyMetric(num_classes, **metric_kwargs),
+            LocalizationAccuracyMetric(num_classes, box_convention=box_convention, **metric_kwargs),
             value_key,
             output_transform or from_engine_output(keys, unstacked=[boxes_key]),
             save_details,

@@ -19,6 +19,10 @@ Ties: a class's rank is the number of classes scoring strictly higher plus the n
 a lower index (a stable descending sort, as ``argmax`` picks the first maximum), and the GT class is in the
 top k when its rank is < k.  "Best tau" is the first threshold maximising the dataset-level figure; each
 figure has its own best tau.  Images without GT boxes count for the classification accuracies only.
+
+GT boxes are compared in the protocol's convention (``monai_wsol.boxes``); they may be given as
+:class:`~monai_wsol.boxes.Boxes` of either convention or as bare arrays in the metric's ``box_convention``
+(the protocol's by default).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
+
+from monai_wsol.boxes import BOX_CONVENTIONS, BoxConvention, Boxes
 
 from ._quantize import as_thresholds
 from .box_accuracy import as_gt_boxes, best_iou_curve
@@ -56,7 +62,7 @@ def class_rank(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def best_iou_per_threshold(
     score: np.ndarray | torch.Tensor,
-    gt_boxes: np.ndarray,
+    gt_boxes: Boxes | np.ndarray,
     thresholds: np.ndarray,
     multi_region: bool = False,
     connectivity: int = 26,
@@ -67,7 +73,8 @@ def best_iou_per_threshold(
 
     Args:
         score: (H, W) map or (D, H, W) volume in [0, 1].
-        gt_boxes: (k, 4) or (k, 6) int boxes, k >= 1, in the map's grid.
+        gt_boxes: (k, 4) or (k, 6) int boxes, k >= 1, in the map's grid: a :class:`~monai_wsol.boxes.Boxes`
+            of either convention, or a bare array in the protocol's convention.
         thresholds: taus in [0, 1).
         multi_region: every contour / component is a candidate (V2) instead of the largest only.
         connectivity: 3D neighbourhood (26, 18 or 6).
@@ -75,6 +82,15 @@ def best_iou_per_threshold(
     # only the best IoU over a level's boxes matters: their order does not (the default, faster 2D path)
     boxes, inverse = distinct_boxes(score, thresholds, multi_region, connectivity)
     return best_iou_curve(boxes, gt_boxes)[inverse]
+
+
+def _has_boxes(boxes: Boxes | ArrayLike) -> bool:
+    """Whether an image's GT holds at least one box (a Boxes, a tensor or an array)."""
+    if isinstance(boxes, Boxes):
+        return len(boxes) > 0
+    if isinstance(boxes, torch.Tensor):  # np.size would return the tensor's size method, always truthy
+        return boxes.numel() > 0
+    return np.asarray(boxes).size > 0
 
 
 class LocalizationAccuracyMetric(CumulativeIterationMetric):
@@ -95,6 +111,9 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
             default 0.2 is CAM's (Zhou et al., 2016) "20% of the max" rule.
         topk: k of the "Top-k Loc" figure (5, as ILSVRC).
         connectivity: 3D neighbourhood for the components (26, 18 or 6).
+        box_convention: the convention of ``gt_boxes`` (``monai_wsol.boxes``): ``"standard"`` or
+            ``"protocol"`` reads bare arrays in it and rejects :class:`~monai_wsol.boxes.Boxes` of the other
+            one; ``None`` (default) lets each ``Boxes`` carry its own and reads bare arrays as protocol.
 
     Example::
 
@@ -112,8 +131,14 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         fixed_threshold: float = 0.2,
         topk: int = 5,
         connectivity: int = 26,
+        box_convention: BoxConvention | None = None,
     ) -> None:
         super().__init__()
+        if box_convention is not None and box_convention not in BOX_CONVENTIONS:
+            raise ValueError(
+                f"box_convention must be one of {sorted(BOX_CONVENTIONS)} or None, got {box_convention!r}."
+            )
+        self.box_convention = box_convention
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if not 0.0 < iou_threshold <= 1.0:
@@ -173,7 +198,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         y_pred: ArrayLike,
         y: ArrayLike | Sequence[int],
         cam: ArrayLike | Sequence[ArrayLike],
-        gt_boxes: Sequence[ArrayLike],
+        gt_boxes: Sequence[Boxes | ArrayLike],
         pred_cam: ArrayLike | Sequence[ArrayLike] | None = None,
     ) -> torch.Tensor:
         """Add a batch.
@@ -183,7 +208,8 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
             y: GT class indices (B,) or (B, 1), or one-hot (B, C).
             cam: CAMs of the GT class, (B, 1, *spatial) or a sequence of (1, *spatial), min-max normalised
                 to [0, 1]; 2D or 3D.
-            gt_boxes: per image a (k, 4) / (k, 6) array of GT boxes in the CAM's grid (k = 0: no box).
+            gt_boxes: per image the GT boxes in the CAM's grid (k = 0: no box), a
+                :class:`~monai_wsol.boxes.Boxes` or a (k, 4) / (k, 6) array in ``box_convention``.
             pred_cam: optional CAMs of the top-1 predicted class, same layout as ``cam``.
 
         Returns:
@@ -204,9 +230,9 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
                 f"y_pred, cam and gt_boxes must describe the same images, got {scores.shape[0]}, {len(cams)} "
                 f"and {len(gt_boxes)}."
             )
-        # an image without boxes (np.size == 0) counts for the classification figures only
+        # an image without boxes counts for the classification figures only
         boxes = [
-            as_gt_boxes(b, c.shape[1:], f"gt_boxes[{i}]") if np.size(b) else None
+            as_gt_boxes(b, c.shape[1:], f"gt_boxes[{i}]", self.box_convention) if _has_boxes(b) else None
             for i, (b, c) in enumerate(zip(gt_boxes, cams, strict=True))
         ]
         pred_cams = None

@@ -8,7 +8,10 @@ slice gives the 2D boxes wherever contours and components coincide:
 - quantisation ``q = floor(255 * s)`` in float64, mask at ``tau`` is ``q > int(tau * max(q))``;
 - a region's box is ``[a0, b0, c0, a1, b1, c1]`` along the array axes (axis0, axis1, axis2), where the
   start is the first voxel index and the end is one past the last voxel index clipped to ``size - 1``
-  (the reference's ``x + w`` clipped to ``W - 1``); IoU is then computed voxel-inclusive (+1 per side);
+  (the reference's ``x + w`` clipped to ``W - 1``); IoU is then computed voxel-inclusive (+1 per side).
+  This is the 3D ``"protocol"`` convention of :mod:`monai_wsol.boxes`; GT boxes in MONAI ``StandardMode``
+  (datalists, ``mask_to_boxes``) enter the metrics through ``Boxes.standard(boxes, 3)``, whose conversion
+  is the single place that knows how the two conventions relate;
 - v1 (``multi_component=False``) keeps the component with the most voxels (ties: first in label order, i.e.
   the component whose first voxel in C order comes first); otherwise every component is a candidate, in
   label order; no component gives ``[[0, 0, 0, 0, 0, 0]]``.
@@ -210,8 +213,8 @@ def distinct_level_volume_boxes(
         method: ``"label"``, ``"union_find"`` or ``"auto"`` (see the module docstring; same result).
 
     Returns:
-        ``(boxes, inverse)``: ``boxes[j]`` is a read-only int64 (k, 6) array for the j-th distinct mask and
-        ``inverse`` (n_tau,) maps each threshold to its distinct mask.
+        ``(boxes, inverse)``: ``boxes[j]`` is a read-only int64 (k, 6) protocol-convention array for the j-th
+        distinct mask and ``inverse`` (n_tau,) maps each threshold to its distinct mask.
     """
     vol = as_score_array(volume, "volume", ndim=3)
     if connectivity not in _STRUCTURE_RANK:
@@ -249,8 +252,8 @@ def boxes_from_scorevolume(
         method: ``"label"``, ``"union_find"`` or ``"auto"`` (see the module docstring; same result).
 
     Returns:
-        one int64 array of shape (k, 6) per threshold, rows ``[a0, b0, c0, a1, b1, c1]`` along
-        (axis0, axis1, axis2); ``k = 1`` in v1 mode and ``[[0] * 6]`` when the mask is empty.  Thresholds
+        one int64 array of shape (k, 6) per threshold in the protocol's convention, rows
+        ``[a0, b0, c0, a1, b1, c1]`` along (axis0, axis1, axis2); ``k = 1`` in v1 mode and ``[[0] * 6]`` when the mask is empty.  Thresholds
         giving the same mask share one read-only array.
 
     Raises:

@@ -227,9 +227,10 @@ class MaskToBoxes(_RegionTransform):
 
     ``__call__(mask, cam=None, affine=None)`` returns ``(boxes, labels, scores)``:
 
-    - ``boxes``: ``(N, 2 * spatial_dims)``, MONAI StandardMode with exclusive max corner (float32 voxel indices, or
-      float64 world coordinates with ``world=True``); channel by channel, largest region first within a channel.
-      ``(0, 2 * spatial_dims)`` when the mask is empty.
+    - ``boxes``: ``(N, 2 * spatial_dims)``, MONAI StandardMode with exclusive max corner (the ``"standard"``
+      convention of :mod:`monai_wsol.boxes`; float32 voxel indices, or float64 world coordinates with
+      ``world=True``); channel by channel, largest region first within a channel. ``(0, 2 * spatial_dims)`` when
+      the mask is empty.
     - ``labels``: ``(N,)`` int64, the channel (class) index of each box.
     - ``scores``: ``(N,)`` float32 when ``cam`` (same shape as ``mask``) is given, else ``None``.
 

@@ -180,7 +180,8 @@ class MaskToBoxesd(MapTransform):
 
     Args:
         keys: channel-first mask keys.
-        box_key: where to write the voxel boxes ``(N, 2 * spatial_dims)`` (StandardMode, exclusive max corner).
+        box_key: where to write the voxel boxes ``(N, 2 * spatial_dims)`` (StandardMode, exclusive max corner: the
+            ``"standard"`` convention of :mod:`monai_wsol.boxes`).
         label_key: where to write the channel index of each box; ``None`` skips.
         world_box_key: where to write the world boxes; ``None`` skips. The affine comes from ``affine_key`` if
             given (an affine matrix, a MetaTensor image, or a meta dict such as ``"image_meta_dict"``), else from the

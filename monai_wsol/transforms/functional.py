@@ -11,6 +11,8 @@ Conventions (see ``docs/transforms.md``):
   of the spatial shape, i.e. the row axis of an ``(H, W)`` array -- not the OpenCV column convention).
   The max corner is **exclusive**: a region covering indices ``i0..i1`` along an axis gives ``[i0, i1 + 1)``,
   exactly as ``monai.apps.detection.transforms.box_ops.convert_mask_to_box`` (``TO_REMOVE = 0``).
+  This is the ``"standard"`` convention of :mod:`monai_wsol.boxes`; the WSOL metrics read the ``"protocol"``
+  one (2D x = the last axis), so voxel boxes reach them as ``Boxes.standard(boxes, spatial_dims)``.
 - An empty mask gives zero boxes, an array of shape ``(0, 2 * spatial_dims)``.
 - World boxes are in the frame of the affine (RAS+ mm for images read by nibabel / MONAI's ``LoadImage``).
 """
@@ -325,8 +327,9 @@ def keep_regions(
 def mask_to_boxes(
     mask: NdarrayOrTensor, connectivity: int | None = None, mode: str = "largest", min_size: float = 0
 ) -> NdarrayOrTensor:
-    """Boxes ``(N, 2 * spatial_dims)`` (float32, StandardMode, max corner exclusive) of the chosen regions of a
-    spatial-only mask; ``(0, 2 * spatial_dims)`` for an empty mask. See :func:`locate_regions`."""
+    """Boxes ``(N, 2 * spatial_dims)`` (float32, StandardMode: the ``"standard"`` convention of
+    :mod:`monai_wsol.boxes`, array-axis order, max corner exclusive) of the chosen regions of a spatial-only mask;
+    ``(0, 2 * spatial_dims)`` for an empty mask. See :func:`locate_regions`."""
     return locate_regions(mask, connectivity, mode, min_size)[1]
 
 

@@ -7,6 +7,7 @@ Schema (``"schema": "monai_wsol.boxes/1"``)::
       "image": "<input path>",                 # or null
       "spatial_dims": 2 | 3,
       "box_mode": "xyxy" | "xyzxyz",           # MONAI StandardMode
+      "box_convention": "standard",            # monai_wsol.boxes convention of the voxel boxes
       "voxel_convention": "...",               # array axes as loaded by MONAI, max corner = last index + 1
       "world_convention": "...",               # RAS mm, axis-aligned box around the voxel box's edges
       "affine": [[...], ...],                  # voxel -> world, (spatial_dims + 1)^2 or 4 x 4
@@ -17,10 +18,11 @@ Schema (``"schema": "monai_wsol.boxes/1"``)::
       ...extra keys
     }
 
-Voxel boxes follow MONAI's ``StandardMode`` with ``TO_REMOVE = 0``: ``[x0, y0, x1, y1]`` covers voxels
-``x0 .. x1 - 1``. Voxel ``i`` spans ``[i - 0.5, i + 0.5]`` around its centre, so the box's continuous extent is
-``[x0 - 0.5, x1 - 0.5]``; its world box is the axis-aligned bounding box of that extent's corners mapped
-through the affine (exact for axis-aligned images, enclosing for oblique ones).
+Voxel boxes follow MONAI's ``StandardMode`` with ``TO_REMOVE = 0`` (the ``"standard"`` convention of
+:mod:`monai_wsol.boxes`, named in ``"box_convention"``): ``[x0, y0, x1, y1]`` covers voxels ``x0 .. x1 - 1``
+along the array axes in order. Voxel ``i`` spans ``[i - 0.5, i + 0.5]`` around its centre, so the box's
+continuous extent is ``[x0 - 0.5, x1 - 0.5]``; its world box is the axis-aligned bounding box of that extent's
+corners mapped through the affine (exact for axis-aligned images, enclosing for oblique ones).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_wsol.boxes import Boxes
 from monai_wsol.io_utils import atomic_write_json
 from monai_wsol.transforms.functional import boxes_to_world
 
@@ -54,7 +57,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_boxes_json(
     path: str | os.PathLike,
-    boxes_voxel: np.ndarray | torch.Tensor | Sequence,
+    boxes_voxel: Boxes | np.ndarray | torch.Tensor | Sequence,
     affine: np.ndarray | torch.Tensor,
     boxes_world: np.ndarray | torch.Tensor | Sequence | None = None,
     labels: Sequence[int | str] | np.ndarray | torch.Tensor | None = None,
@@ -69,7 +72,8 @@ def write_boxes_json(
 
     Args:
         path: output ``.json``.
-        boxes_voxel: (N, 4) or (N, 6) StandardMode boxes, max corner exclusive.
+        boxes_voxel: (N, 4) or (N, 6) voxel boxes: a :class:`~monai_wsol.boxes.Boxes` of either convention
+            (written in StandardMode), or a bare array in StandardMode (max corner exclusive).
         affine: voxel-to-world matrix of the image (MONAI ``meta["affine"]``, RAS mm).
         boxes_world: (N, 2 * D) world boxes; computed with
             :func:`monai_wsol.transforms.functional.boxes_to_world` (voxel edges) when ``None``.
@@ -84,6 +88,8 @@ def write_boxes_json(
     Returns:
         ``Path(path)``.
     """
+    if isinstance(boxes_voxel, Boxes):
+        boxes_voxel = boxes_voxel.to_standard().coords
     voxel = _as_numpy(boxes_voxel).astype(float)
     if voxel.size == 0:
         dims = spatial_dims if spatial_dims is not None else _as_numpy(affine).shape[0] - 1
@@ -115,6 +121,7 @@ def write_boxes_json(
         "image": None if image_path is None else str(image_path),
         "spatial_dims": d,
         "box_mode": "xyxy" if d == 2 else "xyzxyz",
+        "box_convention": "standard",
         "voxel_convention": "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1",
         "world_convention": "RAS mm; axis-aligned bounds of the voxel box edges (index - 0.5 .. max - 0.5)",
         "affine": _as_numpy(affine).astype(float).tolist(),
