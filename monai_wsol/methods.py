@@ -99,6 +99,9 @@ class CutMixBatch:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, C, *spatial), labels (B,) / (B, 1) / (B, K) -> mixed images, soft labels (B, K)."""
+        # MONAI 1.6.1's CutMix indexes a MetaTensor batch with a NumPy permutation, which MetaTensor's metadata
+        # bookkeeping rejects; the mixed batch carries no per-image metadata anyway
+        images = convert_to_tensor(images, track_meta=False)
         soft = _one_hot(labels, self.num_classes).to(images.device)
         b = images.shape[0]
         if b < 2 or self.mixer.R.rand() >= self.prob:

@@ -10,18 +10,16 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from monai_wsol.benchmark.runner import (
-    Benchmark,
-    TrainConfig,
-    load_split,
-    protocol_boxes,
-    tensor_batches,
-    train_run,
-)
+from monai_wsol.benchmark.bundle_runs import BundleRunner
+from monai_wsol.benchmark.protocol import protocol_optimizer
+from monai_wsol.benchmark.runner import Benchmark
+from monai_wsol.engines.evaluation import load_curves
 from monai_wsol.methods import build_method
 from tests._bundle_helpers import make_tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
+#: the bundle keys an evaluation must share with the training run
+_EVAL_KEYS = ("dataset_dir", "datalist", "spatial_dims", "method", "method_options", "backbone", "network_kwargs", "cam_class")
 TINY_NET = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1, 1], "low_stride": True}
 
 
@@ -30,74 +28,18 @@ def tiny(tmp_path_factory) -> Path:
     return make_tiny_data(tmp_path_factory.mktemp("bench_data")) / "datalist.json"
 
 
-def test_protocol_boxes_are_column_first_ending_at_start_plus_extent():
-    mask = np.zeros((10, 12), dtype=bool)
-    mask[2:5, 7:11] = True  # rows 2..4, columns 7..10
-    mask[8, 0] = True
-    assert protocol_boxes(mask).tolist() == [[7, 2, 11, 5], [0, 8, 1, 9]]
-    assert protocol_boxes(np.zeros((4, 4), bool)).shape == (0, 4)
-
-
-def test_load_split_keeps_masks_and_boxes_together(tiny):
-    data = load_split(tiny, "training", 32)
-    assert data.images.shape == (8, 1, 32, 32) and data.masks.shape == (8, 1, 32, 32)
-    assert 0 <= float(data.images.min()) and float(data.images.max()) <= 1
-    for label, mask, boxes in zip(data.labels.tolist(), data.masks, data.boxes, strict=True):
-        assert (label == 1) == bool(mask.any()) == (len(boxes) > 0)
-        for x0, y0, x1, y1 in boxes:  # every GT box (end = start + extent) has mask pixels on its 4 edges
-            region = mask[0, y0:y1, x0:x1]
-            assert region[0].any() and region[-1].any() and region[:, 0].any() and region[:, -1].any()
-
-
-def _state(net):
-    return {k: v.clone() for k, v in net.state_dict().items()}
-
-
-@pytest.mark.parametrize("method", ["has", "cutmix"])
-def test_resume_continues_exactly(tiny, tmp_path, method):
-    """A run stopped after epoch 1 and resumed ends with the weights of an uninterrupted run (every random
-    source -- order, flips, hidden patches, CutMix boxes -- is seeded per epoch)."""
-    data = load_split(tiny, "training", 32)
-    options = {"grid_size": 8} if method == "has" else {"seed": 0}
-
-    def run(run_dir, interrupt_at=None):
-        torch.manual_seed(3)
-        spec = build_method(method, 2, 1, 2, net_kwargs=TINY_NET, **options)
-        batches = tensor_batches(spec, data, 4)
-
-        def interrupted(epoch, rng):
-            if epoch == interrupt_at:
-                raise KeyboardInterrupt
-            yield from batches(epoch, rng)
-
-        cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2)
-        train_run(spec, interrupted, cfg, seed=3, run_dir=run_dir)
-        return spec.net
-
-    straight = _state(run(tmp_path / "a"))
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", interrupt_at=1)  # killed during epoch 2: epoch 1's checkpoint is on disk
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 0
-    resumed = _state(run(tmp_path / "b"))
-    assert straight.keys() == resumed.keys()
-    for k in straight:
-        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=0, msg=k)
-    fresh = _state(run(tmp_path / "c"))
-    assert all(torch.equal(fresh[k], straight[k]) for k in straight)  # and it is deterministic at all
-
-
-def test_train_config_optimizer_groups():
+def test_protocol_optimizer_groups_and_schedule():
     net = build_method("sfs1", 2, 1, 2, net_kwargs=TINY_NET).net
-    opt, sched = TrainConfig(optimizer="sgd", lr=0.1, new_layer_lr_ratio=10, schedule="step").make_optimizer(
-        net
+    opt, sched = protocol_optimizer(
+        net, {"optimizer": "sgd", "lr": 0.1, "new_layer_lr_ratio": 10, "schedule": "step", "epochs": 3}
     )
-    old, new = opt.param_groups
-    assert old["lr"] == pytest.approx(0.1) and new["lr"] == pytest.approx(1.0)
-    names = {id(p): n for n, p in net.named_parameters()}
-    assert all(n.startswith("classifier") or "plugin" in n for n in (names[id(p)] for p in new["params"]))
-    assert any("plugin" in names[id(p)] for p in new["params"])
+    assert [g["lr"] for g in opt.param_groups] == [0.1, pytest.approx(1.0)]
+    new = {id(p) for p in opt.param_groups[1]["params"]}
+    names = {n for n, p in net.named_parameters() if id(p) in new}
+    assert names and all(n.startswith("classifier") or "plugin" in n for n in names)
+    assert isinstance(sched, torch.optim.lr_scheduler.StepLR)
     with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(optimizer="lion").make_optimizer(net)
+        protocol_optimizer(net, {"optimizer": "lion", "lr": 0.1})
 
 
 def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
@@ -120,16 +62,14 @@ def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
             "num_examples": 2,
         }
     )
-    seen_splits = []  # evaluations made (by split size)
-    import monai_wsol.benchmark.runner as runner
+    seen_splits = []  # bundle evaluations made (by split)
+    original = BundleRunner.evaluate
 
-    original = runner.split_curves
+    def spy(self, model_path, split, *a, **k):
+        seen_splits.append(split)
+        return original(self, model_path, split, *a, **k)
 
-    def spy(spec, data, *a, **k):
-        seen_splits.append(len(data.ids))
-        return original(spec, data, *a, **k)
-
-    monkeypatch.setattr(runner, "split_curves", spy)
+    monkeypatch.setattr(BundleRunner, "evaluate", spy)
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("run")
 
@@ -140,7 +80,11 @@ def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
                 result = json.loads((runs / setting / method / f"seed{seed}" / "result.json").read_text())
                 assert result["method"] == method and result["seed"] == seed
                 assert 0 <= result["test"]["MaxBoxAccV2"] <= 100 and 0 <= result["val"]["MaxBoxAccV2"] <= 100
-                assert not (runs / setting / method / f"seed{seed}" / "checkpoint.pt").exists()
+                # each run is a bundle run folder
+                if method != "gradcam":
+                    run = runs / setting / method / f"seed{seed}"
+                    assert (run / "config.json").is_file() and (run / "checkpoints" / "model.pt").is_file()
+                    assert json.loads((run / "config.json").read_text())["method"] == method
     choices = {s: json.loads((bench / f"choices_{s}.json").read_text()) for s in ("default", "again")}
     # the search ran in the "default" setting only (search_in), on its validation split; "again" reuses it
     cands = [
@@ -166,6 +110,19 @@ def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
     for name in ("results.csv", "results.md", "curves_default.png", "examples_default.png", "benchmark.log"):
         assert (bench / name).stat().st_size > 0, name
     assert "| sfs1 |" in (bench / "results.md").read_text()
+
+    # the figures are those of the bundle's own evaluate on the same model: one pipeline
+    run = runs / "default" / "cam" / "seed1"
+    result = json.loads((run / "result.json").read_text())
+    direct = BundleRunner().evaluate(
+        run / "checkpoints" / "model.pt",
+        "test",
+        tmp_path / "direct",
+        {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k in _EVAL_KEYS},
+    )
+    assert direct.scalars["MaxBoxAccV2"] == result["test"]["MaxBoxAccV2"]
+    assert direct.scalars["accuracy"] == result["test"]["accuracy"]
+    assert load_curves(run / "eval" / "test.npz").scalars == direct.scalars
 
     # a second run skips every finished run (no training, no evaluation)
     stamp = (runs / "default" / "cam" / "seed0" / "result.json").stat().st_mtime_ns

@@ -82,14 +82,15 @@ def test_train_outputs_run_folder_and_model(trained):
     assert (run / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
     assert (run / "checkpoints" / "model.pt").is_file()
     config = json.loads((run / "config.json").read_text())
-    assert config["method"] == "dual_suppression" and config["cr"] == 0.8 and config["t"] == 0.4
+    assert config["method"] == "sfs2" and config["method_options"] == {} and config["backbone"] == "densenet121"
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "epoch" and {"val_dice", "val_auc", "val_acc", "val_loss"} <= set(header)
     # the exported model is a plain state_dict that loads with weights_only=True into the bundle's network
-    from monai_wsol.networks.nets import CAMDenseNet121
+    from monai_wsol.methods import build_method
 
     state = torch.load(trained["bundle_root"] / "models" / "model.pt", weights_only=True)
-    net = CAMDenseNet121(2, 1, 2, plugin="dual_suppression", plugin_kwargs={"cr": 0.8, "t": 0.4})
+    net = build_method("sfs2", 2, 1, 2).net  # two dual-suppression blocks
+    assert sum("plugin" in k for k in state) > 0
     net.load_state_dict(state)  # strict: every key matches
 
 
@@ -172,9 +173,10 @@ def test_evaluate_writes_localization_metrics(trained):
         split="validation",
     )
     (row,) = json.loads((out / "metrics.json").read_text())
-    assert {"PxAP", "dice", "MaxBoxAccV2", "auc", "accuracy"} <= set(row)
-    assert 0 <= row["PxAP"] <= 100 and 0 <= row["dice"] <= 1 and 0 <= row["MaxBoxAccV2"] <= 100
-    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,PxAP,dice")
+    assert {"PxAP", "Dice", "MaxBoxAccV2", "MaxBoxAcc", "AUC", "accuracy"} <= set(row)
+    assert 0 <= row["PxAP"] <= 100 and 0 <= row["Dice"] <= 1 and 0 <= row["MaxBoxAccV2"] <= 100
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("MaxBoxAccV2,")
+    assert (out / "metrics.npz").is_file()  # the curves over tau
     # the reported Dice is the metric of the written CAMs against the datalist's GT masks, on the slices with a
     # lesion (positives_only: the WSOL protocol scores localization where there is something to localize)
     datalist = json.loads((trained["data"] / "datalist.json").read_text())
@@ -185,4 +187,4 @@ def test_evaluate_writes_localization_metrics(trained):
         gt = np.asarray(nib.load(trained["data"] / item["mask"]).dataobj)[None] > 0
         if gt.any():
             metric(torch.as_tensor(cam)[None], torch.as_tensor(gt)[None])
-    assert float(metric.aggregate()["dice"]) == pytest.approx(row["dice"], abs=1e-6)
+    assert float(metric.aggregate()["dice"]) == pytest.approx(row["Dice"], abs=1e-6)

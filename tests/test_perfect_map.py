@@ -128,11 +128,12 @@ def _run_evaluate(root: Path, out: Path, **overrides) -> dict:
 def test_bundle_evaluate_scores_a_perfect_map_100(mask_dataset, tmp_path):
     row = _run_evaluate(mask_dataset, tmp_path / "standard")
     assert row["MaxBoxAccV2"] == 100.0
-    assert row["PxAP"] == 100.0 and row["dice"] == 1.0  # the CAM is the mask indeed
+    assert row["PxAP"] == 100.0 and row["Dice"] == 1.0  # the CAM is the mask indeed
+    assert row["MaxBoxAcc"] == 100.0 and row["accuracy"] == 100.0
     # the same StandardMode boxes read as the protocol's (the former wiring): every elongated lesion's box
     # transposed overlaps the true one by IoU < 0.3, so nothing is found
     wrong = _run_evaluate(
-        mask_dataset, tmp_path / "protocol", **{"metrics#MaxBoxAccV2#box_convention": "protocol"}
+        mask_dataset, tmp_path / "protocol", **{"handlers#3#box_convention": "protocol"}
     )
     assert wrong["MaxBoxAccV2"] == 0.0
 

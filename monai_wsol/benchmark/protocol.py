@@ -23,14 +23,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from monai_wsol.benchmark.runner import TrainConfig, train_run
+from monai_wsol.engines.trainer import run_method_training
 from monai_wsol.data.wsol_protocol import load_wsol_split, make_wsol_dataloader
 from monai_wsol.evaluate import evaluate_wsol
 from monai_wsol.io_utils import atomic_path, atomic_write_json
@@ -61,6 +62,42 @@ DISCLOSURE_RESULTS: dict[str, tuple[float, float]] = {
 }
 
 
+def protocol_optimizer(
+    net: torch.nn.Module, recipe: Mapping[str, Any]
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and per-epoch LR schedule of a training recipe (:data:`PROTOCOL_VGG16_TRAIN`'s keys).
+
+    Two parameter groups: the backbone at ``lr`` and the new layers (the classifier and the plug-ins) at
+    ``lr * new_layer_lr_ratio`` (the protocol's 10 for a pretrained backbone). ``optimizer`` ``"sgd"``
+    (``momentum``) or ``"adam"``; ``schedule`` ``"step"`` (x ``lr_decay`` every ``lr_step`` epochs) or
+    ``"cosine"`` (to 0 over ``epochs``).
+    """
+    new = [p for n, p in net.named_parameters() if n.startswith("classifier") or "plugin" in n]
+    new_ids = {id(p) for p in new}
+    old = [p for p in net.parameters() if id(p) not in new_ids]
+    lr = float(recipe["lr"])
+    groups = [{"params": old, "lr": lr}, {"params": new, "lr": lr * float(recipe.get("new_layer_lr_ratio", 1.0))}]
+    wd = float(recipe.get("weight_decay", 0.0))
+    if recipe.get("optimizer", "sgd") == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=lr, momentum=float(recipe.get("momentum", 0.9)), weight_decay=wd
+        )
+    elif recipe["optimizer"] == "adam":
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=wd)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {recipe['optimizer']!r}.")
+    schedule = recipe.get("schedule", "step")
+    if schedule == "step":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=int(recipe.get("lr_step", 15)), gamma=float(recipe.get("lr_decay", 0.1))
+        )
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(recipe["epochs"])))
+    else:
+        raise ValueError(f"schedule must be 'step' or 'cosine', got {schedule!r}.")
+    return opt, sched
+
+
 class ProtocolExperiment:
     """Train and score methods on a data set in the WSOL protocol's layout.
 
@@ -73,8 +110,7 @@ class ProtocolExperiment:
         methods: method names (default CAM, one block, two blocks).
         backbone: ``vgg16`` (the disclosure's) or ``densenet121``.
         pretrained: ImageNet weights (downloads them once; ``False`` for dry runs).
-        train: :class:`~monai_wsol.benchmark.runner.TrainConfig` keyword arguments (default
-            :data:`PROTOCOL_VGG16_TRAIN`).
+        train: the training recipe, keys of :data:`PROTOCOL_VGG16_TRAIN` (its values are the default).
         method_options: method -> options (e.g. ``{"sfs2": {"cr": 0.8, "t": 0.4}}``).
         seed: the run's seed.
         crop_size, resize_size: the protocol's 224 and 256.
@@ -111,7 +147,7 @@ class ProtocolExperiment:
         self.methods = list(methods)
         self.backbone = backbone
         self.pretrained = bool(pretrained)
-        self.train = TrainConfig(**{**PROTOCOL_VGG16_TRAIN, **dict(train or {})})
+        self.train = {**PROTOCOL_VGG16_TRAIN, **dict(train or {})}
         self.method_options = {k: dict(v) for k, v in (method_options or {}).items()}
         self.seed = int(seed)
         self.crop_size, self.resize_size = int(crop_size), int(resize_size)
@@ -136,29 +172,10 @@ class ProtocolExperiment:
             **self.method_options.get(method, {}),
         )
 
-    def _batches(self, items: list[dict[str, Any]]):
-        loader = make_wsol_dataloader(
-            items,
-            train=True,
-            batch_size=self.train.batch_size,
-            num_workers=self.num_workers,
-            resize_size=self.resize_size,
-            crop_size=self.crop_size,
-        )
-
-        def batches(epoch: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            # the loader's shuffle and its workers' seeds come from torch's RNG, seeded per epoch by train_run;
-            # the transforms of an in-process loader are seeded here
-            loader.dataset.transform.set_random_state(seed=int(rng.integers(2**31 - 1)))
-            for batch in loader:
-                yield torch.as_tensor(batch["image"]).as_subclass(torch.Tensor), batch["label"]
-
-        return batches
-
     def write_scoremaps(self, spec: MethodSpec, items: list[dict[str, Any]], root: Path) -> None:
         """The GT class's CAM of every image, min-max normalised, at ``crop_size``^2, as ``<image_id>.npy``."""
         loader = make_wsol_dataloader(
-            items, train=False, batch_size=self.train.batch_size, num_workers=self.num_workers,
+            items, train=False, batch_size=int(self.train["batch_size"]), num_workers=self.num_workers,
             crop_size=self.crop_size,
         )  # fmt: skip
         for batch in loader:
@@ -181,7 +198,29 @@ class ProtocolExperiment:
         num_classes = max(int(i["label"]) for i in train_items) + 1
         torch.manual_seed(self.seed)
         spec = self.build(method, max(2, num_classes))
-        seconds = train_run(spec, self._batches(train_items), self.train, self.seed, run_dir, self.device)
+        loader = make_wsol_dataloader(
+            train_items,
+            train=True,
+            batch_size=int(self.train["batch_size"]),
+            num_workers=self.num_workers,
+            resize_size=self.resize_size,
+            crop_size=self.crop_size,
+        )
+        optimizer, scheduler = protocol_optimizer(spec.net, self.train)
+        t0 = time.perf_counter()
+        # the loader's shuffle comes from torch's RNG, reseeded each epoch; its transform is reseeded too
+        run_method_training(
+            spec,
+            loader,
+            optimizer,
+            scheduler,
+            int(self.train["epochs"]),
+            run_dir / "checkpoints",
+            device=self.device,
+            seed=self.seed,
+            randomizables=[loader.dataset.transform],
+        )
+        seconds = time.perf_counter() - t0
         scoremap_root = run_dir / "scoremaps"
         self.write_scoremaps(spec, self._items(self.eval_split), scoremap_root)
         metrics = evaluate_wsol(
@@ -199,14 +238,13 @@ class ProtocolExperiment:
             "backbone": self.backbone,
             "pretrained": self.pretrained,
             "seed": self.seed,
-            "train": vars(self.train),
+            "train": dict(self.train),
             "split": self.eval_split,
             "metrics": {k: v for k, v in metrics.items() if k.startswith(("MaxBoxAcc", "BoxAcc"))},
             "disclosure": DISCLOSURE_RESULTS.get(method),
             "train_seconds": seconds,
         }
         atomic_write_json(result_path, result)
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
         logger.info("%s: %s", method, result["metrics"])
         return result
 

@@ -5,6 +5,7 @@ out of the package import keeps ``import monai_wsol.data`` light.
 """
 
 from monai_wsol.data.datalist import DatalistError, load_datalist, probe_image
+from monai_wsol.data.preprocessing import STAGES, intensity_transform, make_preprocessing
 from monai_wsol.data.readers import (
     DicomSeriesReader,
     ImageReadError,
@@ -17,6 +18,9 @@ from monai_wsol.data.readers import (
 )
 
 __all__ = [
+    "STAGES",
+    "intensity_transform",
+    "make_preprocessing",
     "DatalistError",
     "DicomSeriesReader",
     "ImageReadError",

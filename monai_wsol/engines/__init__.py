@@ -11,6 +11,14 @@ from monai_wsol.engines.handlers import (
     is_main_process,
     write_rows,
 )
+from monai_wsol.engines.evaluation import (
+    LocalizationReport,
+    SplitCurves,
+    figures_at_validation_tau,
+    load_curves,
+    save_curves,
+    split_curves,
+)
 from monai_wsol.engines.inference import (
     CAMEvaluator,
     CAMInferer,
@@ -23,6 +31,7 @@ from monai_wsol.engines.training import (
     RANK_INDEPENDENT_HANDLERS,
     attach_handlers,
     broadcast_object,
+    default_bundle_root,
     distributed_device,
     find_last_checkpoint,
     init_distributed,
@@ -33,7 +42,21 @@ from monai_wsol.engines.training import (
     scores_and_labels,
 )
 
+from monai_wsol.engines.trainer import MethodBatch, MethodInferer, MethodTrainer, logits_of, run_method_training
+
 __all__ = [
+    "LocalizationReport",
+    "MethodBatch",
+    "MethodInferer",
+    "MethodTrainer",
+    "SplitCurves",
+    "default_bundle_root",
+    "figures_at_validation_tau",
+    "load_curves",
+    "logits_of",
+    "run_method_training",
+    "save_curves",
+    "split_curves",
     "inference_items",
     "RANK_INDEPENDENT_HANDLERS",
     "broadcast_object",

@@ -28,7 +28,6 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver
-from monai.transforms import Randomizable
 from monai.utils import CommonKeys, set_determinism
 
 from monai_wsol.io_utils import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
@@ -122,7 +121,7 @@ class NonFiniteLossGuard:
 
 
 class EpochSeed:
-    """Reseed torch/numpy/random and the transforms' random states from ``seed + epoch`` at ``EPOCH_STARTED``.
+    """Reseed torch/numpy/random and the training's random sources from ``seed + epoch`` at ``EPOCH_STARTED``.
 
     MONAI's random transforms keep their own ``RandomState``; reseeding only the global RNGs would leave a
     resumed run with different augmentations than an uninterrupted one. With this handler, epoch ``e`` draws
@@ -130,12 +129,21 @@ class EpochSeed:
 
     Args:
         seed: base seed.
-        transform: the training transform (a ``Compose`` or any ``Randomizable``); ``None`` to skip it.
+        transform: what else draws random numbers: the training transform (a ``Compose`` or any object with
+            ``set_random_state(seed=...)``, e.g. a method's batch augmentation), a sequence of them, or ``None``.
     """
 
     def __init__(self, seed: int, transform: Any = None) -> None:
         self.seed = int(seed)
-        self.transform = transform
+        if transform is None:
+            self.randomizables: list[Any] = []
+        elif isinstance(transform, (list, tuple)):
+            self.randomizables = [t for t in transform if t is not None]
+        else:
+            self.randomizables = [transform]
+        for t in self.randomizables:
+            if not callable(getattr(t, "set_random_state", None)):
+                raise TypeError(f"EpochSeed: {type(t).__name__} has no set_random_state(seed=...).")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -143,8 +151,8 @@ class EpochSeed:
     def __call__(self, engine: Engine) -> None:
         epoch_seed = self.seed + int(engine.state.epoch)
         set_determinism(seed=epoch_seed)
-        if isinstance(self.transform, Randomizable):
-            self.transform.set_random_state(seed=epoch_seed)
+        for t in self.randomizables:
+            t.set_random_state(seed=epoch_seed)
 
 
 class _AtomicDiskSaver(DiskSaver):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "distributed_device",
     "broadcast_object",
     "RANK_INDEPENDENT_HANDLERS",
+    "default_bundle_root",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,31 @@ RANK_INDEPENDENT_HANDLERS = (NonFiniteLossGuard, EpochSeed, LrScheduleHandler, V
 #: file names of MONAI ``CheckpointSaver``'s epoch-interval checkpoints (``checkpoint_epoch=<N>.pt``)
 LAST_CHECKPOINT_GLOB = "checkpoint_epoch=*.pt"
 _EPOCH_RE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def default_bundle_root(argv: Sequence[str] | None = None) -> str:
+    """The bundle folder when a config does not get ``--bundle_root``: the parent of the ``configs/`` folder.
+
+    ``python -m monai.bundle run ... --config_file <bundle>/configs/train.json`` names the config files on the
+    command line; their folder's parent is the bundle (MONAI's ``ConfigWorkflow`` takes the same folder as the
+    config root). Otherwise (a config run from Python without ``bundle_root``) it is the ``bundle/`` folder of the
+    source checkout this package lives in. Every default path of the bundle's configs is relative to it, so a
+    bundle runs from any working directory.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--config_file" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value:
+            first = re.split(r"[\[\],'\" ]+", value.strip())
+            files = [f for f in first if f]
+            if files:
+                folder = Path(files[0]).resolve().parent
+                return str(folder.parent if folder.name == "configs" else folder)
+    return str(Path(__file__).resolve().parents[2] / "bundle")
 
 
 def find_last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:

@@ -1,0 +1,76 @@
+"""The bundle's configs: shared model keys agree, every default path hangs off bundle_root, methods by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+from monai_wsol.engines import default_bundle_root
+from monai_wsol.methods import available_methods
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+#: the keys that describe the trained model: training and inference must agree on them
+MODEL_KEYS = (
+    "spatial_dims",
+    "in_channels",
+    "num_classes",
+    "class_names",
+    "method",
+    "method_options",
+    "backbone",
+    "network_kwargs",
+    "spacing",
+    "orientation",
+    "intensity_percentiles",
+    "cam_class",
+    "bundle_root",
+    "dataset_dir",
+    "datalist",
+    "wsol_method",
+    "network_def",
+)
+
+
+def _load(name: str) -> dict:
+    return json.loads((CONFIGS / name).read_text())
+
+
+def test_training_and_inference_share_the_model_keys():
+    train, infer = _load("train.json"), _load("inference.json")
+    for key in MODEL_KEYS:
+        assert key in train and key in infer, key
+        assert train[key] == infer[key], key
+
+
+@pytest.mark.parametrize("name", ["train.json", "inference.json"])
+def test_default_paths_follow_bundle_root(name, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / name))
+    parser["bundle_root"] = str(tmp_path / "b")
+    assert parser.get_parsed_content("dataset_dir") == str(tmp_path / "data" / "embedded_default")
+    assert parser.get_parsed_content("output_dir").startswith(str(tmp_path / "b"))
+    path_key = "model_path" if name == "train.json" else "ckpt_path"
+    assert parser.get_parsed_content(path_key) == str(tmp_path / "b" / "models" / "model.pt")
+
+
+def test_default_bundle_root_is_the_folder_of_configs(tmp_path):
+    cfg = tmp_path / "my_bundle" / "configs" / "train.json"
+    assert default_bundle_root(["run", "training", "--config_file", str(cfg)]) == str(tmp_path / "my_bundle")
+    merged = f"['{cfg}','{cfg.parent / 'multi_gpu_train.json'}']"
+    assert default_bundle_root(["run", "training", "--config_file", merged]) == str(tmp_path / "my_bundle")
+    assert default_bundle_root([f"--config_file={cfg}"]) == str(tmp_path / "my_bundle")
+    # without a command line: the bundle of this source checkout
+    assert default_bundle_root([]) == str(CONFIGS.parent)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_every_registry_method_builds_in_the_bundle(method):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"method": method, "network_kwargs": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}})
+    spec = parser.get_parsed_content("wsol_method")
+    assert spec.name == method
+    assert parser.get_parsed_content("network_def") is spec.net
