@@ -19,7 +19,16 @@ from tests._bundle_helpers import make_tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 #: the bundle keys an evaluation must share with the training run
-_EVAL_KEYS = ("dataset_dir", "datalist", "spatial_dims", "method", "method_options", "backbone", "network_kwargs", "cam_class")
+_EVAL_KEYS = (
+    "dataset_dir",
+    "datalist",
+    "spatial_dims",
+    "method",
+    "method_options",
+    "backbone",
+    "network_kwargs",
+    "cam_class",
+)
 TINY_NET = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1, 1], "low_stride": True}
 
 

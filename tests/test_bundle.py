@@ -82,7 +82,9 @@ def test_train_outputs_run_folder_and_model(trained):
     assert (run / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
     assert (run / "checkpoints" / "model.pt").is_file()
     config = json.loads((run / "config.json").read_text())
-    assert config["method"] == "sfs2" and config["method_options"] == {} and config["backbone"] == "densenet121"
+    assert (
+        config["method"] == "sfs2" and config["method_options"] == {} and config["backbone"] == "densenet121"
+    )
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "epoch" and {"val_dice", "val_auc", "val_acc", "val_loss"} <= set(header)
     # the exported model is a plain state_dict that loads with weights_only=True into the bundle's network

@@ -70,7 +70,9 @@ def test_default_bundle_root_is_the_folder_of_configs(tmp_path):
 def test_every_registry_method_builds_in_the_bundle(method):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({"method": method, "network_kwargs": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}})
+    parser.update(
+        {"method": method, "network_kwargs": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}}
+    )
     spec = parser.get_parsed_content("wsol_method")
     assert spec.name == method
     assert parser.get_parsed_content("network_def") is spec.net

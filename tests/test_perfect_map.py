@@ -132,9 +132,7 @@ def test_bundle_evaluate_scores_a_perfect_map_100(mask_dataset, tmp_path):
     assert row["MaxBoxAcc"] == 100.0 and row["accuracy"] == 100.0
     # the same StandardMode boxes read as the protocol's (the former wiring): every elongated lesion's box
     # transposed overlaps the true one by IoU < 0.3, so nothing is found
-    wrong = _run_evaluate(
-        mask_dataset, tmp_path / "protocol", **{"handlers#3#box_convention": "protocol"}
-    )
+    wrong = _run_evaluate(mask_dataset, tmp_path / "protocol", **{"handlers#3#box_convention": "protocol"})
     assert wrong["MaxBoxAccV2"] == 0.0
 
 

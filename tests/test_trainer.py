@@ -20,9 +20,7 @@ TINY_NET = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "low_s
 
 def _loader(n: int = 8, seed: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    items = [
-        {"image": torch.rand(1, 16, 16, generator=g), "label": torch.tensor(i % 2)} for i in range(n)
-    ]
+    items = [{"image": torch.rand(1, 16, 16, generator=g), "label": torch.tensor(i % 2)} for i in range(n)]
     transform = Compose([EnsureTyped(["image", "label"]), RandGaussianNoised("image", prob=1.0, std=0.1)])
     return DataLoader(Dataset(items, transform=transform), batch_size=4, shuffle=True)
 
@@ -74,7 +72,12 @@ def test_prepare_batch_inferer_and_loss_cannot_be_replaced_silently():
     spec = build_method("cam", 2, 1, 2, net_kwargs=TINY_NET)
     with pytest.raises(TypeError, match="prepare_batch"):
         MethodTrainer(
-            device="cpu", max_epochs=1, train_data_loader=_loader(), optimizer=None, method=spec, prepare_batch=1
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=_loader(),
+            optimizer=None,
+            method=spec,
+            prepare_batch=1,
         )
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
@@ -53,7 +53,9 @@ class BundleRunner:
             if not (self.configs / name).is_file():
                 raise FileNotFoundError(f"BundleRunner: {self.configs / name} does not exist.")
 
-    def _run(self, config_files: list[str], workflow_type: str | None, run_id: str, overrides: Mapping[str, Any]) -> None:
+    def _run(
+        self, config_files: list[str], workflow_type: str | None, run_id: str, overrides: Mapping[str, Any]
+    ) -> None:
         workflow = ConfigWorkflow(
             config_file=config_files,
             meta_file=str(self.configs / "metadata.json"),

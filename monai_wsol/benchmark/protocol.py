@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_wsol.engines.trainer import run_method_training
 from monai_wsol.data.wsol_protocol import load_wsol_split, make_wsol_dataloader
+from monai_wsol.engines.trainer import run_method_training
 from monai_wsol.evaluate import evaluate_wsol
 from monai_wsol.io_utils import atomic_path, atomic_write_json
 from monai_wsol.methods import MethodSpec, build_method
@@ -76,7 +76,10 @@ def protocol_optimizer(
     new_ids = {id(p) for p in new}
     old = [p for p in net.parameters() if id(p) not in new_ids]
     lr = float(recipe["lr"])
-    groups = [{"params": old, "lr": lr}, {"params": new, "lr": lr * float(recipe.get("new_layer_lr_ratio", 1.0))}]
+    groups = [
+        {"params": old, "lr": lr},
+        {"params": new, "lr": lr * float(recipe.get("new_layer_lr_ratio", 1.0))},
+    ]
     wd = float(recipe.get("weight_decay", 0.0))
     if recipe.get("optimizer", "sgd") == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(

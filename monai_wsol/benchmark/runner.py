@@ -56,7 +56,13 @@ POSTHOC: dict[str, str] = {"gradcam": "cam", "gradcampp": "cam"}
 _LESION = 1  # the class whose CAM localizes (binary lesion / no lesion)
 
 #: the bundle training keys the benchmark sets for every method alike (``train`` overrides them)
-TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "flip_prob": 0.5}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "flip_prob": 0.5,
+}
 
 
 def setup_logging(log_dir: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
@@ -70,7 +76,9 @@ def setup_logging(log_dir: str | Path | None = None, level: int = logging.INFO) 
     if log_dir is not None:
         path = (Path(log_dir) / "benchmark.log").resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in logger.handlers):
+        if not any(
+            isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in logger.handlers
+        ):
             handler = logging.FileHandler(path)
             handler.setFormatter(formatter)
             logger.addHandler(handler)
@@ -221,7 +229,9 @@ class Benchmark:
         variant = self.variants.get(name, {})
         return str(variant.get("backbone", self.backbone)), dict(variant.get("net_kwargs", self.net_kwargs))
 
-    def bundle_overrides(self, setting: str, method: str, seed: int, options: Mapping[str, Any]) -> dict[str, Any]:
+    def bundle_overrides(
+        self, setting: str, method: str, seed: int, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """The bundle keys of one run: data, method, network, budget, seed."""
         backbone, net_kwargs = self.network(method)
         datalist = self.datalist(setting)
@@ -257,7 +267,9 @@ class Benchmark:
         if base_method in POSTHOC:
             model = self.run_dir(setting, POSTHOC[base_method], seed) / "checkpoints" / "model.pt"
             if not model.exists():
-                raise FileNotFoundError(f"{method}: the {POSTHOC[base_method]!r} run of seed {seed} has no {model}.")
+                raise FileNotFoundError(
+                    f"{method}: the {POSTHOC[base_method]!r} run of seed {seed} has no {model}."
+                )
             run_dir.mkdir(parents=True, exist_ok=True)
         else:
             t0 = time.perf_counter()

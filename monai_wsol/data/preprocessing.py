@@ -41,7 +41,9 @@ def intensity_transform(
 ) -> ScaleIntensityRangePercentilesd:
     """Per-channel percentile scaling of ``keys`` to [0, 1] (clipped)."""
     if not 0.0 <= lower < upper <= 100.0:
-        raise ValueError(f"intensity percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}.")
+        raise ValueError(
+            f"intensity percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}."
+        )
     return ScaleIntensityRangePercentilesd(
         keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
     )

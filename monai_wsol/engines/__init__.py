@@ -1,5 +1,13 @@
 """Training / inference / evaluation workflows used by the bundle (MONAI engines on ignite)."""
 
+from monai_wsol.engines.evaluation import (
+    LocalizationReport,
+    SplitCurves,
+    figures_at_validation_tau,
+    load_curves,
+    save_curves,
+    split_curves,
+)
 from monai_wsol.engines.handlers import (
     AtomicCheckpointSaver,
     EpochSeed,
@@ -11,14 +19,6 @@ from monai_wsol.engines.handlers import (
     is_main_process,
     write_rows,
 )
-from monai_wsol.engines.evaluation import (
-    LocalizationReport,
-    SplitCurves,
-    figures_at_validation_tau,
-    load_curves,
-    save_curves,
-    split_curves,
-)
 from monai_wsol.engines.inference import (
     CAMEvaluator,
     CAMInferer,
@@ -26,6 +26,13 @@ from monai_wsol.engines.inference import (
     image_stem,
     inference_items,
     unwrap_network,
+)
+from monai_wsol.engines.trainer import (
+    MethodBatch,
+    MethodInferer,
+    MethodTrainer,
+    logits_of,
+    run_method_training,
 )
 from monai_wsol.engines.training import (
     RANK_INDEPENDENT_HANDLERS,
@@ -41,8 +48,6 @@ from monai_wsol.engines.training import (
     resume_checkpoint,
     scores_and_labels,
 )
-
-from monai_wsol.engines.trainer import MethodBatch, MethodInferer, MethodTrainer, logits_of, run_method_training
 
 __all__ = [
     "LocalizationReport",

@@ -74,9 +74,13 @@ def mask_boxes(mask: np.ndarray) -> Boxes:
     mask = np.asarray(mask) > 0
     labelled, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
     coords = [
-        [s.start for s in slc] + [s.stop for s in slc] for slc in ndimage.find_objects(labelled) if slc is not None
+        [s.start for s in slc] + [s.stop for s in slc]
+        for slc in ndimage.find_objects(labelled)
+        if slc is not None
     ]
-    return Boxes.standard(np.asarray(coords, dtype=np.int64).reshape(-1, 2 * mask.ndim), spatial_dims=mask.ndim)
+    return Boxes.standard(
+        np.asarray(coords, dtype=np.int64).reshape(-1, 2 * mask.ndim), spatial_dims=mask.ndim
+    )
 
 
 def split_curves(
@@ -142,7 +146,9 @@ def split_curves(
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
     is_lesion = (labels == lesion_class).float()
     scalars["AUC"] = (
-        float(compute_roc_auc(probs[:, lesion_class], is_lesion)) if 0 < is_lesion.sum() < len(labels) else np.nan
+        float(compute_roc_auc(probs[:, lesion_class], is_lesion))
+        if 0 < is_lesion.sum() < len(labels)
+        else np.nan
     )
     return SplitCurves(
         thresholds=taus,
@@ -181,7 +187,16 @@ def figures_at_validation_tau(
     return figures, taus
 
 
-_CURVE_FIELDS = ("thresholds", "boxacc_v2", "boxacc_v1", "top1_loc", "gt_known_loc", "mask_thresholds", "dice", "iou")
+_CURVE_FIELDS = (
+    "thresholds",
+    "boxacc_v2",
+    "boxacc_v1",
+    "top1_loc",
+    "gt_known_loc",
+    "mask_thresholds",
+    "dice",
+    "iou",
+)
 
 
 def save_curves(curves: SplitCurves, path: str | os.PathLike) -> Path:
@@ -324,7 +339,9 @@ class LocalizationReport:
         """The first lesion images with their maps, GT masks and GT boxes (standard mode, one row per box,
         ``[image_index, *lo, *hi]``)."""
         n = len(self._images)
-        rows = [np.c_[np.full(len(b.coords), i), b.to_standard().coords] for i, b in enumerate(self._boxes[:n])]
+        rows = [
+            np.c_[np.full(len(b.coords), i), b.to_standard().coords] for i, b in enumerate(self._boxes[:n])
+        ]
         out = {
             "images": torch.stack(self._images).numpy() if n else np.zeros((0,)),
             "cams": torch.stack([c[0] for c in self._cams[:n]]).numpy() if n else np.zeros((0,)),

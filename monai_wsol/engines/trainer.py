@@ -38,7 +38,9 @@ def logits_of(output: Any) -> torch.Tensor:
         return output
     if isinstance(output, Sequence) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise TypeError(f"a training forward must return logits or a sequence of them, got {type(output).__name__}.")
+    raise TypeError(
+        f"a training forward must return logits or a sequence of them, got {type(output).__name__}."
+    )
 
 
 class MethodBatch(PrepareBatch):
@@ -103,7 +105,9 @@ class MethodTrainer(SupervisedTrainer):
     def __init__(self, *args: Any, method: MethodSpec, loss_function: Any = None, **kwargs: Any) -> None:
         for name in ("prepare_batch", "inferer"):
             if name in kwargs:
-                raise TypeError(f"MethodTrainer: '{name}' comes from the method {method.name!r}; do not pass it.")
+                raise TypeError(
+                    f"MethodTrainer: '{name}' comes from the method {method.name!r}; do not pass it."
+                )
         kwargs.setdefault("network", method.net)
         super().__init__(
             *args,
@@ -165,8 +169,8 @@ def run_method_training(
     last = find_last_checkpoint(ckpt_dir)
     if last is not None:
         CheckpointLoader(last, save_dict, map_location=torch.device(device)).attach(trainer)
-    AtomicCheckpointSaver(
-        str(ckpt_dir), save_dict, save_interval=1, n_saved=1, epoch_level=True
-    ).attach(trainer)
+    AtomicCheckpointSaver(str(ckpt_dir), save_dict, save_interval=1, n_saved=1, epoch_level=True).attach(
+        trainer
+    )
     trainer.run()
     return trainer
