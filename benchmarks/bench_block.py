@@ -6,13 +6,14 @@ median time of:
 - ``plain``: the plain CAM network's forward (logits only);
 - ``+1 SFS`` / ``+2 SFS``: the same network with the "one" / "two" dual-suppression presets;
 - ``block@<position>``: each block of the two-block net alone, on the input it gets there (its added latency);
-- ``cam+box``: the plain network's ``forward_cam`` (upsampled to the input) + per-image min-max normalisation +
-  mask at tau + the mask's bounding box, all batched in torch (what docs/method.md's localisation needs);
-- ``cam+loc``: ``forward_cam`` + ``monai_wsol.transforms.CAMToLocation`` per image (normalise, binarise, largest
-  connected region, box) when that module is importable.
+- ``cam+box``: the plain network's ``forward_cam`` (upsampled to the input) + per-image min-max normalisation
+  + mask at tau + the mask's bounding box, all batched in torch (what docs/method.md's localisation needs);
+- ``cam+loc``: ``forward_cam`` + ``monai_wsol.transforms.CAMToLocation`` per image (normalise, binarise,
+  largest connected region, box) when that module is importable.
 
 Variants are timed round-robin (one call of each per round) so that a load change on a shared machine hits all
-of them alike; the median over rounds is reported, both as wall-clock time and as process CPU time (the latter is
+of them alike; the median over rounds is reported, both as wall-clock time and as process CPU time (the latter
+is
 what to read on a loaded machine: with ``--threads 1`` it does not count time spent waiting for a core). Run::
 
     python benchmarks/bench_block.py            # 1 thread, 5 rounds (about 2-3 minutes on a laptop CPU)
@@ -42,8 +43,8 @@ TAU = 0.5
 def cam_mask_box(net: CAMClassifier, x: torch.Tensor, tau: float = TAU) -> tuple[torch.Tensor, torch.Tensor]:
     """forward_cam + min-max normalise per image + mask at ``tau`` + bounding box of the mask, batched.
 
-    Returns ``(mask (B, 1, *spatial) bool, boxes (B, 2 * spatial_dims))`` in MONAI's StandardMode (max exclusive),
-    ``-1`` rows for empty masks.
+    Returns ``(mask (B, 1, *spatial) bool, boxes (B, 2 * spatial_dims))`` in MONAI's StandardMode (max
+    exclusive), ``-1`` rows for empty masks.
     """
     _, cam = net.forward_cam(x)  # (B, 1, *spatial), top-1 class
     flat = cam.flatten(2)

@@ -158,7 +158,8 @@ class Boxes:
         object.__setattr__(self, name, value)
 
     def __reduce__(self) -> tuple:
-        # rebuilt through __init__ (pickle, copy, DataLoader workers): frozen attributes cannot be set one by one
+        # rebuilt through __init__ (pickle, copy, DataLoader workers): frozen attributes cannot be set one by
+        # one
         return (Boxes, (self._coords, self._convention, self._spatial_dims))
 
     def _converted(self, convention: str) -> Boxes:

@@ -55,7 +55,8 @@ __all__ = [
     "resolve_class_selection",
 ]
 
-#: what a caller may pass as ``class_idx``: None, an int, (B,) / (B, 1) indices or (B, K) one-hot / soft labels
+#: what a caller may pass as ``class_idx``: None, an int, (B,) / (B, 1) indices or (B, K) one-hot / soft
+# labels
 ClassSelection = int | Sequence[int] | np.ndarray | torch.Tensor | None
 
 
@@ -179,9 +180,9 @@ class CAMExtractor(ABC):
             class_idx: the class whose map is computed, see :func:`resolve_class_selection`.
 
         Returns:
-            ``(logits (B, K), maps (B, 1, *spatial))``, detached, float32 (float64 stays float64); the maps are
-            at the input's spatial size and, with ``normalize``, in [0, 1] with per-sample max 1 (zeros for a
-            constant map).
+            ``(logits (B, K), maps (B, 1, *spatial))``, detached, float32 (float64 stays float64); the maps
+            are at the input's spatial size and, with ``normalize``, in [0, 1] with per-sample max 1 (zeros
+            for a constant map).
         """
         x_plain = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
         if x_plain.ndim not in (4, 5):

@@ -122,7 +122,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_nifti(
     array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, fsync: bool = True
 ) -> Path:
-    """Write a plain (X, Y[, Z]) array with a voxel-to-world ``affine`` (4 x 4, mm, RAS) atomically with nibabel.
+    """Write a plain (X, Y[, Z]) array with a voxel-to-world ``affine`` (4 x 4, mm, RAS) atomically with
+    nibabel.
 
     The dtype is kept (int16 HU stays int16). nibabel writes gzip without time stamp or file name, so equal
     inputs give byte-identical files. ``fsync=False``: see :func:`atomic_path`. Returns ``Path(path)``.

@@ -99,8 +99,8 @@ class CutMixBatch:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, C, *spatial), labels (B,) / (B, 1) / (B, K) -> mixed images, soft labels (B, K)."""
-        # MONAI 1.6.1's CutMix indexes a MetaTensor batch with a NumPy permutation, which MetaTensor's metadata
-        # bookkeeping rejects; the mixed batch carries no per-image metadata anyway
+        # MONAI 1.6.1's CutMix indexes a MetaTensor batch with a NumPy permutation, which MetaTensor's
+        # metadata bookkeeping rejects; the mixed batch carries no per-image metadata anyway
         images = convert_to_tensor(images, track_meta=False)
         soft = _one_hot(labels, self.num_classes).to(images.device)
         b = images.shape[0]
@@ -142,9 +142,9 @@ class MethodSpec:
             key is the ``image_key`` option, default ``"image"``); training only.
         loss_fn: ``loss_fn(output, target) -> scalar``; ``output`` is what ``forward_fn`` returns.
         extractor: the method's :class:`~monai_wsol.extractors.CAMExtractor`:
-            ``extractor(net, x, class_idx) -> (logits (B, K), maps (B, 1, *spatial))``, maps in [0, 1] at input
-            resolution, computed in eval mode (the net is left as it was); ``class_idx`` None (predicted), an
-            int, class indices (B,) or labels (B, K).
+            ``extractor(net, x, class_idx) -> (logits (B, K), maps (B, 1, *spatial))``, maps in [0, 1] at
+            input resolution, computed in eval mode (the net is left as it was); ``class_idx`` None
+            (predicted), an int, class indices (B,) or labels (B, K).
         batch_fn: optional batch-level augmentation ``(images, labels) -> (images, labels)`` (CutMix).
         forward_fn: the training forward ``forward_fn(net, x, labels) -> output`` (ACoL needs the labels).
         options: the resolved options (for logging / configs).

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA_CACHE = Path(os.environ.get("MONAI_WSOL_DATA", REPO / ".cache" / "test-data"))
 
-# MONAI probes the optional nvImageCodec decoder each time it builds its DICOM readers; the warning is noise here
+# MONAI probes the optional nvImageCodec decoder each time it builds its DICOM readers; the warning is noise
+# here
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 

@@ -1,7 +1,7 @@
 """Benchmark reporting: results collection, mean ± std, paired tests, results.csv/.md and the figures.
 
-A fake benchmark folder is written by the tests (2 settings, 3 methods, 3 seeds, known numbers; one missing seed
-and one single-seed method) and every statistic is checked against numpy/scipy on the same numbers.
+A fake benchmark folder is written by the tests (2 settings, 3 methods, 3 seeds, known numbers; one missing
+seed and one single-seed method) and every statistic is checked against numpy/scipy on the same numbers.
 """
 
 from __future__ import annotations

@@ -179,7 +179,8 @@ def test_evaluate_writes_localization_metrics(trained):
     assert 0 <= row["PxAP"] <= 100 and 0 <= row["Dice"] <= 1 and 0 <= row["MaxBoxAccV2"] <= 100
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("MaxBoxAccV2,")
     assert (out / "metrics.npz").is_file()  # the curves over tau
-    # the reported Dice is the metric of the written CAMs against the datalist's GT masks, on the slices with a
+    # the reported Dice is the metric of the written CAMs against the datalist's GT masks, on the slices with
+    # a
     # lesion (positives_only: the WSOL protocol scores localization where there is something to localize)
     datalist = json.loads((trained["data"] / "datalist.json").read_text())
     preds = json.loads((out / "predictions.json").read_text())

@@ -21,7 +21,8 @@ from monai_wsol.extractors import (
 )
 from monai_wsol.networks.nets import ACoLClassifier, CAMDenseNet121
 
-# A DenseNet121 topology with 1 layer per dense block and narrow growth: same code path, milliseconds per call.
+# A DenseNet121 topology with 1 layer per dense block and narrow growth: same code path, milliseconds per
+# call.
 TINY = {"init_features": 8, "growth_rate": 4, "block_config": (1, 1, 1, 1), "bn_size": 2, "low_stride": True}
 SHAPES = {2: (4, 1, 32, 32), 3: (2, 1, 16, 16, 16)}
 NAMES = ("cam", "gradcam", "gradcampp")
@@ -212,7 +213,8 @@ def test_forward_cam_of_acol_is_its_fused_map_renormalised():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_gradcam_equals_relu_cam_for_gap_linear_nets(spatial_dims):
-    # for GAP + linear, dlogit_k/dF_c = w_k[c] / N everywhere, so Grad-CAM = ReLU(CAM) / N: same normalised map
+    # for GAP + linear, dlogit_k/dF_c = w_k[c] / N everywhere, so Grad-CAM = ReLU(CAM) / N: same normalised
+    # map
     torch.manual_seed(0)
     net = tiny_densenet(spatial_dims).eval()
     x = torch.rand(*SHAPES[spatial_dims])

@@ -1,6 +1,7 @@
 """Equality with every array of the reference's golden outputs (``tests/fixtures/metric_golden.npz``).
 
-The fixture was produced by the protocol's public reference (wsolevaluation ``evaluation.py``); nothing here is
+The fixture was produced by the protocol's public reference (wsolevaluation ``evaluation.py``); nothing here
+is
 recomputed by a second, in-repository implementation: boxes, curves and PxAP must match the stored arrays
 exactly.
 """

@@ -366,8 +366,9 @@ def test_handler_reports_missing_output_key():
 
 @pytest.mark.parametrize("decollated", [False, True])
 def test_mask_overlap_handler_positives_only(decollated):
-    # two positives and two negatives whose (normalised) CAMs light up somewhere: positives_only must equal the
-    # metric on the positives alone, and differ from the all-image Dice (the negatives add only false positives)
+    # two positives and two negatives whose (normalised) CAMs light up somewhere: positives_only must equal
+    # the metric on the positives alone, and differ from the all-image Dice (the negatives add only false
+    # positives)
     rng = np.random.default_rng(3)
     cams = torch.from_numpy(rng.random((4, 1, 16, 16))).float()
     masks = torch.zeros(4, 1, 16, 16, dtype=torch.bool)

@@ -91,7 +91,8 @@ def test_plateaus_across_the_kernels_visiting_tiles():
         )
         _assert_three_paths(maps, [_gt(rng, *shape) for _ in maps], TAUS, f"tiles {shape}")
     # a diagonal pair of equal pixels "/" across a tile edge is one component only if the pixel visited second
-    # sees the first: at (y, t) and (y + 1, t - 1) (t = 16), in the last column, at tile rows' top and bottom rows
+    # sees the first: at (y, t) and (y + 1, t - 1) (t = 16), in the last column, at tile rows' top and bottom
+    # rows
     t = _TILE
     rows = (0, 4, t - 2, t - 1, t, 2 * t - 1)
     for width in (t + 1, t + 2, 2 * t + 1):

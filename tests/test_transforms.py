@@ -275,7 +275,8 @@ def test_world_boxes_3d_scaled_translated_flipped_by_hand():
     # x flipped with 2 mm spacing, y 3 mm, z 4 mm, origin (10, 20, 30)
     aff = np.array([[-2.0, 0, 0, 10], [0, 3, 0, 20], [0, 0, 4, 30], [0, 0, 0, 1]])
     box = np.array([[1, 2, 3, 4, 5, 6]], np.float32)  # voxels x 1..3, y 2..4, z 3..5
-    # voxel edges: x in [0.5, 3.5] -> 10 - 2 * [3.5, 0.5] = [3, 9]; y [1.5, 4.5] -> [24.5, 33.5]; z [2.5, 5.5] -> [40, 52]
+    # voxel edges: x in [0.5, 3.5] -> 10 - 2 * [3.5, 0.5] = [3, 9]; y [1.5, 4.5] -> [24.5, 33.5]; z [2.5, 5.5]
+    # -> [40, 52]
     np.testing.assert_allclose(boxes_to_world(box, aff), [[3, 24.5, 40, 9, 33.5, 52]])
     # voxel_edges=False maps the box numbers as they are, exactly as MONAI's AffineBoxToWorldCoordinated
     np.testing.assert_allclose(boxes_to_world(box, aff, voxel_edges=False), [[2, 26, 42, 8, 35, 54]])
@@ -318,7 +319,8 @@ def test_mask_to_boxes_world_uses_metatensor_affine():
     mask = MetaTensor(torch.from_numpy(_two_blobs_3d() > 0), affine=aff)
     world, labels, _ = MaskToBoxes(world=True)(mask)
     np.testing.assert_allclose(_np(world), boxes_to_world(np.array([[1, 2, 3, 3, 5, 7]]), aff.numpy()))
-    # by hand: world_x = 1.5 k - 5, k edges [2.5, 6.5]; world_y = 7 - 0.5 j, j [1.5, 4.5]; world_z = 2 i + 1, i [0.5, 2.5]
+    # by hand: world_x = 1.5 k - 5, k edges [2.5, 6.5]; world_y = 7 - 0.5 j, j [1.5, 4.5]; world_z = 2 i + 1,
+    # i [0.5, 2.5]
     np.testing.assert_allclose(_np(world), [[-1.25, 4.75, 2, 4.75, 6.25, 6]])
     assert not isinstance(world, MetaTensor) and labels.tolist() == [0]
     with pytest.raises(ValueError, match="needs an affine"):
@@ -374,9 +376,9 @@ def test_cam_to_location_2d_low_res_to_reference():
     )
     assert isinstance(out["mask"], MetaTensor) and out["mask"].dtype == torch.bool
     torch.testing.assert_close(out["mask"].affine, ref_aff)
-    # the block spans feature rows 2..4 = image rows 8..19 and cols 1..3 = 4..15: bilinear (align_corners=False)
-    # gives 0.625 on the outermost rows/cols of that square (kept at tau 0.5), 0.375 just outside, and
-    # 0.625**2 = 0.39 at its four corner pixels (dropped)
+    # the block spans feature rows 2..4 = image rows 8..19 and cols 1..3 = 4..15: bilinear
+    # (align_corners=False) gives 0.625 on the outermost rows/cols of that square (kept at tau 0.5), 0.375
+    # just outside, and 0.625**2 = 0.39 at its four corner pixels (dropped)
     np.testing.assert_array_equal(_np(out["boxes"]), [[8, 4, 20, 16]])
     expected = np.pad(np.ones((12, 12), bool), ((8, 8), (4, 12)))
     expected[[8, 8, 19, 19], [4, 15, 4, 15]] = False

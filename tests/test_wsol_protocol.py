@@ -1,4 +1,5 @@
-"""WSOL-protocol data: fake dataset round trip, loader errors, reference-equivalent transforms, and a dry run of
+"""WSOL-protocol data: fake dataset round trip, loader errors, reference-equivalent transforms, and a dry run
+of
 ``python -m monai_wsol.evaluate`` on score maps computed from the transformed images."""
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from monai_wsol.evaluate import main as evaluate_main
 
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
 STD = torch.tensor(IMAGENET_STD)[:, None, None]
-# one uint8 grey level after normalisation: the tolerance for "same as PIL + torchvision" (PIL rounds to uint8)
+# one uint8 grey level after normalisation: the tolerance for "same as PIL + torchvision" (PIL rounds to
+# uint8)
 ONE_LEVEL = 1.01 / 255 / min(IMAGENET_STD)
 
 
@@ -84,7 +86,8 @@ def test_fake_cub_round_trip(fakes):
             image = np.asarray(Image.open(it["image"]).convert("RGB"))
             assert it["image_size"] == (image.shape[1], image.shape[0])  # (W, H)
             assert it["boxes"].dtype == np.float32 and it["boxes"].shape == (1, 4)
-            # the drawn object, recovered from the decoded JPEG, has the box of the metadata (JPEG blurs edges)
+            # the drawn object, recovered from the decoded JPEG, has the box of the metadata (JPEG blurs
+            # edges)
             ys, xs = np.nonzero(_saturation(image) > 100)
             found = [xs.min(), ys.min(), xs.max(), ys.max()]
             np.testing.assert_allclose(it["boxes"][0], found, atol=1)

@@ -1,6 +1,7 @@
 """The benchmark: methods x seeds x settings, results tables with paired tests, and figures.
 
-- ``report``: collect the runs' ``result.json``, summarise (mean ± std), paired t-tests, ``results.csv``/``.md``.
+- ``report``: collect the runs' ``result.json``, summarise (mean ± std), paired t-tests,
+  ``results.csv``/``.md``.
 - ``figures``: accuracy-versus-tau curves and the grid of test images under every method (matplotlib, lazily).
 """
 

@@ -72,10 +72,11 @@ class BundleRunner:
             workflow.finalize()
 
     def train(self, run_dir: str | os.PathLike, overrides: Mapping[str, Any]) -> Path:
-        """Train into ``run_dir`` (resuming its last epoch checkpoint if there is one); returns the model file.
+        """Train into ``run_dir`` (resuming its last epoch checkpoint if there is one); returns the model
+        file.
 
-        The model is the run's best checkpoint by the bundle's validation key metric (``checkpoints/model.pt``),
-        i.e. what the bundle would export.
+        The model is the run's best checkpoint by the bundle's validation key metric
+        (``checkpoints/model.pt``), i.e. what the bundle would export.
         """
         run_dir = Path(run_dir)
         ckpt_dir = run_dir / "checkpoints"

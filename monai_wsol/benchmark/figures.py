@@ -2,11 +2,11 @@
 
 Both read a benchmark folder written by the runner (``<bench_dir>/runs/<setting>/<method>/seed<k>/``):
 
-- :func:`plot_threshold_curves` uses each run's ``curves.npz`` (``thresholds`` (T,), ``boxacc`` (3, T) in percent
-  at IoU 0.3/0.5/0.7, optional ``dice`` (T,));
-- :func:`plot_example_grid` uses ``examples.npz`` (``images``, ``cams`` (N, H, W) in [0, 1], ``gt_masks`` (N, H, W)
-  bool, ``gt_boxes``/``pred_boxes`` per image (k, 4) ``[x0, y0, x1, y1]`` in the WSOL protocol's convention
-  (``monai_wsol.boxes``: x = column, y = row, ends at start + extent),
+- :func:`plot_threshold_curves` uses each run's ``curves.npz`` (``thresholds`` (T,), ``boxacc`` (3, T) in
+  percent at IoU 0.3/0.5/0.7, optional ``dice`` (T,));
+- :func:`plot_example_grid` uses ``examples.npz`` (``images``, ``cams`` (N, H, W) in [0, 1], ``gt_masks`` (N,
+  H, W) bool, ``gt_boxes``/``pred_boxes`` per image (k, 4) ``[x0, y0, x1, y1]`` in the WSOL protocol's
+  convention (``monai_wsol.boxes``: x = column, y = row, ends at start + extent),
   ``tau``, ``image_ids`` (N,)).
 
 matplotlib (the ``viz`` extra) is imported lazily; figures are drawn on an Agg canvas (no display, no pyplot
@@ -127,8 +127,8 @@ def plot_threshold_curves(
     """Test accuracy versus CAM threshold tau, one line per method (mean over seeds, std shaded).
 
     A marker on each line shows the method's mean validation tau (the threshold used for the reported
-    ``BoxAccV2@val_tau``/``Top-1 Loc``), when the runs recorded it (``val["tau"]`` or ``hyperparameters["tau"]``
-    of ``result.json``).
+    ``BoxAccV2@val_tau``/``Top-1 Loc``), when the runs recorded it (``val["tau"]`` or
+    ``hyperparameters["tau"]`` of ``result.json``).
 
     Args:
         bench_dir: the benchmark folder.
@@ -144,7 +144,8 @@ def plot_threshold_curves(
         ``Path(out_path)``.
 
     Raises:
-        ValueError: unknown ``iou``/``curve``, no run of the setting, no curves, or inconsistent ``curves.npz``.
+        ValueError: unknown ``iou``/``curve``, no run of the setting, no curves, or inconsistent
+            ``curves.npz``.
     """
     if curve not in ("boxacc", "dice"):
         raise ValueError(f"curve must be 'boxacc' or 'dice', got {curve!r}.")
@@ -222,7 +223,8 @@ def _load_examples(path: Path) -> dict[str, Any]:
 
 def _draw_boxes(ax: Any, boxes: np.ndarray, color: str) -> None:
     """Protocol-convention ``[x0, y0, x1, y1]`` boxes, drawn from their StandardMode form
-    ``[row0, col0, row1, col1)``: the rectangle covers the pixel centres ``col0 .. col1 - 1``, so its edges sit
+    ``[row0, col0, row1, col1)``: the rectangle covers the pixel centres ``col0 .. col1 - 1``, so its edges
+        sit
     half a pixel outside them."""
     from matplotlib.patches import Rectangle
 
@@ -250,14 +252,15 @@ def plot_example_grid(
     """The same test images under every method: rows = images, columns = input then one per method.
 
     Column 0 shows the image with the ground-truth mask contour and boxes (green); each method's column shows
-    its CAM (``jet``, transparency ``alpha``) over the image, the GT boxes (green), the predicted boxes (red) and
-    the predicted mask contour (``cam >= tau``, white), all at the method's validation tau.
+    its CAM (``jet``, transparency ``alpha``) over the image, the GT boxes (green), the predicted boxes (red)
+    and the predicted mask contour (``cam >= tau``, white), all at the method's validation tau.
 
     Args:
         bench_dir: the benchmark folder.
         setting: the setting.
         out_path: the image file; its suffix gives the format.
-        methods: the methods (columns), default every method of the setting with ``examples.npz`` for ``seed``.
+        methods: the methods (columns), default every method of the setting with ``examples.npz`` for
+            ``seed``.
         seed: the seed whose runs are shown.
         max_images: at most this many rows (the first images of ``examples.npz``).
         cell_inches: size of one panel; the image is ``(1 + len(methods)) x rows`` panels of

@@ -2,20 +2,23 @@
 
 The disclosure reports, on CUB-200-2011 with VGG16, MaxBoxAcc at IoU 0.5 / 0.7 with tau stepped by 0.001:
 CAM 61.11 / 12.06, one block 62.20 / 12.39, two blocks 64.62 / 19.24. :class:`ProtocolExperiment` trains the
-three on a data set in the protocol's layout (``dataset_root/<DATASET>/...``, ``metadata_root/<DATASET>/<split>/``,
-read by :mod:`monai_wsol.data.wsol_protocol`), writes each method's test score maps as ``<image_id>.npy`` (the
-reference's format, so its own ``evaluation.py`` can score them too), and scores them with
-:func:`monai_wsol.evaluate.evaluate_wsol` (largest contour, IoU 0.5 and 0.7, step 0.001).
+three on a data set in the protocol's layout (``dataset_root/<DATASET>/...``,
+``metadata_root/<DATASET>/<split>/``, read by :mod:`monai_wsol.data.wsol_protocol`), writes each method's test
+score maps as ``<image_id>.npy`` (the reference's format, so its own ``evaluation.py`` can score them too),
+and scores them with :func:`monai_wsol.evaluate.evaluate_wsol` (largest contour, IoU 0.5 and 0.7, step 0.001).
 
 Training follows the protocol's VGG16 recipe (Choe et al., CVPR 2020; their public ``config.py`` and scripts):
 ImageNet-pretrained VGG16 in the GAP form, SGD with momentum 0.9, weight decay 5e-4, batch 32, 50 epochs,
-learning rate 1.268e-5 (their CAM/CUB value) with new layers (classifier, blocks) at 10x, divided by 10 every 15
-epochs; training resize 256 + random 224 crop + horizontal flip, evaluation at 224x224, the last epoch's weights.
-Deviation: the CAM is upsampled bilinearly to 224x224 inside the network (``forward_cam(upsample=True)``), where
+learning rate 1.268e-5 (their CAM/CUB value) with new layers (classifier, blocks) at 10x, divided by 10 every
+15 epochs; training resize 256 + random 224 crop + horizontal flip, evaluation at 224x224, the last epoch's
+weights.
+Deviation: the CAM is upsampled bilinearly to 224x224 inside the network (``forward_cam(upsample=True)``),
+    where
 the reference resizes it with OpenCV's bicubic interpolation.
 
-The config ``configs/disclosure_cub.json`` runs it with ``python -m monai.bundle run --config_file ...``; a tiny
-fake data set in the layout (:func:`monai_wsol.data.wsol_protocol.make_fake_wsol_dataset`) makes a dry run.
+The config ``configs/disclosure_cub.json`` runs it with ``python -m monai.bundle run --config_file ...``; a
+tiny fake data set in the layout (:func:`monai_wsol.data.wsol_protocol.make_fake_wsol_dataset`) makes a dry
+run.
 """
 
 from __future__ import annotations

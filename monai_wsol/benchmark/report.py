@@ -10,9 +10,9 @@ dicts, ``train_seconds``). This module turns those into:
   method, runs paired by seed;
 - :func:`write_results`: ``results.csv`` (one row per run) and ``results.md`` (tables per setting).
 
-Every metric is read from the run's ``test`` dict and every metric here is *higher is better*. A missing metric,
-JSON ``null`` or NaN is "not available": it is left out of means and pairs (and printed ``n/a``), never
-counted as zero.
+Every metric is read from the run's ``test`` dict and every metric here is *higher is better*. A missing
+metric, JSON ``null`` or NaN is "not available": it is left out of means and pairs (and printed ``n/a``),
+never counted as zero.
 
 Why pairs, and what the numbers mean
 ------------------------------------
@@ -156,8 +156,8 @@ def collect_results(bench_dir: str | os.PathLike) -> list[dict]:
 
     Returns:
         one dict per run, as in the file (``setting``, ``method``, ``seed``, ``hyperparameters``, ``val``,
-        ``test``, ``train_seconds``) with ``null`` metrics as NaN, plus ``run_dir`` (the run's folder). Sorted by
-        setting (``default`` first), method (:data:`DEFAULT_METHOD_ORDER`, then by name) and seed.
+        ``test``, ``train_seconds``) with ``null`` metrics as NaN, plus ``run_dir`` (the run's folder). Sorted
+        by setting (``default`` first), method (:data:`DEFAULT_METHOD_ORDER`, then by name) and seed.
 
     Raises:
         FileNotFoundError: ``bench_dir`` does not exist.
@@ -190,7 +190,8 @@ def collect_results(bench_dir: str | os.PathLike) -> list[dict]:
 
 
 def method_order(records: Iterable[dict], order: Sequence[str] | None = None) -> list[str]:
-    """The methods of ``records``: those in ``order`` first (in that order), then the rest by first appearance.
+    """The methods of ``records``: those in ``order`` first (in that order), then the rest by first
+    appearance.
 
     ``order=None`` means :data:`DEFAULT_METHOD_ORDER`; pass ``()`` for pure first-appearance order.
     """
@@ -280,7 +281,8 @@ def _paired(ref: dict[int, float], other: dict[int, float]) -> dict:
         )
     if n >= 2:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
-            # identical pairs warn about precision loss; the result (NaN or p = 0) is explained in the docstring
+            # identical pairs warn about precision loss; the result (NaN or p = 0) is explained in the
+            # docstring
             warnings.simplefilter("ignore", RuntimeWarning)
             test = stats.ttest_rel(a, b)
             ci = test.confidence_interval(1 - ALPHA)
@@ -499,9 +501,9 @@ def write_results(
     ``results.csv`` has one row per run: setting, method, seed, each metric, train_seconds (NaN as an empty
     cell). ``results.md`` has, per setting, the method x metric table of "mean ± std" (best mean in bold), the
     paired tests of ``reference`` against each method (:data:`PAIRED_METRICS` among ``metrics``) and the
-    hyperparameters chosen per method. The output does not depend on the order of ``records``, as long as every
-    method is in ``order`` (default :data:`DEFAULT_METHOD_ORDER`; the others follow by first appearance):
-    settings ``default`` first then by name, methods in that order, runs by seed.
+    hyperparameters chosen per method. The output does not depend on the order of ``records``, as long as
+    every method is in ``order`` (default :data:`DEFAULT_METHOD_ORDER`; the others follow by first
+    appearance): settings ``default`` first then by name, methods in that order, runs by seed.
 
     Args:
         bench_dir: the benchmark folder (records are read from it when ``records`` is None).
@@ -544,10 +546,11 @@ ABLATION_COLUMNS: tuple[tuple[str, str], ...] = (
 def write_ablation(
     bench_dir: str | os.PathLike, baseline: str = "cam", records: Sequence[dict] | None = None
 ) -> Path:
-    """Write ``<bench_dir>/ablation.md``: per variant, validation figures (what a choice may use) next to test.
+    """Write ``<bench_dir>/ablation.md``: per variant, validation figures (what a choice may use) next to
+    test.
 
-    Mean over the variant's seeds; the last column is the validation MaxBoxAccV2 minus ``baseline``'s. Variants
-    are listed in run order; their options are read from the runs' ``hyperparameters``.
+    Mean over the variant's seeds; the last column is the validation MaxBoxAccV2 minus ``baseline``'s.
+    Variants are listed in run order; their options are read from the runs' ``hyperparameters``.
     """
     bench_dir = Path(bench_dir)
     records = collect_results(bench_dir) if records is None else list(records)

@@ -1,9 +1,9 @@
 """The WSOL benchmark: methods x seeds x settings under one budget, choices made on validation only.
 
 One :class:`Benchmark` runs every method of :mod:`monai_wsol.methods` through the MONAI bundle
-(:class:`~monai_wsol.benchmark.bundle_runs.BundleRunner`: the bundle's ``training``, then its ``evaluate`` on the
-validation and test splits) with the same data, network, optimiser, epochs and batch size, for each seed and
-each data setting (e.g. the embedded default with and without a co-occurring distractor):
+(:class:`~monai_wsol.benchmark.bundle_runs.BundleRunner`: the bundle's ``training``, then its ``evaluate`` on
+the validation and test splits) with the same data, network, optimiser, epochs and batch size, for each seed
+and each data setting (e.g. the embedded default with and without a co-occurring distractor):
 
 1. **Hyperparameters** (``search``): each candidate option set of a method is trained with the first seed and
    scored by its *validation* MaxBoxAccV2; the best candidate is the method's choice and its first-seed run is
@@ -223,7 +223,8 @@ class Benchmark:
             generate(out, **{"image_size": self.image_size, **opts})
         return path
 
-    # -- one run ---------------------------------------------------------------------------------------------------
+    # -- one run
+    # ---------------------------------------------------------------------------------------------------
     def network(self, name: str) -> tuple[str, dict[str, Any]]:
         """``(backbone, net_kwargs)`` of a method or variant (a variant may name its own)."""
         variant = self.variants.get(name, {})
@@ -347,7 +348,8 @@ class Benchmark:
             },
         )
 
-    # -- choices ----------------------------------------------------------------------------------------------------
+    # -- choices
+    # ----------------------------------------------------------------------------------------------------
     def choose(self, setting: str, method: str) -> tuple[dict[str, Any], int | None]:
         """The method's options for ``setting``: the candidate with the best validation MaxBoxAccV2."""
         variant = {
@@ -371,7 +373,8 @@ class Benchmark:
         )
         return {**base, **candidates[best]}, best
 
-    # -- everything -----------------------------------------------------------------------------------------------
+    # -- everything
+    # -----------------------------------------------------------------------------------------------
     def _choices_path(self, setting: str) -> Path:
         return self.bench_dir / f"choices_{setting}.json"
 

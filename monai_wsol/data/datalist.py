@@ -1,6 +1,7 @@
 """Decathlon-style datalists, validated item by item before any training or inference starts.
 
-``{"training": [{"image": ..., "label": ..., "mask": ..., "boxes": ...}], "validation": [...], "test": [...]}``;
+``{"training": [{"image": ..., "label": ..., "mask": ..., "boxes": ...}], "validation": [...], "test":
+[...]}``;
 paths are relative to ``base_dir`` (default: the datalist's folder) or absolute; ``image`` may be a file or a
 DICOM series folder; ``mask`` and ``boxes`` are optional (evaluation only).
 
@@ -167,7 +168,8 @@ def load_datalist(
 
     Checks per item: the image exists and reads (header and, with ``read_data``, voxels; DICOM folders hold
     one series); the label is present (if ``require_label``) and a non-negative integer (< ``num_classes``);
-    the optional mask exists, reads and has the image's grid (shape and affine); optional boxes are well formed.
+    the optional mask exists, reads and has the image's grid (shape and affine); optional boxes are well
+    formed.
 
     Args:
         path: the datalist JSON.

@@ -1,4 +1,5 @@
-"""The one preprocessing of the bundle's training, validation, inference and evaluation (and so the benchmark's).
+"""The one preprocessing of the bundle's training, validation, inference and evaluation (and so the
+benchmark's).
 
 Every stage loads with :func:`~monai_wsol.data.readers.make_load_transforms` (optional orientation / spacing),
 scales intensities by percentiles per channel (robust to 16-bit and signed HU data: no fixed window is

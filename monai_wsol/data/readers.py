@@ -275,14 +275,15 @@ def make_load_transforms(
         reader: a MONAI reader (instance, list, or name); default: chosen from the file name
             (:func:`select_reader` for NRRD/MHA/DICOM, MONAI's own choice otherwise).
         spacing: target voxel size in mm (``Spacingd``), ``None`` keeps the native grid.
-        orientation: axis codes such as ``"RAS"`` (3D) or ``"RA"`` (2D) for ``Orientationd``; ``None`` keeps it.
+        orientation: axis codes such as ``"RAS"`` (3D) or ``"RA"`` (2D) for ``Orientationd``; ``None`` keeps
+            it.
         mask_keys: keys resampled with nearest-neighbour interpolation (masks, labels).
         dtype: loaded dtype; ``float32`` is exact for 16-bit and HU data, ``None`` keeps the file's type.
         allow_missing_keys: skip keys absent from an item.
 
     Returns:
-        ``Compose`` of :class:`LoadImageCheckedd`, ``EnsureChannelFirstd`` [, ``Orientationd``] [, ``Spacingd``];
-        outputs (C, X, Y[, Z]).
+        ``Compose`` of :class:`LoadImageCheckedd`, ``EnsureChannelFirstd`` [, ``Orientationd``] [,
+        ``Spacingd``]; outputs (C, X, Y[, Z]).
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims={spatial_dims} must be 2 or 3")

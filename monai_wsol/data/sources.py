@@ -126,7 +126,8 @@ def read_inv3_matrix(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, 
     """Read the CT matrix of an InVesalius ``.inv3`` project without unpacking it to disk.
 
     Returns:
-        the int16 HU volume in the file's (slice, row, column) order and the (column, row, slice) spacing in mm.
+        the int16 HU volume in the file's (slice, row, column) order and the (column, row, slice) spacing in
+        mm.
     """
     path = Path(path)
     try:
@@ -166,11 +167,11 @@ def ct_brain_mask(
     """Intracranial soft tissue of a head CT, from its HU values alone.
 
     The skull of a real CT is rarely a closed ring at any threshold (foramina, partial volume, the occiput
-    resting on the head holder), so hole filling fails; instead, per axial slice (last axis), the inside of the
-    head is the convex hull of the bone of the body (the largest component above -300 HU, which drops the head
-    holder). The intracranial region is that hull minus the dilated bone, restricted to soft-tissue HU,
-    opened, reduced to its largest 3D component, hole-filled (ventricles, sulci) and eroded so that lesions stay
-    off the inner table.
+    resting on the head holder), so hole filling fails; instead, per axial slice (last axis), the inside of
+    the head is the convex hull of the bone of the body (the largest component above -300 HU, which drops the
+    head holder). The intracranial region is that hull minus the dilated bone, restricted to soft-tissue HU,
+    opened, reduced to its largest 3D component, hole-filled (ventricles, sulci) and eroded so that lesions
+    stay off the inner table.
 
     Args:
         hu: (X, Y, Z) HU volume.

@@ -173,7 +173,8 @@ def insert_distractor(
         value: intensity of the rim core.
 
     Returns:
-        the new image and whether a rim could be placed (``False`` when no voxel outside the brain is in view).
+        the new image and whether a rim could be placed (``False`` when no voxel outside the brain is in
+        view).
     """
     spacing_arr = np.asarray(spacing, dtype=np.float32)
     outside = ndimage.distance_transform_edt(~brain, sampling=spacing_arr)

@@ -1,4 +1,5 @@
-"""The WSOL protocol's metadata of one split, read and checked (Choe et al., CVPR 2020; clovaai/wsolevaluation).
+"""The WSOL protocol's metadata of one split, read and checked (Choe et al., CVPR 2020;
+clovaai/wsolevaluation).
 
 Layout (``metadata_root/<dataset>/<split>/``): ``image_ids.txt`` (one id a line), ``image_sizes.txt``
 (``id,width,height``, box datasets) and ``localization.txt`` (``id,x0,y0,x1,y1`` per box, or

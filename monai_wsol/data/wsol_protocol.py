@@ -1,9 +1,11 @@
-"""Natural-image data in the WSOL protocol's layout (Choe et al., CVPR 2020; reference: clovaai/wsolevaluation).
+"""Natural-image data in the WSOL protocol's layout (Choe et al., CVPR 2020; reference:
+clovaai/wsolevaluation).
 
 Layout, exactly as the reference's ``data_loaders.py`` and ``evaluation.py`` read it::
 
     dataset_root/<DATASET>/<image id>                  e.g. CUB/001.Black_footed_Albatross/..._796111.jpg
-    metadata_root/<DATASET>/<split>/image_ids.txt      one image id (a path under dataset_root/<DATASET>) a line
+    metadata_root/<DATASET>/<split>/image_ids.txt      one image id (a path under dataset_root/<DATASET>) a
+    line
                                    class_labels.txt    id,label           (label: int, 0-based)
                                    image_sizes.txt     id,width,height    (box datasets)
                                    localization.txt    id,x0,y0,x1,y1     (boxes; one line per box)
@@ -121,8 +123,8 @@ def load_wsol_split(
         ``ignore_path`` (str, may be empty), relative to the mask root as written in ``localization.txt``.
 
     Raises:
-        WSOLDataError: missing folder, file or image; malformed, duplicate or unannotated line; box outside its
-            image. Messages name the file and line.
+        WSOLDataError: missing folder, file or image; malformed, duplicate or unannotated line; box outside
+            its image. Messages name the file and line.
     """
     split = SPLIT_ALIASES.get(split, split)
     meta_dir = os.path.join(os.fspath(metadata_root), dataset_name, split)
@@ -286,8 +288,9 @@ def make_wsol_transforms(
 
 
 def wsol_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Collate items of :func:`load_wsol_split` after the transforms: ``image`` (B, 3, H, W) and ``label`` (B,)
-    are stacked by MONAI's ``list_data_collate``; ``image_id``, ``boxes`` (ragged), ``image_size``, mask paths
+    """Collate items of :func:`load_wsol_split` after the transforms: ``image`` (B, 3, H, W) and ``label``
+    (B,) are stacked by MONAI's ``list_data_collate``; ``image_id``, ``boxes`` (ragged), ``image_size``, mask
+    paths
     stay per-image lists."""
     kept = [{k: v for k, v in item.items() if k not in _LIST_KEYS} for item in batch]
     out = dict(list_data_collate(kept))

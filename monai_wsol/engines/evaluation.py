@@ -13,8 +13,8 @@ collects each image's class probabilities, label, map and ground truth, and at t
 Box figures are measured on the images of class ``lesion_class`` (the protocol scores localization where the
 object is); their GT boxes are the datalist's ``boxes`` when the batch carries them (MONAI standard mode,
 converted through :class:`monai_wsol.boxes.Boxes`), else one box per 8-connected (2D) / 26-connected (3D)
-region of the GT mask. :func:`figures_at_validation_tau` reads a test split's curves at the thresholds chosen on
-a validation split (never on test). The bundle's ``evaluate`` and the benchmark both use this module.
+region of the GT mask. :func:`figures_at_validation_tau` reads a test split's curves at the thresholds chosen
+on a validation split (never on test). The bundle's ``evaluate`` and the benchmark both use this module.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def split_curves(
     v2(y_pred=cams, y=gt)
     r2 = v2.aggregate()
     loc = LocalizationAccuracyMetric(num_classes=probs.shape[1], thresholds=taus)
-    # the GT class's largest-contour best-IoU curves are MaxBoxAcc's: extract the boxes once, feed them to both
+    # the GT class's largest-contour best-IoU curves are MaxBoxAcc's: extract the boxes once, feed them to
+    # both
     v1.add_curves(loc(y_pred=probs[pos], y=labels[pos], cam=cams, gt_boxes=gt))
     r1, rl = v1.aggregate(), loc.aggregate()
     mask_taus = np.arange(0, 1, mask_step)

@@ -1,13 +1,14 @@
 """Small ignite handlers the bundle needs and MONAI does not ship.
 
-- :class:`NonFiniteLossGuard`: stops training on a NaN/Inf loss *before* the optimizer step, so the weights (and
-  any checkpoint written later) stay the last good ones.
+- :class:`NonFiniteLossGuard`: stops training on a NaN/Inf loss *before* the optimizer step, so the weights
+  (and any checkpoint written later) stay the last good ones.
 - :class:`EpochSeed`: reseeds every RNG (and the transforms' own random states) from ``seed + epoch`` at the
   start of each epoch, which makes a resumed run draw exactly what the uninterrupted one drew.
 - :class:`AtomicCheckpointSaver`: MONAI's :class:`~monai.handlers.CheckpointSaver` with atomic writes.
-- :class:`MetricsTableWriter`: one row per evaluator run (validation epoch or evaluation), written atomically to
-  CSV and JSON.
-- :class:`ExportModel`: copies the best checkpoint to the bundle's ``models/model.pt`` when training completes.
+- :class:`MetricsTableWriter`: one row per evaluator run (validation epoch or evaluation), written atomically
+  to CSV and JSON.
+- :class:`ExportModel`: copies the best checkpoint to the bundle's ``models/model.pt`` when training
+  completes.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def _json_safe(row: dict) -> dict:
 def write_rows(
     output_dir: str | os.PathLike, stem: str, rows: Sequence[dict], csv_rows: Sequence[dict] | None = None
 ) -> None:
-    """Write ``rows`` atomically to ``<output_dir>/<stem>.json`` and (``csv_rows`` or ``rows``) to ``<stem>.csv``.
+    """Write ``rows`` atomically to ``<output_dir>/<stem>.json`` and (``csv_rows`` or ``rows``) to
+    ``<stem>.csv``.
 
     CSV columns are the union of the rows' keys in first-seen order; NaN values are JSON ``null``.
     """
@@ -94,7 +96,8 @@ class NonFiniteLossGuard:
 
     It runs on MONAI's ``IterationEvents.LOSS_COMPLETED``, i.e. after the loss and *before* ``backward`` and
     ``optimizer.step``: the network, the optimizer and every checkpoint already on disk keep the last good
-    state. Raising (rather than ``engine.terminate()``) matters: a terminate would still fire ``COMPLETED`` and
+    state. Raising (rather than ``engine.terminate()``) matters: a terminate would still fire ``COMPLETED``
+        and
     handlers there (final checkpoints, model export) would run as if training had succeeded.
 
     Args:
@@ -130,7 +133,8 @@ class EpochSeed:
     Args:
         seed: base seed.
         transform: what else draws random numbers: the training transform (a ``Compose`` or any object with
-            ``set_random_state(seed=...)``, e.g. a method's batch augmentation), a sequence of them, or ``None``.
+            ``set_random_state(seed=...)``, e.g. a method's batch augmentation), a sequence of them, or
+            ``None``.
     """
 
     def __init__(self, seed: int, transform: Any = None) -> None:
@@ -156,12 +160,13 @@ class EpochSeed:
 
 
 class _AtomicDiskSaver(DiskSaver):
-    """ignite ``DiskSaver`` that writes atomically and deletes superseded files only *after* the new one exists.
+    """ignite ``DiskSaver`` that writes atomically and deletes superseded files only *after* the new one
+    exists.
 
     ignite's ``Checkpoint`` removes the previous file before saving the next, and MONAI's fixed-name savers
-    (``key_metric_filename``, ``final_filename``) remove the very file they are about to rewrite: an interruption
-    in between leaves no checkpoint at all. Here ``remove`` only queues the name; the queue is emptied after the
-    next save has replaced its target (never deleting the file just written).
+    (``key_metric_filename``, ``final_filename``) remove the very file they are about to rewrite: an
+    interruption in between leaves no checkpoint at all. Here ``remove`` only queues the name; the queue is
+    emptied after the next save has replaced its target (never deleting the file just written).
     """
 
     def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
@@ -184,11 +189,11 @@ class _AtomicDiskSaver(DiskSaver):
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files survive an interruption at any moment.
 
-    MONAI 1.x builds ignite's ``DiskSaver`` with ``atomic=False`` (so a crash during ``torch.save`` can leave a
-    truncated file) and deletes the previous checkpoint before writing the next. This subclass swaps in a saver
-    that writes to a temporary file in the same folder and ``os.replace``-s it (ignite's atomic mode, which also
-    restores group/other read permission, MONAI's reason for turning it off), and deletes superseded files only
-    after the new one is in place. Arguments are those of ``CheckpointSaver``.
+    MONAI 1.x builds ignite's ``DiskSaver`` with ``atomic=False`` (so a crash during ``torch.save`` can leave
+    a truncated file) and deletes the previous checkpoint before writing the next. This subclass swaps in a
+    saver that writes to a temporary file in the same folder and ``os.replace``-s it (ignite's atomic mode,
+    which also restores group/other read permission, MONAI's reason for turning it off), and deletes
+    superseded files only after the new one is in place. Arguments are those of ``CheckpointSaver``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -211,8 +216,8 @@ class MetricsTableWriter:
         output_dir: folder of the files.
         stem: file name stem: ``<stem>.csv`` and ``<stem>.json``.
         extra: callables ``name -> fn(engine) -> value`` for more columns.
-        event: the ignite event name that writes a row: ``"COMPLETED"`` for an evaluator, ``"EPOCH_COMPLETED"`` on
-            a trainer (its ``state.metrics``, e.g. the mean training loss).
+        event: the ignite event name that writes a row: ``"COMPLETED"`` for an evaluator,
+            ``"EPOCH_COMPLETED"`` on a trainer (its ``state.metrics``, e.g. the mean training loss).
     """
 
     def __init__(
@@ -261,7 +266,8 @@ class MetricsTableWriter:
 
 
 class ExportModel:
-    """At ``COMPLETED``, copy the best checkpoint (a plain state_dict) to ``dst`` (e.g. ``bundle/models/model.pt``).
+    """At ``COMPLETED``, copy the best checkpoint (a plain state_dict) to ``dst`` (e.g.
+    ``bundle/models/model.pt``).
 
     Only a run that completes exports; a run stopped by an exception (e.g. :class:`NonFiniteLossError`) leaves
     the exported model as it was. Falls back to ``fallback`` (e.g. the network itself) when no best checkpoint

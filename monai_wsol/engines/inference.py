@@ -68,7 +68,8 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
 
 
 class CAMInferer(Inferer):
-    """A CAM extractor as a MONAI :class:`~monai.inferers.Inferer`: ``(logits (B, K), maps (B, 1, *spatial))``.
+    """A CAM extractor as a MONAI :class:`~monai.inferers.Inferer`: ``(logits (B, K), maps (B, 1,
+    *spatial))``.
 
     The maps are those of :mod:`monai_wsol.extractors` (eval mode, upsampled to the input grid, min-max
     normalised to [0, 1], the input's metadata when it is a ``MetaTensor``); the network may be wrapped in
@@ -110,7 +111,8 @@ class CAMEvaluator(SupervisedEvaluator):
     Args:
         cam_class: which class's map: an ``int`` (e.g. ``1``, the lesion class of a present/absent classifier:
             the map then answers "where is the lesion" for every image, whatever the prediction), ``"pred"``
-            (each sample's predicted class) or ``"label"`` (its ground-truth class, the WSOL evaluation protocol;
+            (each sample's predicted class) or ``"label"`` (its ground-truth class, the WSOL evaluation
+            protocol;
             needs labels in the batch: indices (B,) / (B, 1) or one-hot / soft (B, K)).
         cam_key: output key of the map.
         batch_keys: keys of the input batch copied into the output as they are (e.g. the GT ``"mask"`` the
@@ -121,7 +123,8 @@ class CAMEvaluator(SupervisedEvaluator):
             :class:`CAMInferer`.
 
     Output (before decollation): ``pred`` ``(B, K)`` logits, ``cam`` ``(B, 1, *spatial)`` float in [0, 1], a
-    ``MetaTensor`` with the input batch's metadata (the CAM is upsampled to the input grid, so the affine holds).
+    ``MetaTensor`` with the input batch's metadata (the CAM is upsampled to the input grid, so the affine
+    holds).
     """
 
     def __init__(
@@ -147,7 +150,8 @@ class CAMEvaluator(SupervisedEvaluator):
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._split_pred)
 
     def _split_pred(self, engine: CAMEvaluator) -> None:
-        # runs on FORWARD_COMPLETED, i.e. before MONAI decollates and post-processes the output at MODEL_COMPLETED
+        # runs on FORWARD_COMPLETED, i.e. before MONAI decollates and post-processes the output at
+        # MODEL_COMPLETED
         output = engine.state.output
         logits, maps = output[CommonKeys.PRED]
         output[CommonKeys.PRED] = _plain(logits)
@@ -208,8 +212,9 @@ def inference_items(
 
     Args:
         input_dir: a user's folder (wins over ``datalist`` when given). Each file with a known image ending
-            (:data:`IMAGE_SUFFIXES`) is one image, and each sub-folder holding DICOM files is one series. DICOM
-            files directly in ``input_dir`` are one series when ``spatial_dims`` is 3, one image each when it is 2.
+            (:data:`IMAGE_SUFFIXES`) is one image, and each sub-folder holding DICOM files is one series.
+            DICOM files directly in ``input_dir`` are one series when ``spatial_dims`` is 3, one image each
+            when it is 2.
         datalist: a Decathlon-style datalist, read with ``monai_wsol.data.load_datalist``.
         split: the datalist split.
         base_dir: folder the datalist's relative paths are relative to (default: the datalist's folder).
@@ -253,7 +258,8 @@ def inference_items(
 
 
 class LocalizationWriter:
-    """Write each image's localization (attach to the inference/evaluation evaluator, ``ITERATION_COMPLETED``).
+    """Write each image's localization (attach to the inference/evaluation evaluator,
+    ``ITERATION_COMPLETED``).
 
     Per image, under ``output_dir`` (``<stem>`` is the input's file stem, de-duplicated with a counter):
 
@@ -271,8 +277,8 @@ class LocalizationWriter:
         class_names: optional names of the classes, in logit order.
         write_dicom_seg: write a DICOM-SEG for DICOM inputs.
         image_key, pred_key, cam_key, mask_key, box_key, world_box_key, score_key: keys of the decollated
-            evaluator output (``pred`` holds probabilities when the postprocessing applied a softmax; logits are
-            converted with a softmax otherwise, see ``pred_is_prob``).
+            evaluator output (``pred`` holds probabilities when the postprocessing applied a softmax; logits
+            are converted with a softmax otherwise, see ``pred_is_prob``).
         pred_is_prob: ``True`` when ``pred`` already holds probabilities.
         extra: more keys for every JSON (e.g. ``{"tau": 0.5}``, the threshold that made the mask).
     """
@@ -341,8 +347,9 @@ class LocalizationWriter:
         probs_list = [float(p) for p in probs.cpu()]
         names = self._names(len(probs_list))
 
-        # the maps are on the input grid (CAMEvaluator upsamples to it), so the input's affine is theirs; nibabel
-        # directly rather than MONAI's SaveImage, which fails on 2D arrays with MONAI's 4x4 affine (MONAI 1.6.1)
+        # the maps are on the input grid (CAMEvaluator upsamples to it), so the input's affine is theirs;
+        # nibabel directly rather than MONAI's SaveImage, which fails on 2D arrays with MONAI's 4x4 affine
+        # (MONAI 1.6.1)
         cam = _plain(item[self.cam_key]).detach().cpu().float().numpy()[0]
         mask = _plain(item[self.mask_key]).detach().cpu().numpy()[0] > 0
         files = {

@@ -3,8 +3,8 @@
 A method (:class:`~monai_wsol.methods.MethodSpec`) differs from plain classification in three places only, and
 each maps onto a hook MONAI's trainer already has:
 
-- a batch-level augmentation (CutMix mixes images and returns soft labels): :class:`MethodBatch`, the trainer's
-  ``prepare_batch``;
+- a batch-level augmentation (CutMix mixes images and returns soft labels): :class:`MethodBatch`, the
+  trainer's ``prepare_batch``;
 - a training forward that needs the labels (ACoL erases head A's map of the GT class): :class:`MethodInferer`,
   the trainer's ``inferer``, which receives the labels from :class:`MethodBatch`;
 - its loss (ACoL sums its two heads' losses): the trainer's ``loss_function``.
@@ -46,8 +46,8 @@ def logits_of(output: Any) -> torch.Tensor:
 class MethodBatch(PrepareBatch):
     """``prepare_batch`` of a method: image and label to the device, then the method's batch augmentation.
 
-    Returns ``(images, targets, (), {"labels": targets})`` so that :class:`MethodInferer` can hand the (possibly
-    mixed) labels to forwards that need them.
+    Returns ``(images, targets, (), {"labels": targets})`` so that :class:`MethodInferer` can hand the
+    (possibly mixed) labels to forwards that need them.
 
     Args:
         method: the method; its ``batch_fn`` (``(images, labels) -> (images, labels)``) may be ``None``.
@@ -97,9 +97,9 @@ class MethodTrainer(SupervisedTrainer):
         method: the method (:func:`monai_wsol.methods.build_method`).
         loss_function: ``None`` (default) for the method's loss; a replacement ``loss(output, target)`` must
             accept the method's training output (e.g. class weights for plain classification).
-        args, kwargs: those of :class:`~monai.engines.SupervisedTrainer`. ``network`` defaults to ``method.net``
-            (pass the device-placed or DDP-wrapped module explicitly); ``prepare_batch`` and ``inferer`` are the
-            method's and must not be given.
+        args, kwargs: those of :class:`~monai.engines.SupervisedTrainer`. ``network`` defaults to
+            ``method.net`` (pass the device-placed or DDP-wrapped module explicitly); ``prepare_batch`` and
+            ``inferer`` are the method's and must not be given.
     """
 
     def __init__(self, *args: Any, method: MethodSpec, loss_function: Any = None, **kwargs: Any) -> None:
@@ -139,9 +139,9 @@ def run_method_training(
     """Train ``method`` with :class:`MethodTrainer` from Python (the bundle's ``train.json`` wires the same).
 
     Every epoch is reseeded from ``seed + epoch`` (:class:`~monai_wsol.engines.EpochSeed`: global RNGs, the
-    method's batch augmentation and ``randomizables``, e.g. the loader's transform), a checkpoint of the model,
-    optimizer, scheduler and trainer is written atomically after each epoch, and a call on a folder that holds
-    one resumes from it, so an interrupted run ends with the weights of an uninterrupted one.
+    method's batch augmentation and ``randomizables``, e.g. the loader's transform), a checkpoint of the
+    model, optimizer, scheduler and trainer is written atomically after each epoch, and a call on a folder
+    that holds one resumes from it, so an interrupted run ends with the weights of an uninterrupted one.
 
     Returns:
         the trainer after its run (``trainer.network`` holds the trained weights).

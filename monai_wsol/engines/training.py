@@ -1,8 +1,8 @@
 """Helpers the bundle's training configs call: run folders, resume, deterministic sampling, DDP set-up.
 
-The workflow itself is MONAI's (``SupervisedTrainer`` + :class:`~monai_wsol.engines.inference.CAMEvaluator` with
-MONAI/ignite handlers, wired in ``bundle/configs/train.json``); this module holds only what a JSON config cannot
-express in one line.
+The workflow itself is MONAI's (``SupervisedTrainer`` + :class:`~monai_wsol.engines.inference.CAMEvaluator`
+with MONAI/ignite handlers, wired in ``bundle/configs/train.json``); this module holds only what a JSON config
+cannot express in one line.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def default_bundle_root(argv: Sequence[str] | None = None) -> str:
 
     ``python -m monai.bundle run ... --config_file <bundle>/configs/train.json`` names the config files on the
     command line; their folder's parent is the bundle (MONAI's ``ConfigWorkflow`` takes the same folder as the
-    config root). Otherwise (a config run from Python without ``bundle_root``) it is the ``bundle/`` folder of the
-    source checkout this package lives in. Every default path of the bundle's configs is relative to it, so a
-    bundle runs from any working directory.
+    config root). Otherwise (a config run from Python without ``bundle_root``) it is the ``bundle/`` folder of
+    the source checkout this package lives in. Every default path of the bundle's configs is relative to it,
+    so a bundle runs from any working directory.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     for i, arg in enumerate(args):
@@ -89,8 +89,8 @@ def resume_checkpoint(resume: bool | str | None, ckpt_dir: str | os.PathLike) ->
     """Resolve the bundle's ``resume`` option to a checkpoint path (``None``: start afresh).
 
     Args:
-        resume: ``False``/``None``: no resume; ``True``: the last epoch checkpoint in ``ckpt_dir``; a string: that
-            checkpoint file.
+        resume: ``False``/``None``: no resume; ``True``: the last epoch checkpoint in ``ckpt_dir``; a string:
+            that checkpoint file.
         ckpt_dir: the run's checkpoint folder.
 
     Raises:
@@ -120,9 +120,10 @@ def make_sampler(
 ) -> DistributedSampler:
     """A ``DistributedSampler`` over ``dataset`` for one process or for every rank of a process group.
 
-    Used even without distribution: MONAI's workflows call ``sampler.set_epoch(epoch)`` on it each epoch, so the
-    shuffle order of epoch ``e`` is a function of ``(seed, e)`` alone, and a run resumed at epoch ``e`` sees the
-    batches the uninterrupted run saw.
+    Used even without distribution: MONAI's workflows call ``sampler.set_epoch(epoch)`` on it each epoch, so
+        the
+    shuffle order of epoch ``e`` is a function of ``(seed, e)`` alone, and a run resumed at epoch ``e`` sees
+    the batches the uninterrupted run saw.
     """
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -134,7 +135,8 @@ def make_sampler(
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, hyperparameters: Mapping[str, Any] | None = None) -> str:
-    """Create the run folder (``checkpoints/`` inside) and write ``config.json`` with the resolved hyperparameters.
+    """Create the run folder (``checkpoints/`` inside) and write ``config.json`` with the resolved
+    hyperparameters.
 
     Only rank 0 writes. Returns ``str(run_dir)`` so a config can use it as a value.
     """
@@ -162,8 +164,8 @@ def scores_and_labels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output transform for ignite's ``Accuracy`` and ``Loss`` on a MONAI engine's (decollated) output.
 
-    Returns ``(y_pred (B, K), y (B,) long)`` from ``pred`` (logits, ``(K,)`` per item) and ``label`` (a class index
-    or one-hot).
+    Returns ``(y_pred (B, K), y (B,) long)`` from ``pred`` (logits, ``(K,)`` per item) and ``label`` (a class
+    index or one-hot).
     """
     preds, labels = [], []
     for item in _items(output):

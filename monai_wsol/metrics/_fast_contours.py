@@ -221,8 +221,8 @@ def _histogram(qp: np.ndarray, height: int, width: int, counts: np.ndarray) -> i
 
 @njit(cache=True, nogil=True)
 def _pad_scores(smap: np.ndarray, qp: np.ndarray, counts: np.ndarray) -> int:
-    """``floor(255 s)`` of a float64 map into the padded int16 map ``qp`` and its 256-bin histogram ``counts``;
-    returns ``max(q)``, or -1 when a value is not within [0, 1] (NaN included).
+    """``floor(255 s)`` of a float64 map into the padded int16 map ``qp`` and its 256-bin histogram
+    ``counts``; returns ``max(q)``, or -1 when a value is not within [0, 1] (NaN included).
 
     The check and the quantisation form one branch-free loop (unsigned indices: it vectorises)."""
     height, width = smap.shape
@@ -337,8 +337,8 @@ def _row_patterns(up: np.ndarray, row: np.ndarray, down: np.ndarray, y: int, out
 
 @njit(cache=True, nogil=True)
 def _sort_pixels(qp: np.ndarray, height: int, width: int, counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Counting sort of the pixels by value into ``keys``, each key packing ``(y << 40) | (x << 16) | (fg << 8)
-    | bg`` (padded coordinates).  Within a value the order is that of 16 x 16 tiles in raster order, raster
+    """Counting sort of the pixels by value into ``keys``, each key packing ``(y << 40) | (x << 16) | (fg <<
+    8) | bg`` (padded coordinates).  Within a value the order is that of 16 x 16 tiles in raster order, raster
     order inside a tile: consecutive pixels of a value are then mostly neighbours on one level line, of one
     component (fewer root switches and cache misses in the sweeps than in plain raster order).  ``fg`` has
     bit d set when the neighbour in direction d is in the foreground before the pixel in the descending sweep
@@ -367,7 +367,8 @@ def _sort_pixels(qp: np.ndarray, height: int, width: int, counts: np.ndarray, ke
             for y in range(y0, min(y0 + _TILE, height + 1)):
                 base = np.uint64(y * stride)
                 high = np.int64(y) << 40
-                # a run of equal values keeps its bucket's fill position in a register (values are >= 0 inside)
+                # a run of equal values keeps its bucket's fill position in a register (values are >= 0
+                # inside)
                 prev = np.uint64(qp[base + np.uint64(x0)])
                 i = fill[prev]
                 for xi in range(x0, x1):

@@ -288,7 +288,8 @@ class BoxAccuracyMetric(Cumulative):
     def _curves(self, maps: np.ndarray, gts: list[np.ndarray], spatial_dims: int) -> np.ndarray:
         """(B, n_tau) best IoU per image and threshold."""
         if spatial_dims == 2:
-            # the compiled batch path: no box lists, maps checked and quantised inside (exactly the same values)
+            # the compiled batch path: no box lists, maps checked and quantised inside (exactly the same
+            # values)
             curves = scoremap_best_iou_curves(
                 maps, self.thresholds, gts, self.multi_contour, self.num_workers
             )

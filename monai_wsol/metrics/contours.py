@@ -123,9 +123,9 @@ def _contour_boxes(
         np.cumsum(lengths[:-1], out=starts[1:])
         pts = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
         if not multi_contour:
-            # twice the shoelace area of every contour at once: x_i * y_next - x_next * y_i summed per contour,
-            # "next" wrapping to the contour's first point, as cv2.contourArea (which returns |sum| / 2);
-            # integer coordinates make both exact, so the maximum and its ties are the same
+            # twice the shoelace area of every contour at once: x_i * y_next - x_next * y_i summed per
+            # contour, "next" wrapping to the contour's first point, as cv2.contourArea (which returns |sum| /
+            # 2); integer coordinates make both exact, so the maximum and its ties are the same
             nxt = np.arange(1, len(pts) + 1)
             nxt[starts + lengths - 1] = starts
             cross = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
@@ -227,8 +227,9 @@ def _single_region_levels(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     With C components, H holes and Euler number E = C - H (exact, :func:`_euler_numbers`): C <= #regional
     maxima above l (each component holds one) and H <= #regional minima at or below l off the border (each
-    hole holds one), hence C <= E + that bound; C = 1 when either upper bound is 1, and then H = 1 - E.  Where this proves one region,
-    the v1 box is the mask's bounding box (a hole's contour area is below its outer contour's), and with no
+    hole holds one), hence C <= E + that bound; C = 1 when either upper bound is 1, and then H = 1 - E.  Where
+    this proves one region, the v1 box is the mask's bounding box (a hole's contour area is below its outer
+    contour's), and with no
     hole it is also the only v2 contour.  Elsewhere nothing is assumed: the mask is traced.
     """
     peaks, _ = _extremum_plateaus(q, maxima=True)

@@ -1,4 +1,5 @@
-"""Ignite handlers so that MONAI engines (``SupervisedEvaluator``, ``Workflow``) use the WSOL metrics directly.
+"""Ignite handlers so that MONAI engines (``SupervisedEvaluator``, ``Workflow``) use the WSOL metrics
+directly.
 
 Every handler subclasses :class:`monai.handlers.IgniteMetricHandler`: ``reset`` at epoch start, ``update`` per
 iteration, ``compute`` at epoch end (DDP-safe: the wrapped metric gathers its buffers across ranks).  The
@@ -97,7 +98,8 @@ class WSOLMetricHandler(IgniteMetricHandler):
     """Ignite handler of a WSOL metric whose ``aggregate()`` returns a dict.
 
     Args:
-        metric_fn: a metric called as ``metric_fn(*output)`` per iteration, with ``aggregate()`` and ``reset()``.
+        metric_fn: a metric called as ``metric_fn(*output)`` per iteration, with ``aggregate()`` and
+            ``reset()``.
         value_key: entry of the aggregated dict recorded as the handler's value (``engine.state.metrics``).
         output_transform: maps ``engine.state.output`` to the tuple of ``metric_fn``'s positional arguments.
         save_details: also store the whole aggregated dict in ``engine.state.metric_details[name]``.
@@ -133,7 +135,8 @@ class WSOLMetricHandler(IgniteMetricHandler):
 
 
 class BoxAccuracyHandler(WSOLMetricHandler):
-    """MaxBoxAcc (``multi_contour=False``, value ``"MaxBoxAcc"``) or MaxBoxAccV2 (``True``, ``"MaxBoxAccV2"``).
+    """MaxBoxAcc (``multi_contour=False``, value ``"MaxBoxAcc"``) or MaxBoxAccV2 (``True``,
+    ``"MaxBoxAccV2"``).
 
     Args:
         multi_contour: every region a candidate (V2) or the largest only (v1).
@@ -211,9 +214,10 @@ class MaskOverlapHandler(WSOLMetricHandler):
     """Best-threshold Dice (default value) or IoU (``value_key="iou"``) of binarised score maps vs GT masks.
 
     ``positives_only=True`` scores only the images whose GT mask is not empty, as the WSOL protocol scores
-    localization on images that contain the object: a negative's min-max normalised CAM still reaches 1 somewhere,
-    so with negatives included the dataset-level Dice mostly measures how many negatives there are. Negatives are
-    passed with an all-ignore mask (zero counts; still in ``num_images``).
+    localization on images that contain the object: a negative's min-max normalised CAM still reaches 1
+        somewhere,
+    so with negatives included the dataset-level Dice mostly measures how many negatives there are. Negatives
+    are passed with an all-ignore mask (zero counts; still in ``num_images``).
     """
 
     def __init__(
@@ -257,11 +261,13 @@ class MaskOverlapHandler(WSOLMetricHandler):
 
 
 class LocalizationAccuracyHandler(WSOLMetricHandler):
-    """Top-1 Loc (default value), Top-k Loc or GT-known Loc; see :class:`~.localization.LocalizationAccuracyMetric`.
+    """Top-1 Loc (default value), Top-k Loc or GT-known Loc; see
+    :class:`~.localization.LocalizationAccuracyMetric`.
 
     Args:
         num_classes: number of classes.
-        value_key: recorded entry, e.g. ``"top1_loc"``, ``"top5_loc"``, ``"gt_known_loc"``, ``"top1_loc_fixed"``.
+        value_key: recorded entry, e.g. ``"top1_loc"``, ``"top5_loc"``, ``"gt_known_loc"``,
+            ``"top1_loc_fixed"``.
         pred_key, label_key, cam_key, boxes_key, pred_cam_key: keys in ``engine.state.output``
             (``pred_cam_key=None``: no predicted-class CAM).
         output_transform: overrides the key-based transform; must return

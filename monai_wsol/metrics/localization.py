@@ -94,7 +94,8 @@ def _has_boxes(boxes: Boxes | ArrayLike) -> bool:
 
 
 class LocalizationAccuracyMetric(CumulativeIterationMetric):
-    """Streaming Top-1 Loc, Top-5 Loc, GT-known Loc (and predicted-class BoxAcc), at a fixed tau and the best tau.
+    """Streaming Top-1 Loc, Top-5 Loc, GT-known Loc (and predicted-class BoxAcc), at a fixed tau and the best
+    tau.
 
     Per image it stores the GT label, the GT class's rank and the best-IoU curve over the thresholds;
     ``aggregate`` thresholds the curves at ``iou_threshold``.  Correct under DDP (MONAI ``Cumulative``
@@ -272,7 +273,8 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
 
         Returns:
             for each figure ``f`` in ``top1_loc``, ``topk_loc`` (k = ``topk``), ``gt_known_loc`` and, when
-            ``pred_cam`` was given, ``pred_class_box_acc``: ``f`` (at its best tau), ``f_threshold`` (that tau),
+            ``pred_cam`` was given, ``pred_class_box_acc``: ``f`` (at its best tau), ``f_threshold`` (that
+                tau),
             ``f_fixed`` (at ``fixed_threshold``), ``f_curve`` (n_tau,), ``f_per_class`` and
             ``f_fixed_per_class`` (num_classes,) at the same two taus (NaN for classes without images with
             boxes); plus ``top1_cls``, ``topk_cls`` (classification accuracy over all images),

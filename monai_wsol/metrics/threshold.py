@@ -61,7 +61,8 @@ def choose_threshold(
 def apply_threshold(
     curve: CurveLike, thresholds: Sequence[float] | np.ndarray, tau: float | Sequence[float] | np.ndarray
 ) -> float | np.ndarray:
-    """Read ``curve`` at ``tau`` (one tau, or one per row of a 2D curve); ``tau`` must be one of the thresholds.
+    """Read ``curve`` at ``tau`` (one tau, or one per row of a 2D curve); ``tau`` must be one of the
+    thresholds.
 
     Raises:
         ValueError: ``tau`` is not on the threshold grid (within 1e-9).

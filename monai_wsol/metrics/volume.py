@@ -253,8 +253,8 @@ def boxes_from_scorevolume(
 
     Returns:
         one int64 array of shape (k, 6) per threshold in the protocol's convention, rows
-        ``[a0, b0, c0, a1, b1, c1]`` along (axis0, axis1, axis2); ``k = 1`` in v1 mode and ``[[0] * 6]`` when the mask is empty.  Thresholds
-        giving the same mask share one read-only array.
+        ``[a0, b0, c0, a1, b1, c1]`` along (axis0, axis1, axis2); ``k = 1`` in v1 mode and ``[[0] * 6]`` when
+        the mask is empty.  Thresholds giving the same mask share one read-only array.
 
     Raises:
         ValueError: volume not 3D, NaN/inf or values outside [0, 1]; thresholds outside [0, 1); bad
@@ -276,8 +276,8 @@ def distinct_boxes(
 
     Dispatches on ``score.ndim``: (H, W) to :func:`~.contours.distinct_level_boxes` (boxes (k, 4), exactly
     the reference; ``order="opencv"`` keeps OpenCV's order of a level's boxes, the default "any" is the
-    faster path where only the set matters), (D, H, W) to :func:`distinct_level_volume_boxes` (boxes (k, 6)); ``connectivity`` is used in 3D
-    only.  ``multi_region`` is ``multi_contour`` / ``multi_component``.
+    faster path where only the set matters), (D, H, W) to :func:`distinct_level_volume_boxes` (boxes (k, 6));
+    ``connectivity`` is used in 3D only.  ``multi_region`` is ``multi_contour`` / ``multi_component``.
 
     Returns:
         ``(boxes, inverse)`` as both functions: boxes per distinct mask and, per threshold, its mask's index.

@@ -1,8 +1,8 @@
 """MONAI Label integration: serve the ``monai_wsol`` bundle to 3D Slicer / OHIF.
 
-- :class:`WSOLInferTask`: MONAI Label's ``BundleInferTask`` for the bundle; returns the lesion mask (or the CAM)
-  as the label and, in the JSON params, the predicted class, class probabilities, boxes in voxel and world
-  coordinates and the threshold used; ``tau``, ``box_mode``, ``min_size`` and ``output`` are request
+- :class:`WSOLInferTask`: MONAI Label's ``BundleInferTask`` for the bundle; returns the lesion mask (or the
+  CAM) as the label and, in the JSON params, the predicted class, class probabilities, boxes in voxel and
+  world coordinates and the threshold used; ``tau``, ``box_mode``, ``min_size`` and ``output`` are request
   parameters (and options in Slicer's panel). 2D bundles run slice by slice through 3D volumes.
 - :class:`WSOLApp`: the ``MONAILabelApp`` of ``monai_wsol/monailabel/app/main.py``; answers bad requests with
   4xx (unknown model 404, unsupported format 415, unreadable image or bad parameter 400).

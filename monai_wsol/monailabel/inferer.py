@@ -6,8 +6,8 @@ forward pass (``forward_cam``, through :class:`monai_wsol.extractors.ForwardCAM`
 :class:`monai_wsol.engines.CAMInferer`).
 
 Viewers (3D Slicer, OHIF) always send volumes. A 2D network given a 3D volume ``(B, C, X, Y, Z)`` runs slice
-by slice along the last array axis (the slice axis of NIfTI files and of MONAI's DICOM series); the raw CAMs of
-all slices are normalised **together**, so a slice without a lesion keeps low values instead of being
+by slice along the last array axis (the slice axis of NIfTI files and of MONAI's DICOM series); the raw CAMs
+of all slices are normalised **together**, so a slice without a lesion keeps low values instead of being
 stretched to [0, 1] on its own, and the volume's class probabilities are those of the slice most likely to
 hold the lesion (a volume holds a lesion when one of its slices does).
 """

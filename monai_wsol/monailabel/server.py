@@ -8,9 +8,9 @@ App options (``monailabel start_server --app <app> --studies <dir> --conf KEY VA
 - ``cam_model``: ``true`` (default) also serves ``<name>_cam``, the same network returning the CAM as label;
 - ``preload``: ``true`` loads the networks at start-up (MONAI Label's option).
 
-Bad requests get 4xx instead of MONAI Label's 500: unknown model 404, unsupported upload format 415, unreadable
-image or invalid parameter 400; the message says what was wrong. Training and active learning are not offered
-(train with ``python -m monai.bundle run training``; see ``bundle/docs/README.md``).
+Bad requests get 4xx instead of MONAI Label's 500: unknown model 404, unsupported upload format 415,
+unreadable image or invalid parameter 400; the message says what was wrong. Training and active learning are
+not offered (train with ``python -m monai.bundle run training``; see ``bundle/docs/README.md``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ class WSOLApp(MONAILabelApp):
 
 
 def client_error(error: BaseException) -> tuple[int | None, BaseException]:
-    """The HTTP status for an error caused by the request, and that cause; ``(None, error)`` for server errors.
+    """The HTTP status for an error caused by the request, and that cause; ``(None, error)`` for server
+    errors.
 
     MONAI's ``Compose`` re-raises a transform's error as ``RuntimeError("applying transform ...")`` (the
     bundle's loading transforms are a nested ``Compose``), so the chain of causes is searched.

@@ -2,10 +2,10 @@
 
 What it adds to the stock bundle task:
 
-- the bundle's ``configs/monailabel_infer.json``, if present, is merged over ``inference.json`` (for bundles whose
-  ``inference.json`` lacks MONAI Label's keys; this project's has them): it defines the
-  ``inferer`` (:class:`~monai_wsol.monailabel.LocalizationInferer`) and the ``post_transforms`` MONAI Label runs
-  (the bundle's own ``postprocessing`` between :class:`~monai_wsol.monailabel.UnpackDictd` and
+- the bundle's ``configs/monailabel_infer.json``, if present, is merged over ``inference.json`` (for bundles
+  whose ``inference.json`` lacks MONAI Label's keys; this project's has them): it defines the
+  ``inferer`` (:class:`~monai_wsol.monailabel.LocalizationInferer`) and the ``post_transforms`` MONAI Label
+  runs (the bundle's own ``postprocessing`` between :class:`~monai_wsol.monailabel.UnpackDictd` and
   :class:`~monai_wsol.monailabel.LocalizationResultd`);
 - per-request parameters, validated: ``tau`` (CAM threshold in [0, 1]), ``box_mode`` (``all`` / ``largest``),
   ``min_size`` (voxels), ``output`` (``mask`` / ``cam``: what the label holds); they are also the task's

@@ -3,8 +3,8 @@
 MONAI Label's writer saves ``data["pred"]`` as the label file and returns ``data["result"]`` as the response's
 JSON parameters. :class:`LocalizationResultd` puts the lesion mask (or the CAM) under the label key, without a
 channel axis (MONAI Label's ``Restored`` and writer expect ``(*spatial)``), and the class probabilities and
-boxes under the result key, in the schema of :func:`monai_wsol.writers.write_boxes_json` (``monai_wsol.boxes/1``),
-so a client reads the same document as the bundle's ``<stem>_localization.json``.
+boxes under the result key, in the schema of :func:`monai_wsol.writers.write_boxes_json`
+(``monai_wsol.boxes/1``), so a client reads the same document as the bundle's ``<stem>_localization.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class UnpackDictd(MapTransform):
 
 
 class LocalizationResultd(MapTransform):
-    """Gather one image's localization for MONAI Label: label image under ``label_key``, JSON under ``result_key``.
+    """Gather one image's localization for MONAI Label: label image under ``label_key``, JSON under
+    ``result_key``.
 
     Args:
         keys: the binary mask key, ``(1, *spatial)`` (from :class:`~monai_wsol.transforms.CAMToLocationd`).

@@ -1,7 +1,8 @@
-"""CAM -> normalised map -> mask -> regions -> boxes (voxel and world), as MONAI array and dictionary transforms.
+"""CAM -> normalised map -> mask -> regions -> boxes (voxel and world), as MONAI array and dictionary
+transforms.
 
-See ``docs/transforms.md`` for the conventions (box format, exclusive max corner, world frame). Voxel boxes are
-the ``"standard"`` convention of :mod:`monai_wsol.boxes` (MONAI StandardMode).
+See ``docs/transforms.md`` for the conventions (box format, exclusive max corner, world frame). Voxel boxes
+are the ``"standard"`` convention of :mod:`monai_wsol.boxes` (MONAI StandardMode).
 """
 
 from .array import (

@@ -1,8 +1,10 @@
-"""Array transforms from a class activation map (CAM) to a location: normalise, upsample, binarise, regions, boxes.
+"""Array transforms from a class activation map (CAM) to a location: normalise, upsample, binarise, regions,
+boxes.
 
 All take channel-first input ``(C, H, W)`` or ``(C, D, H, W)`` -- one map per channel (per class) -- as numpy
-arrays, torch tensors or MONAI ``MetaTensor`` (whose ``.affine`` / ``.meta`` are kept). Conventions (box format,
-exclusive max corner, world frame) are those of :mod:`monai_wsol.transforms.functional` and ``docs/transforms.md``.
+arrays, torch tensors or MONAI ``MetaTensor`` (whose ``.affine`` / ``.meta`` are kept). Conventions (box
+format, exclusive max corner, world frame) are those of :mod:`monai_wsol.transforms.functional` and
+``docs/transforms.md``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def _locate_channels(
     """Run :func:`locate_regions` on every channel of a channel-first mask.
 
     Returns ``(kept_mask (C, *spatial) bool, boxes (N, 2 * spatial_dims) float32, labels (N,) int64 = channel
-    index, scores (N,) float32 or None)``; the mask keeps ``mask``'s type and meta, the rest ``mask``'s array type.
+    index, scores (N,) float32 or None)``; the mask keeps ``mask``'s type and meta, the rest ``mask``'s array
+    type.
     """
     sd = check_channel_first(mask, "mask")
     mask_np = convert_data_type(mask, np.ndarray)[0]
@@ -116,7 +119,8 @@ def _locate_channels(
 class NormalizeCAM(Transform):
     """Min-max normalise each channel of ``(C, *spatial)`` maps to [0, 1]; a constant channel becomes zeros.
 
-    Raises ``ValueError`` on NaN/inf or a rank other than 3 or 4. Output: float32 (float64 kept), input's type.
+    Raises ``ValueError`` on NaN/inf or a rank other than 3 or 4. Output: float32 (float64 kept), input's
+    type.
     """
 
     backend = _BACKENDS
@@ -135,10 +139,10 @@ class UpsampleCAM(Transform):
         mode: interpolation mode of ``monai.transforms.Resize``.
         align_corners: as ``torch.nn.functional.interpolate``; ``None`` = False for linear modes.
 
-    A call with ``ref`` (a channel-first image ``(C', *spatial)``) resizes to the reference's grid; when ``ref`` is a
-    ``MetaTensor`` and the output a tensor, the output takes a copy of ``ref``'s meta (affine included), because it
-    now lies on the reference's grid -- a CAM computed by a network on a MetaTensor batch otherwise carries the
-    image's affine at feature resolution, which would be wrong.
+    A call with ``ref`` (a channel-first image ``(C', *spatial)``) resizes to the reference's grid; when
+    ``ref`` is a ``MetaTensor`` and the output a tensor, the output takes a copy of ``ref``'s meta (affine
+    included), because it now lies on the reference's grid -- a CAM computed by a network on a MetaTensor
+    batch otherwise carries the image's affine at feature resolution, which would be wrong.
     """
 
     backend = [TransformBackends.TORCH]
@@ -209,7 +213,8 @@ class _RegionTransform(Transform):
 
 class KeepRegions(_RegionTransform):
     """Per channel of a ``(C, *spatial)`` mask, keep the largest connected region (``mode="largest"``) or all
-    regions (``"all"``) of at least ``min_size`` voxels. Returns a new boolean mask (input's type and meta); the
+    regions (``"all"``) of at least ``min_size`` voxels. Returns a new boolean mask (input's type and meta);
+    the
     input is not modified (unlike MONAI's ``KeepLargestConnectedComponent``, which may work in place)."""
 
     def __call__(self, mask: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -229,13 +234,13 @@ class MaskToBoxes(_RegionTransform):
 
     - ``boxes``: ``(N, 2 * spatial_dims)``, MONAI StandardMode with exclusive max corner (the ``"standard"``
       convention of :mod:`monai_wsol.boxes`; float32 voxel indices, or float64 world coordinates with
-      ``world=True``); channel by channel, largest region first within a channel. ``(0, 2 * spatial_dims)`` when
-      the mask is empty.
+      ``world=True``); channel by channel, largest region first within a channel. ``(0, 2 * spatial_dims)``
+      when the mask is empty.
     - ``labels``: ``(N,)`` int64, the channel (class) index of each box.
     - ``scores``: ``(N,)`` float32 when ``cam`` (same shape as ``mask``) is given, else ``None``.
 
-    With ``world=True`` the affine is ``affine`` if given (matrix, MetaTensor or meta dict), else ``mask.affine``
-    of a MetaTensor; a plain array without ``affine`` raises ``ValueError``.
+    With ``world=True`` the affine is ``affine`` if given (matrix, MetaTensor or meta dict), else
+    ``mask.affine`` of a MetaTensor; a plain array without ``affine`` raises ``ValueError``.
     """
 
     def __init__(
@@ -269,12 +274,13 @@ class MaskToBoxes(_RegionTransform):
 
 
 class CAMToLocation(_RegionTransform):
-    """CAM ``(C, *spatial)`` -> normalised, upsampled map -> mask -> regions -> voxel and world boxes, in one call.
+    """CAM ``(C, *spatial)`` -> normalised, upsampled map -> mask -> regions -> voxel and world boxes, in one
+    call.
 
-    Steps (METHOD.md "From the trained network to class and location"): min-max normalise per channel; if a target
-    grid is given (``ref`` or ``spatial_size``) resize to it and normalise again (so the map's maximum is exactly 1
-    on the image grid, which equals the WSOL protocol's resize-then-normalise); binarise at ``tau``; choose regions
-    per channel; box them.
+    Steps (METHOD.md "From the trained network to class and location"): min-max normalise per channel; if a
+    target grid is given (``ref`` or ``spatial_size``) resize to it and normalise again (so the map's maximum
+    is exactly 1 on the image grid, which equals the WSOL protocol's resize-then-normalise); binarise at
+    ``tau``; choose regions per channel; box them.
 
     Args:
         tau: threshold in [0, 1].
@@ -285,10 +291,11 @@ class CAMToLocation(_RegionTransform):
         reduction, voxel_edges: see :class:`MaskToBoxes`.
 
     ``__call__(cam, ref=None, affine=None)`` returns a dict:
-    ``"cam"`` the processed map, ``"mask"`` (C, *spatial) bool of the chosen regions (type/meta of the processed
-    map), ``"boxes"`` (N, 2 * spatial_dims) float32 voxel boxes, ``"labels"`` (N,) channel index, ``"scores"`` (N,)
-    ``reduction`` of the map in each region, ``"boxes_world"`` (N, 2 * spatial_dims) float64 through the affine
-    (``affine`` argument, else ``ref``'s, else the CAM's MetaTensor affine), or ``None`` when no affine is known.
+    ``"cam"`` the processed map, ``"mask"`` (C, *spatial) bool of the chosen regions (type/meta of the
+    processed map), ``"boxes"`` (N, 2 * spatial_dims) float32 voxel boxes, ``"labels"`` (N,) channel index,
+    ``"scores"`` (N,) ``reduction`` of the map in each region, ``"boxes_world"`` (N, 2 * spatial_dims) float64
+    through the affine (``affine`` argument, else ``ref``'s, else the CAM's MetaTensor affine), or ``None``
+    when no affine is known.
     """
 
     backend = [TransformBackends.TORCH]

@@ -1,4 +1,5 @@
-"""Dictionary versions of the CAM -> location transforms (MONAI ``MapTransform``: ``keys``, ``allow_missing_keys``).
+"""Dictionary versions of the CAM -> location transforms (MONAI ``MapTransform``: ``keys``,
+``allow_missing_keys``).
 
 Output keys (``mask_keys``, ``box_key``, ...) accept one name or one name per key; ``None`` skips that output.
 """
@@ -98,8 +99,8 @@ class UpsampleCAMd(MapTransform):
     Args:
         keys: CAM keys, channel-first.
         spatial_size: target size, used when ``ref_key`` is None.
-        ref_key: key of a reference image; the CAMs are resized to its grid and take its meta (affine) when it is a
-            MetaTensor.
+        ref_key: key of a reference image; the CAMs are resized to its grid and take its meta (affine) when it
+            is a MetaTensor.
         mode, align_corners: see ``UpsampleCAM``.
     """
 
@@ -158,7 +159,8 @@ class BinarizeCAMd(MapTransform):
 
 
 class KeepRegionsd(_EachKeyd):
-    """Dictionary :class:`~monai_wsol.transforms.array.KeepRegions`: replace each mask of ``keys`` by the mask of
+    """Dictionary :class:`~monai_wsol.transforms.array.KeepRegions`: replace each mask of ``keys`` by the mask
+    of
     its largest region / all regions of at least ``min_size`` voxels (per channel)."""
 
     backend = KeepRegions.backend
@@ -176,16 +178,17 @@ class KeepRegionsd(_EachKeyd):
 
 
 class MaskToBoxesd(MapTransform):
-    """Dictionary :class:`~monai_wsol.transforms.array.MaskToBoxes`: boxes of the regions of the masks in ``keys``.
+    """Dictionary :class:`~monai_wsol.transforms.array.MaskToBoxes`: boxes of the regions of the masks in
+    ``keys``.
 
     Args:
         keys: channel-first mask keys.
-        box_key: where to write the voxel boxes ``(N, 2 * spatial_dims)`` (StandardMode, exclusive max corner: the
-            ``"standard"`` convention of :mod:`monai_wsol.boxes`).
+        box_key: where to write the voxel boxes ``(N, 2 * spatial_dims)`` (StandardMode, exclusive max corner:
+            the ``"standard"`` convention of :mod:`monai_wsol.boxes`).
         label_key: where to write the channel index of each box; ``None`` skips.
         world_box_key: where to write the world boxes; ``None`` skips. The affine comes from ``affine_key`` if
-            given (an affine matrix, a MetaTensor image, or a meta dict such as ``"image_meta_dict"``), else from the
-            mask's MetaTensor; a plain-array mask without ``affine_key`` raises ``ValueError``.
+            given (an affine matrix, a MetaTensor image, or a meta dict such as ``"image_meta_dict"``), else
+            from the mask's MetaTensor; a plain-array mask without ``affine_key`` raises ``ValueError``.
         cam_key: key of the CAM (same shape as the mask) whose ``reduction`` in each region is its score.
         score_key: where to write the scores (only with ``cam_key``).
         connectivity, mode, min_size, reduction, voxel_edges: see ``MaskToBoxes``.
@@ -242,16 +245,17 @@ class MaskToBoxesd(MapTransform):
 
 
 class CAMToLocationd(MapTransform):
-    """Dictionary :class:`~monai_wsol.transforms.array.CAMToLocation`: CAM -> mask, boxes, labels, scores, world
-    boxes in one step.
+    """Dictionary :class:`~monai_wsol.transforms.array.CAMToLocation`: CAM -> mask, boxes, labels, scores,
+    world boxes in one step.
 
     Args:
         keys: CAM keys, channel-first ``(K, *spatial)``.
         tau: threshold in [0, 1].
         ref_key: image key whose grid the CAM is resized to, and whose MetaTensor affine gives world boxes.
         affine_key: explicit affine source (matrix, MetaTensor or meta dict); wins over ``ref_key``.
-        mask_key, box_key, label_key, score_key, world_box_key: output keys (``None`` skips). ``world_box_key``
-            raises ``ValueError`` when no affine is known (no ``affine_key``, no MetaTensor ref or CAM).
+        mask_key, box_key, label_key, score_key, world_box_key: output keys (``None`` skips).
+            ``world_box_key`` raises ``ValueError`` when no affine is known (no ``affine_key``, no MetaTensor
+            ref or CAM).
         cam_out_key: if given, where to write the normalised, resized CAM (e.g. to save it as NIfTI).
         connectivity, mode, min_size, spatial_size, upsample_mode, align_corners, normalize, reduction,
         voxel_edges: see ``CAMToLocation``.

@@ -1,4 +1,5 @@
-"""Pure functions that turn a class activation map (CAM) into a location: normalised map, mask, regions, boxes.
+"""Pure functions that turn a class activation map (CAM) into a location: normalised map, mask, regions,
+boxes.
 
 Every function accepts ``numpy.ndarray``, ``torch.Tensor`` and MONAI ``MetaTensor`` inputs and returns the
 input's type (a ``MetaTensor`` keeps its ``.affine`` and ``.meta``; a CUDA tensor comes back on its device).
@@ -46,7 +47,8 @@ __all__ = [
     "boxes_to_world",
 ]
 
-#: allowed neighbourhoods per number of spatial dims -> the ``rank`` of ``scipy.ndimage.generate_binary_structure``
+#: allowed neighbourhoods per number of spatial dims -> the ``rank`` of
+# ``scipy.ndimage.generate_binary_structure``
 #: (1 = face neighbours only, ``spatial_dims`` = faces, edges and corners).
 CONNECTIVITIES: dict[int, dict[int, int]] = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
 REGION_MODES = ("largest", "all")
@@ -147,7 +149,8 @@ def normalize_cam(cam: NdarrayOrTensor, spatial_dims: int | None = None) -> Ndar
     """Min-max normalise each map to [0, 1] over its spatial axes (METHOD.md step 2).
 
     Args:
-        cam: maps of shape ``(*leading, *spatial)``; every leading index (channel, batch) is normalised on its own.
+        cam: maps of shape ``(*leading, *spatial)``; every leading index (channel, batch) is normalised on its
+            own.
         spatial_dims: 2 or 3, the number of trailing spatial axes. ``None`` means channel-first input
             ``(C, *spatial)``, i.e. ``cam.ndim - 1``.
 
@@ -271,7 +274,8 @@ def locate_regions(
     cam: NdarrayOrTensor | None = None,
     reduction: str = "max",
 ) -> tuple[NdarrayOrTensor, NdarrayOrTensor, NdarrayOrTensor | None]:
-    """Choose the connected regions of a spatial-only mask; return their mask, their boxes and optional scores.
+    """Choose the connected regions of a spatial-only mask; return their mask, their boxes and optional
+    scores.
 
     One labelling serves the mask and the boxes, so both always describe the same regions.
 
@@ -281,13 +285,15 @@ def locate_regions(
         mode: ``"largest"`` keeps the region with the most voxels (ties: the first in raster order);
             ``"all"`` keeps every region, largest first.
         min_size: regions with fewer voxels are dropped (before choosing the largest).
-        cam: optional map of the mask's spatial shape; each region's score is its ``reduction`` inside the region.
+        cam: optional map of the mask's spatial shape; each region's score is its ``reduction`` inside the
+            region.
         reduction: ``"max"`` or ``"mean"``.
 
     Returns:
-        ``(kept_mask, boxes, scores)``: a boolean mask of ``mask``'s shape and type holding the chosen regions;
-        float32 boxes ``(N, 2 * spatial_dims)`` in StandardMode (max corner exclusive), of ``mask``'s array type
-        (plain tensor for a MetaTensor); float32 scores ``(N,)`` or ``None`` without ``cam``.
+        ``(kept_mask, boxes, scores)``: a boolean mask of ``mask``'s shape and type holding the chosen
+            regions;
+        float32 boxes ``(N, 2 * spatial_dims)`` in StandardMode (max corner exclusive), of ``mask``'s array
+        type (plain tensor for a MetaTensor); float32 scores ``(N,)`` or ``None`` without ``cam``.
     """
     mask_np = _spatial_mask_np(mask)
     check_choice(reduction, "reduction", SCORE_REDUCTIONS)
@@ -319,7 +325,8 @@ def locate_regions(
 def keep_regions(
     mask: NdarrayOrTensor, connectivity: int | None = None, mode: str = "largest", min_size: float = 0
 ) -> NdarrayOrTensor:
-    """Boolean mask of the largest region (``mode="largest"``) or of all regions (``"all"``) of >= ``min_size``
+    """Boolean mask of the largest region (``mode="largest"``) or of all regions (``"all"``) of >=
+    ``min_size``
     voxels; spatial-only input ``(H, W)`` / ``(D, H, W)``, same shape and type out. See :func:`locate_regions`."""
     return locate_regions(mask, connectivity, mode, min_size)[0]
 
@@ -328,7 +335,8 @@ def mask_to_boxes(
     mask: NdarrayOrTensor, connectivity: int | None = None, mode: str = "largest", min_size: float = 0
 ) -> NdarrayOrTensor:
     """Boxes ``(N, 2 * spatial_dims)`` (float32, StandardMode: the ``"standard"`` convention of
-    :mod:`monai_wsol.boxes`, array-axis order, max corner exclusive) of the chosen regions of a spatial-only mask;
+    :mod:`monai_wsol.boxes`, array-axis order, max corner exclusive) of the chosen regions of a spatial-only
+    mask;
     ``(0, 2 * spatial_dims)`` for an empty mask. See :func:`locate_regions`."""
     return locate_regions(mask, connectivity, mode, min_size)[1]
 
@@ -346,16 +354,18 @@ def boxes_to_world(
 
     Args:
         boxes: ``(N, 2 * spatial_dims)`` voxel boxes, max corner exclusive (as :func:`mask_to_boxes` returns).
-        affine: ``(spatial_dims + 1, spatial_dims + 1)`` index-to-world matrix, e.g. ``MetaTensor.affine`` (RAS+ mm
-            for NIfTI read by nibabel / MONAI). A larger affine (a 2D image's 4x4) is reduced with MONAI's
+        affine: ``(spatial_dims + 1, spatial_dims + 1)`` index-to-world matrix, e.g. ``MetaTensor.affine``
+            (RAS+ mm for NIfTI read by nibabel / MONAI). A larger affine (a 2D image's 4x4) is reduced with
+            MONAI's
             ``to_affine_nd``: its first ``spatial_dims`` rows and columns plus its translation.
-        voxel_edges: ``True`` (default) gives the physical extent of the voxels: the affine maps voxel *centres*,
-            so a box ``[i0, i1)`` spans index coordinates ``[i0 - 0.5, i1 - 0.5]``. ``False`` maps the box
-            coordinates as they are, which is what MONAI's ``AffineBoxToWorldCoordinated`` does (half a voxel off
-            the physical extent, but it round-trips with MONAI's detection transforms).
+        voxel_edges: ``True`` (default) gives the physical extent of the voxels: the affine maps voxel
+            *centres*, so a box ``[i0, i1)`` spans index coordinates ``[i0 - 0.5, i1 - 0.5]``. ``False`` maps
+            the box coordinates as they are, which is what MONAI's ``AffineBoxToWorldCoordinated`` does (half
+            a voxel off the physical extent, but it round-trips with MONAI's detection transforms).
 
     Returns:
-        float64 world boxes ``(N, 2 * spatial_dims)`` of ``boxes``' array type; ``(0, 2 * spatial_dims)`` if empty.
+        float64 world boxes ``(N, 2 * spatial_dims)`` of ``boxes``' array type; ``(0, 2 * spatial_dims)`` if
+        empty.
     """
     check_array(boxes, "boxes")
     check_array(affine, "affine")

@@ -1,4 +1,5 @@
-"""NIfTI outputs: ``save_nifti`` (thin over MONAI ``SaveImage``) and ``write_nifti`` (plain nibabel, for arrays).
+"""NIfTI outputs: ``save_nifti`` (thin over MONAI ``SaveImage``) and ``write_nifti`` (plain nibabel, for
+arrays).
 
 Both keep the affine given to them (no resampling) and write atomically.  ``write_nifti`` is
 :func:`monai_wsol.io_utils.atomic_write_nifti`, re-exported: it lives below the data layer, whose generator

@@ -1,4 +1,5 @@
-"""The pieces of the MONAI Label integration without a server: inferer, result transform, task checks, app errors.
+"""The pieces of the MONAI Label integration without a server: inferer, result transform, task checks, app
+errors.
 
 MONAI Label environment only (``bash scripts/test_monailabel.sh``); skipped in the core ``.venv``.
 """
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-# a submodule, not "monailabel": under pytest this folder (tests/monailabel) is importable as a namespace package
+# a submodule, not "monailabel": under pytest this folder (tests/monailabel) is importable as a namespace
+# package
 pytest.importorskip(
     "monailabel.tasks.infer.bundle",
     reason="MONAI Label is not installed here; run `bash scripts/test_monailabel.sh` (uses .venv-monailabel)",

@@ -2,7 +2,8 @@
 
 Runs only in the MONAI Label environment (``bash scripts/test_monailabel.sh``: ``.venv-monailabel``, where
 MONAI Label 0.8.5 has the pydicom < 3 it needs); in the core ``.venv`` the module is skipped. The server is a
-subprocess on 127.0.0.1 (a free port), every request has a timeout, and the server is stopped in a ``finally``.
+subprocess on 127.0.0.1 (a free port), every request has a timeout, and the server is stopped in a
+``finally``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# a submodule, not "monailabel": under pytest this folder (tests/monailabel) is importable as a namespace package
+# a submodule, not "monailabel": under pytest this folder (tests/monailabel) is importable as a namespace
+# package
 pytest.importorskip(
     "monailabel.tasks.infer.bundle",
     reason="MONAI Label is not installed here; run `bash scripts/test_monailabel.sh` (uses .venv-monailabel)",
@@ -321,7 +323,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, volume, work)
 
 
 def test_stock_monaibundle_app(work, bundle, volume):
-    """MONAI Label's own ``monaibundle`` app (offline) serves the bundle unchanged: ``inference.json`` carries the
+    """MONAI Label's own ``monaibundle`` app (offline) serves the bundle unchanged: ``inference.json`` carries
+    the
     keys it reads (``inferer``, ``post_transforms``, ``label_output``)."""
     subprocess.run(
         [

@@ -2,8 +2,8 @@
 
 This module reads side by side with docs/method.md, section "2. The SFS block". Comments quote its steps:
 
-- "clamp F at 0 before the branches" and ``m_c = max over (i,j) of F[c,i,j]`` (per sample, per channel, over ALL
-  spatial positions, so 2D and 3D alike);
+- "clamp F at 0 before the branches" and ``m_c = max over (i,j) of F[c,i,j]`` (per sample, per channel, over
+  ALL spatial positions, so 2D and 3D alike);
 - Branch 1 (``suppress_discriminative``): ``D = g(F)`` where ``F < cr * m_c``, else 0; ``g`` concave with
   ``g(0) = 0``, ``g(x) >= x`` below ``cr * m_c`` and ``g(cr * m_c) = cr * m_c``;
 - Branch 2 (``suppress_irrelevant``): ``S = F`` where ``F >= t * m_c``, else 0;
@@ -77,11 +77,12 @@ def _discriminative_from_max(
     x: torch.Tensor, m: torch.Tensor, cr: float, alpha: float, g: str
 ) -> torch.Tensor:
     """Branch 1 on already clamped ``x`` with its channel max ``m`` (TorchScript-friendly core)."""
-    # x is clamped at 0, so m_c <= 0 only for an all-zero channel: divide by 1 there (no 0/0). Its D is 0 anyway,
-    # because x < cr * 0 is false ("Where m_c <= 0, D[c] = 0").
+    # x is clamped at 0, so m_c <= 0 only for an all-zero channel: divide by 1 there (no 0/0). Its D is 0
+    # anyway, because x < cr * 0 is false ("Where m_c <= 0, D[c] = 0").
     safe_m = torch.where(m > 0, m, torch.ones_like(m))
-    # 0 <= x <= m_c, so the ratio is in [0, 1] (IEEE division is monotone) in any dtype: exp/tanh see an argument
-    # in [-alpha, 0] / [0, alpha] whatever the activation scale (fp16 included, subnormal m_c included).
+    # 0 <= x <= m_c, so the ratio is in [0, 1] (IEEE division is monotone) in any dtype: exp/tanh see an
+    # argument in [-alpha, 0] / [0, alpha] whatever the activation scale (fp16 included, subnormal m_c
+    # included).
     ratio = x / safe_m
     if g == "exp":
         # g(x) = m (1 - exp(-alpha x / m)); not expm1, which the TorchScript ONNX exporter cannot export
@@ -140,7 +141,8 @@ def suppress_irrelevant(x: torch.Tensor, t: float = 0.4) -> torch.Tensor:
 class DualSuppressionBlock(nn.Module):
     """The SFS block: dual suppression, fusion, feature selection (docs/method.md, "2. The SFS block").
 
-    Shapes: input ``F`` (B, C, *spatial) -> output ``F*`` (B, C, *spatial), so the backbone continues unchanged.
+    Shapes: input ``F`` (B, C, *spatial) -> output ``F*`` (B, C, *spatial), so the backbone continues
+        unchanged.
 
     Forward, step by step (docs/method.md numbering, sections 2.1-2.4)::
 
@@ -157,14 +159,14 @@ class DualSuppressionBlock(nn.Module):
 
     Initialisation (beyond the patent publication, docs/method.md "2.6 Initialisation"):
 
-    - ``init="passthrough"`` (default): ``fc2.weight = 0`` and ``fc2.bias = 0`` so ``W* = sigmoid(0) = 0.5`` for
-      every channel at step 0, and the 1x1 conv weight is ``[I_C | I_C]`` with zero bias, so at step 0 exactly
-      ``F* = 0.5 * D + 0.5 * S`` -- an even blend of the two branches, channel by channel. With the default
-      ``exp`` family (``g'(0) = alpha ~ 2`` at cr=0.8) this is ``~F`` for weak activations, ``>= F`` in the middle
-      band and ``F / 2`` at the peaks (``F >= cr * m_c``): the pretrained features keep their channel identity
-      and scale instead of being scrambled by a random conv. ``fc1`` keeps PyTorch's default init; it receives
-      no gradient on the very first step (``fc2.weight`` is 0, the zero-init-last-layer trick) and does from the
-      first optimiser update on.
+    - ``init="passthrough"`` (default): ``fc2.weight = 0`` and ``fc2.bias = 0`` so ``W* = sigmoid(0) = 0.5``
+      for every channel at step 0, and the 1x1 conv weight is ``[I_C | I_C]`` with zero bias, so at step 0
+      exactly ``F* = 0.5 * D + 0.5 * S`` -- an even blend of the two branches, channel by channel. With the
+      default ``exp`` family (``g'(0) = alpha ~ 2`` at cr=0.8) this is ``~F`` for weak activations, ``>= F``
+      in the middle band and ``F / 2`` at the peaks (``F >= cr * m_c``): the pretrained features keep their
+      channel identity and scale instead of being scrambled by a random conv. ``fc1`` keeps PyTorch's default
+      init; it receives no gradient on the very first step (``fc2.weight`` is 0, the zero-init-last-layer
+      trick) and does from the first optimiser update on.
     - ``init="random"``: PyTorch/MONAI defaults for both FC layers and the 1x1 conv (the patent
       publication's block as written, for the ablation docs/method.md asks for).
 

@@ -1,9 +1,9 @@
 """Plug-in registry: any backbone of ``monai_wsol.networks.nets`` takes any plug-in at a named position.
 
 A plug-in is a factory ``factory(spatial_dims, in_channels, **kwargs) -> nn.Module`` whose module maps
-(B, C, *spatial) to (B, C, *spatial). Built-in plug-ins are registered as ``"module.path:Attribute"`` strings and
-imported only when first asked for, so importing the registry never imports every plug-in (nor fails because one
-plug-in module is missing).
+(B, C, *spatial) to (B, C, *spatial). Built-in plug-ins are registered as ``"module.path:Attribute"`` strings
+and imported only when first asked for, so importing the registry never imports every plug-in (nor fails
+because one plug-in module is missing).
 
 Example::
 

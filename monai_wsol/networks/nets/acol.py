@@ -4,10 +4,10 @@ Two classifier heads share a backbone's final feature map F (B, C, *s). Head A m
 *s); their global average gives logits A. The class map of the target class (the ground truth in training, the
 prediction otherwise) is min-max normalised per sample, and F is erased (set to 0) where it is >= the erase
 threshold. Head B sees the erased features, so it must find the object's *other* parts. Both heads are trained
-with the classification loss (:func:`monai_wsol.losses.acol_loss` sums them). The localization map is the element-wise **max**
-of the two heads' normalised class maps: the paper fuses them by the maximum at each location, because the
-two maps are complementary (B is zero-ish exactly where A fired), so a sum would double-count the overlap and
-a mean would halve regions seen by one head only.
+with the classification loss (:func:`monai_wsol.losses.acol_loss` sums them). The localization map is the
+element-wise **max** of the two heads' normalised class maps: the paper fuses them by the maximum at each
+location, because the two maps are complementary (B is zero-ish exactly where A fired), so a sum would
+double-count the overlap and a mean would halve regions seen by one head only.
 
 Reference checked: ``clovaai/wsolevaluation`` (``wsol/method/acol.py``, ``VggAcol`` in ``wsol/vgg.py``): heads
 conv3x3(C->1024)-ReLU-conv3x3(1024->1024)-ReLU-conv1x1(1024->K), erasure from head A's detached, min-max

@@ -1,8 +1,8 @@
 """The interface every localizing classifier of ``monai_wsol`` implements (other modules code against it).
 
 A :class:`CAMClassifier` is ``backbone`` (an ``nn.Sequential`` ending with the CAM feature layer) ->
-global average pooling -> ``classifier`` (``nn.Linear(C, K)``). With that structure the class activation map of
-class k (docs/method.md, "3. From the trained network to a class and a location") is
+global average pooling -> ``classifier`` (``nn.Linear(C, K)``). With that structure the class activation map
+of class k (docs/method.md, "3. From the trained network to a class and a location") is
 ``CAM_k = sum_c w_k[c] F[c]``, which :meth:`CAMClassifier.forward_cam` computes in the same graph as the
 logits: batched, on the input's device, with no hooks and no backward pass (``monai.visualize.CAM`` needs
 hooks and per-sample indices; here the CAM is one batched matrix product).
@@ -29,9 +29,10 @@ def resolve_class_idx(class_idx: ClassIndex, logits: torch.Tensor) -> torch.Tens
     """Turn ``class_idx`` into a LongTensor (B, k) of class indices, on ``logits``' device.
 
     Args:
-        class_idx: ``None`` -> the top-1 predicted class (k=1); an ``int`` -> that class for every sample (k=1);
-            a LongTensor (B,) -> one class per sample (k=1); a LongTensor (B, k) -> k classes per sample;
-            a list/tuple of k ints -> those k classes for every sample; ``"all"`` -> every class (k=K).
+        class_idx: ``None`` -> the top-1 predicted class (k=1); an ``int`` -> that class for every sample
+            (k=1); a LongTensor (B,) -> one class per sample (k=1); a LongTensor (B, k) -> k classes per
+            sample; a list/tuple of k ints -> those k classes for every sample; ``"all"`` -> every class
+            (k=K).
         logits: (B, K).
     """
     b, k = logits.shape
@@ -174,8 +175,8 @@ class CAMClassifier(nn.Module):
 
         Args:
             x: (B, in_channels, *spatial).
-            class_idx: which classes (see :func:`resolve_class_idx`): None (top-1 predicted), an int, a LongTensor
-                (B,) or (B, k), a list of ints (the same classes for every sample), or ``"all"``.
+            class_idx: which classes (see :func:`resolve_class_idx`): None (top-1 predicted), an int, a
+                LongTensor (B,) or (B, k), a list of ints (the same classes for every sample), or ``"all"``.
             upsample: True -> CAMs resized to ``x``'s spatial size (bilinear in 2D, trilinear in 3D,
                 ``align_corners=False``); False -> CAMs at the feature map's resolution.
 

@@ -33,9 +33,9 @@ class CAMDenseNet121(CAMClassifier):
     """MONAI ``DenseNet121`` -> global average pooling -> ``Linear``, with CAM in the graph.
 
     ``backbone`` is MONAI's ``DenseNet121.features`` with its entry names kept (``conv0`` ... ``denseblock4``,
-    ``norm5``) plus a parameter-free ``relu5`` (MONAI applies that ReLU in its head), so :meth:`features` is the
-    final norm + ReLU map; ``classifier`` is MONAI's ``class_layers.out``. Shapes: (B, in_channels, *spatial) ->
-    logits (B, K); :meth:`features` -> (B, 1024, *spatial / stride).
+    ``norm5``) plus a parameter-free ``relu5`` (MONAI applies that ReLU in its head), so :meth:`features` is
+    the final norm + ReLU map; ``classifier`` is MONAI's ``class_layers.out``. Shapes: (B, in_channels,
+    *spatial) -> logits (B, K); :meth:`features` -> (B, 1024, *spatial / stride).
 
     Plug-in positions ``"denseblock1"`` ... ``"denseblock4"`` mean "after dense block N and the BN + ReLU that
     follows it", where activations are non-negative as docs/method.md's block assumes: for N < 4 the plug-in
@@ -43,10 +43,14 @@ class CAMDenseNet121(CAMClassifier):
     N = 4 it is the last entry of ``backbone`` (after ``relu5``), so it feeds the pooling and the CAM is taken
     on its output.
 
-    Feature stride: 32 by default (a 224x224 image gives 7x7, a 96^3 volume 3x3x3). ``low_stride=True`` replaces
-    the 2x2 average pools of ``transition2`` and ``transition3`` with identities (entry names kept, no parameter
-    changes, so checkpoints still load): stride 8, i.e. 28x28 at 224x224 and 12x12x12 at 96^3. The stem max-pool
-    is kept on purpose: removing it instead runs dense block 1 (the costliest stage at full resolution) at 8x the
+    Feature stride: 32 by default (a 224x224 image gives 7x7, a 96^3 volume 3x3x3). ``low_stride=True``
+        replaces
+    the 2x2 average pools of ``transition2`` and ``transition3`` with identities (entry names kept, no
+    parameter
+    changes, so checkpoints still load): stride 8, i.e. 28x28 at 224x224 and 12x12x12 at 96^3. The stem
+        max-pool
+    is kept on purpose: removing it instead runs dense block 1 (the costliest stage at full resolution) at 8x
+        the
     voxels, while removing the late pools only enlarges the cheap late stages; both give stride 8.
 
     Args:
@@ -60,8 +64,8 @@ class CAMDenseNet121(CAMClassifier):
         plugin_kwargs: keyword arguments of the plug-in.
         low_stride: see above; default (None) is True in 3D and False in 2D.
         pretrained: ImageNet weights through MONAI (2D only; downloads them; MONAI skips tensors whose shape
-            differs, so with ``in_channels != 3`` the stem conv and with ``out_channels != 1000`` the classifier
-            stay freshly initialised).
+            differs, so with ``in_channels != 3`` the stem conv and with ``out_channels != 1000`` the
+            classifier stay freshly initialised).
         kwargs: further arguments of ``monai.networks.nets.DenseNet121`` (``init_features``, ``growth_rate``,
             ``block_config``, ``dropout_prob``, ``act``, ``norm``, ...).
     """

@@ -51,7 +51,8 @@ def resolve_positions(
 
 
 def insert_after(root: nn.Module, anchor: str, name: str, module: nn.Module) -> str:
-    """Insert ``module`` as entry ``name`` right after the child ``anchor`` of an ``nn.Sequential`` in ``root``.
+    """Insert ``module`` as entry ``name`` right after the child ``anchor`` of an ``nn.Sequential`` in
+    ``root``.
 
     Args:
         root: the network.
@@ -94,9 +95,9 @@ def insert_after(root: nn.Module, anchor: str, name: str, module: nn.Module) -> 
 def load_plain_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a checkpoint of the plain network (no plug-in) into ``net``, which may carry plug-ins.
 
-    The plug-ins keep their own (initial) parameters; everything else must match exactly: a key of ``net`` that is
-    missing from ``state_dict`` and is not a plug-in's, or a key of ``state_dict`` that ``net`` does not have,
-    raises. Shape mismatches raise as in ``load_state_dict``.
+    The plug-ins keep their own (initial) parameters; everything else must match exactly: a key of ``net``
+    that is missing from ``state_dict`` and is not a plug-in's, or a key of ``state_dict`` that ``net`` does
+    not have, raises. Shape mismatches raise as in ``load_state_dict``.
 
     Args:
         net: a network exposing ``plugin_names`` (dotted paths of its plug-ins), e.g. any

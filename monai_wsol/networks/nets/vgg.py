@@ -13,8 +13,8 @@ from monai_wsol.networks.nets.cam_classifier import CAMClassifier
 
 __all__ = ["CAMVGG16", "VGG16_POSITIONS", "VGG16_PRESETS"]
 
-# torchvision's VGG16 stages as (width, convs); a 2x2 max-pool follows every stage but the last (the WSOL GAP form
-# drops torchvision's fifth pool): stride 16, a 224x224 image gives a 14x14 map.
+# torchvision's VGG16 stages as (width, convs); a 2x2 max-pool follows every stage but the last (the WSOL GAP
+# form drops torchvision's fifth pool): stride 16, a 224x224 image gives a 14x14 map.
 _STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 _CONV_NAMES = tuple(f"conv{s}_{i}" for s, (_, n) in enumerate(_STAGES, start=1) for i in range(1, n + 1))
 
@@ -36,8 +36,8 @@ class CAMVGG16(CAMClassifier):
     Args:
         in_channels: input channels; 1 gives a grayscale stem (the pretrained RGB filters are summed).
         out_channels: number of classes K.
-        plugin: a plug-in name of ``monai_wsol.networks.blocks.registry`` (``"dual_suppression"``, ``"adl"``), or
-            None for the plain CAM baseline.
+        plugin: a plug-in name of ``monai_wsol.networks.blocks.registry`` (``"dual_suppression"``, ``"adl"``),
+            or None for the plain CAM baseline.
         positions: ``"one"`` (after conv5_3), ``"two"`` (after conv4_3 and conv5_3), or position name(s) from
             :data:`VGG16_POSITIONS` (each means "after that conv's ReLU").
         plugin_kwargs: keyword arguments of the plug-in (e.g. ``{"cr": 0.8, "t": 0.4}``).
@@ -63,7 +63,8 @@ class CAMVGG16(CAMClassifier):
         for stage, (width, n_convs) in enumerate(_STAGES, start=1):
             for _ in range(n_convs):
                 layers[str(len(layers))] = nn.Conv2d(channels, width, kernel_size=3, padding=1)
-                # Not in-place (torchvision's are): a hook on any conv (Grad-CAM baselines) sees an intact output.
+                # Not in-place (torchvision's are): a hook on any conv (Grad-CAM baselines) sees an intact
+                # output.
                 layers[str(len(layers))] = nn.ReLU(inplace=False)
                 anchors[next(names)] = (f"backbone.{len(layers) - 1}", width)
                 channels = width
@@ -99,7 +100,8 @@ class CAMVGG16(CAMClassifier):
         own = self.backbone.state_dict()
         first = state["0.weight"]  # (64, 3, 3, 3)
         if self.in_channels != 3:
-            # Spread the RGB filters over the new channels, keeping the response to a gray image (sum for 1 ch).
+            # Spread the RGB filters over the new channels, keeping the response to a gray image (sum for 1
+            # ch).
             state["0.weight"] = (
                 first.mean(1, keepdim=True).repeat(1, self.in_channels, 1, 1) * 3 / self.in_channels
             )
