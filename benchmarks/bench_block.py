@@ -68,7 +68,10 @@ def cam_mask_box(net: CAMClassifier, x: torch.Tensor, tau: float = TAU) -> tuple
 
 
 def cam_to_location(net: CAMClassifier, x: torch.Tensor, tau: float = TAU) -> list:
-    """forward_cam at feature resolution + CAMToLocation (normalise, upsample, binarise, largest region, box)."""
+    """forward_cam at feature resolution + CAMToLocation.
+
+    CAMToLocation: normalise, upsample, binarise, largest region, box.
+    """
     _, cam = net.forward_cam(x, upsample=False)
     locate = CAMToLocation(tau=tau, spatial_size=tuple(x.shape[2:]))
     return [locate(c) for c in cam]

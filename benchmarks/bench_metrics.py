@@ -70,7 +70,10 @@ def smooth_maps(n: int = 24, size: int = 224, seed: int = 0) -> list[np.ndarray]
 
 
 def blob_maps(n: int = 24, size: int = 224, seed: int = 0) -> list[np.ndarray]:
-    """CAM-like maps of a trained classifier on one or two lesions: 1-2 Gaussian blobs and faint smooth noise."""
+    """CAM-like maps of a trained classifier on one or two lesions.
+
+    Each map: 1-2 Gaussian blobs and faint smooth noise.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     maps = []
@@ -121,7 +124,10 @@ def bench_metric(
     repeat: int,
     threads: int,
 ) -> None:
-    """(e)/(f): the metric's whole call per map, on batches of same-size maps, checked against the reference."""
+    """(e)/(f): the metric's whole call per map, on batches of same-size maps.
+
+    The outputs are checked against the reference.
+    """
     gts = gt_boxes_for(maps)
     metric_cls = MaxBoxAccV2Metric if multi else MaxBoxAccMetric
     by_shape: dict[tuple[int, int], list[int]] = {}
@@ -191,7 +197,8 @@ def bench(
     print("                                 wall maps/s   cpu maps/s   speed-up (wall, cpu)")
     print(f"  (a) reference loop, 1 core : {n / w_ref:12.2f} {n / c_ref:12.2f}")
     print(
-        f"  (b) ours, 1 core           : {n / w_one:12.2f} {n / c_one:12.2f}   x{w_ref / w_one:.1f}, x{c_ref / c_one:.1f}"
+        f"  (b) ours, 1 core           : {n / w_one:12.2f} {n / c_one:12.2f}   "
+        f"x{w_ref / w_one:.1f}, x{c_ref / c_one:.1f}"
     )
     print(f"  (c) ours, 2 processes      : {n / w_two:12.2f} {'':>12}   x{w_ref / w_two:.1f} (wall)")
     if multi:

@@ -17,7 +17,10 @@ TINY = {"epochs": 2, "batch_size": 4, "spatial_size": [64, 64], "num_workers": 0
 
 
 def make_tiny_data(out_dir: Path, seed: int = 0) -> Path:
-    """8 training, 4 validation, 2 test slices of 64 px (MNI152 with synthetic lesions); returns the folder."""
+    """8 training, 4 validation, 2 test slices of 64 px; returns the folder.
+
+    The slices are MNI152 with synthetic lesions.
+    """
     from monai_wsol.data.synthetic import generate
 
     generate(out_dir, source="mni152", mode="2d", n_train=8, n_val=4, n_test=2, image_size=64, seed=seed)

@@ -74,8 +74,8 @@ def _write_examples(run_dir: Path, method: str, flat_boxes: bool) -> None:
     if flat_boxes:  # the pickle-free layout [image_index, x0, y0, x1, y1]
         pred = np.concatenate([np.concatenate([[[i]], _boxes(i) + 1], axis=1) for i in range(N_IMAGES)])
     ids = np.array([f"img{i}" for i in range(N_IMAGES)])
-    np.savez(run_dir / "examples.npz", images=images, cams=cams, gt_masks=gt_masks, gt_boxes=gt, pred_boxes=pred,
-             tau=np.float64(0.5), image_ids=ids)  # fmt: skip
+    np.savez(run_dir / "examples.npz", images=images, cams=cams, gt_masks=gt_masks,
+             gt_boxes=gt, pred_boxes=pred, tau=np.float64(0.5), image_ids=ids)  # fmt: skip
 
 
 def _curves(method: str, seed: int) -> np.ndarray:
@@ -153,7 +153,8 @@ def test_paired_tests_match_scipy_and_pair_by_seed(bench):
     random.Random(3).shuffle(recs)
     rows = paired_tests(recs, reference="sfs2", metrics=("MaxBoxAccV2", "PxAP", "Dice"))
     assert {(r["setting"], r["method"]) for r in rows} == {
-        ("default", "cam"), ("default", "adl"), ("distractor", "cam"), ("distractor", "adl"), ("distractor", "has")
+        ("default", "cam"), ("default", "adl"),
+        ("distractor", "cam"), ("distractor", "adl"), ("distractor", "has"),
     }  # fmt: skip
     for row in rows:
         ref = {k: _value(row["setting"], "sfs2", k, row["metric"]) for k in SEEDS}

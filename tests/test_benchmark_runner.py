@@ -1,4 +1,7 @@
-"""The benchmark runner: one budget for every method, choices on validation only, resumable, report written."""
+"""The benchmark runner.
+
+One budget for every method, choices on validation only, resumable, report written.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Box extraction, IoU, BoxAcc/PxAP streaming metrics: hand-made cases, the plain reference loop, bad inputs."""
+"""Box extraction, IoU, BoxAcc/PxAP streaming metrics.
+
+Hand-made cases, the plain reference loop, bad inputs.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The bundle's configs: shared model keys agree, every default path hangs off bundle_root, methods by name."""
+"""The bundle's configs.
+
+Shared model keys agree, every default path hangs off bundle_root, methods by name.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""End to end ``python -m monai_wsol.evaluate`` on tiny fake datasets made in tmp_path, good and bad inputs."""
+"""End to end ``python -m monai_wsol.evaluate``.
+
+On tiny fake datasets made in tmp_path, good and bad inputs.
+"""
 
 from __future__ import annotations
 

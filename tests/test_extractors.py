@@ -1,4 +1,7 @@
-"""CAM extractors: state restoration, class selection, maps (range, shape, values), registry, evaluator use."""
+"""CAM extractors.
+
+State restoration, class selection, maps (range, shape, values), registry, evaluator use.
+"""
 
 from __future__ import annotations
 
@@ -338,7 +341,10 @@ def test_registry_by_name():
 
 # ------------------------------------------------------------------------------------------ evaluator use
 def _evaluator_batches(n_batches: int = 2, b: int = 2) -> list[dict]:
-    """Batches collated as a DataLoader would: MetaTensor images (own affines, ``is_batch``), labels, masks."""
+    """Batches collated as a DataLoader would.
+
+    MetaTensor images (own affines, ``is_batch``), labels, masks.
+    """
     torch.manual_seed(5)
     batches = []
     for _ in range(n_batches):

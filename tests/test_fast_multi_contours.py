@@ -102,9 +102,13 @@ def test_one_pixel_and_thin_maps():
 
 
 def test_hole_box_is_the_hole_grown_by_one():
-    """A 7x7 square (rows 1-7, columns 2-8) of a 12x14 map with a 2x3 hole (rows 3-4, columns 4-6): outer box
+    """A square with a hole, and a ring in a corner: the hole's box is the hole grown by one.
+
+    A 7x7 square (rows 1-7, columns 2-8) of a 12x14 map with a 2x3 hole (rows 3-4, columns 4-6): outer box
     [x0, y0, x1 + 1, y1 + 1] = [2, 1, 9, 8], hole box grown by one with +2 on the far side = [3, 2, 8, 6];
-    a 3x3 ring in the bottom-right corner: outer and hole boxes both [11, 9, 14, 12] clipped to [11, 9, 13, 11]."""
+    a 3x3 ring in the bottom-right corner: outer and hole boxes both [11, 9, 14, 12] clipped to
+    [11, 9, 13, 11].
+    """
     canvas = np.zeros((12, 14))
     canvas[1:8, 2:9] = 1.0
     canvas[3:5, 4:7] = 0.0

@@ -52,7 +52,10 @@ def _naive_volume_boxes(
 
 
 def _slice_box_to_2d(box3d: np.ndarray) -> np.ndarray:
-    """[0, r0, c0, 0, r1, c1] of a (1, H, W) volume -> the 2D protocol's [x0, y0, x1, y1] = [c0, r0, c1, r1]."""
+    """Box of a (1, H, W) volume -> box of the 2D protocol.
+
+    [0, r0, c0, 0, r1, c1] -> [x0, y0, x1, y1] = [c0, r0, c1, r1].
+    """
     return box3d[:, [2, 1, 5, 4]]
 
 

@@ -1,4 +1,7 @@
-"""MethodTrainer: every method trains through MONAI's SupervisedTrainer (batch hook, forward, loss), resumably."""
+"""MethodTrainer: every method trains through MONAI's SupervisedTrainer, resumably.
+
+The method supplies the batch hook, the forward and the loss.
+"""
 
 from __future__ import annotations
 

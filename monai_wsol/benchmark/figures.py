@@ -42,7 +42,8 @@ def _new_figure(figsize: tuple[float, float], dpi: int) -> Any:
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(
-            "monai_wsol.benchmark.figures needs matplotlib: pip install 'monai_wsol[viz]' (or matplotlib>=3.7)."
+            "monai_wsol.benchmark.figures needs matplotlib: "
+            "pip install 'monai_wsol[viz]' (or matplotlib>=3.7)."
         ) from e
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
@@ -92,7 +93,10 @@ def _validation_tau(rec: dict) -> float:
 
 
 def _method_curves(runs: list[dict], curve: str, row: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Thresholds (T,) and the per-seed curves (S, T) of one method's runs; runs without the curve are skipped."""
+    """Thresholds (T,) and the per-seed curves (S, T) of one method's runs.
+
+    Runs without the curve are skipped.
+    """
     thresholds, stack = None, []
     for rec in runs:
         path = Path(rec["run_dir"]) / "curves.npz"

@@ -179,7 +179,10 @@ class ProtocolExperiment:
         )
 
     def write_scoremaps(self, spec: MethodSpec, items: list[dict[str, Any]], root: Path) -> None:
-        """The GT class's CAM of every image, min-max normalised, at ``crop_size``^2, as ``<image_id>.npy``."""
+        """The GT class's CAM of every image, as ``<image_id>.npy``.
+
+        Each map is min-max normalised, at ``crop_size``^2.
+        """
         loader = make_wsol_dataloader(
             items, train=False, batch_size=int(self.train["batch_size"]), num_workers=self.num_workers,
             crop_size=self.crop_size,

@@ -115,7 +115,10 @@ def _is_number(x: Any) -> bool:
 
 
 def _validate_record(rec: Any, path: Path) -> dict:
-    """Check one parsed ``result.json`` and return it with metric ``null`` turned into NaN and ``run_dir`` added."""
+    """Check one parsed ``result.json`` and return it.
+
+    The returned record has metric ``null`` turned into NaN and ``run_dir`` added.
+    """
     if not isinstance(rec, dict):
         raise ValueError(f"{path}: result.json must hold a JSON object, got {type(rec).__name__}.")
     for key, kind in (("setting", str), ("method", str)):
@@ -457,10 +460,11 @@ def _markdown(
         "# Benchmark results",
         "",
         f"Test-split metrics, mean ± sample standard deviation (ddof=1) over {len(seeds_all)} seeds "
-        f"({', '.join(map(str, seeds_all))}) per method; box accuracies, Top-1/GT-known Loc, PxAP and accuracy "
-        "in percent, Dice, IoU and AUC in 0..1, higher is better; bold: best mean per column. The CAM threshold "
-        "tau and every method's hyperparameters were chosen on the validation split only; the test split was "
-        "used only for these numbers. `n/a`: not available; `(n=k)`: only k runs had the value.",
+        f"({', '.join(map(str, seeds_all))}) per method; box accuracies, Top-1/GT-known Loc, PxAP and "
+        "accuracy in percent, Dice, IoU and AUC in 0..1, higher is better; bold: best mean per column. "
+        "The CAM threshold tau and every method's hyperparameters were chosen on the validation split "
+        "only; the test split was used only for these numbers. `n/a`: not available; `(n=k)`: only k runs "
+        "had the value.",
         "",
     ]
     for setting in _settings(records):
@@ -478,10 +482,10 @@ def _markdown(
             lines += [
                 f"### Paired t-test: `{ref}` minus each method, runs paired by seed",
                 "",
-                "Two-sided paired t-test (scipy.stats.ttest_rel) on the per-seed differences; 95 % t-interval of "
-                "the mean difference; verdict `better`/`worse` only when p < 0.05. With 3 seeds the test has low "
-                "power: no significant difference is not evidence of equality. Not corrected for multiple "
-                "comparisons.",
+                "Two-sided paired t-test (scipy.stats.ttest_rel) on the per-seed differences; "
+                "95 % t-interval of the mean difference; verdict `better`/`worse` only when p < 0.05. "
+                "With 3 seeds the test has low power: no significant difference is not evidence of "
+                "equality. Not corrected for multiple comparisons.",
                 "",
             ]
             lines += _paired_table(tests, ref) + [""]

@@ -163,7 +163,8 @@ class Benchmark:
         for name, variant in self.variants.items():
             if variant.get("method") not in METHODS:
                 raise ValueError(
-                    f"Benchmark: variants[{name!r}] needs 'method', one of {', '.join(METHODS)}; got {variant}."
+                    f"Benchmark: variants[{name!r}] needs 'method', one of {', '.join(METHODS)}; "
+                    f"got {variant}."
                 )
         for m in self.methods:
             if m not in METHODS and m not in self.variants:
@@ -206,7 +207,7 @@ class Benchmark:
         """The :data:`~monai_wsol.methods.METHODS` name behind a method or variant name."""
         return str(self.variants[name]["method"]) if name in self.variants else name
 
-    # -- paths ---------------------------------------------------------------------------------------------------
+    # -- paths -----------------------------------------------------------------------------------------------
     def run_dir(self, setting: str, method: str, seed: int, candidate: int | None = None) -> Path:
         if candidate is None:
             return self.bench_dir / "runs" / setting / method / f"seed{seed}"
@@ -330,7 +331,10 @@ class Benchmark:
 
     @staticmethod
     def _write_examples(run_dir: Path, tau: float) -> None:
-        """``examples.npz`` for the figure: the evaluated test examples plus their boxes at the validation tau."""
+        """Write ``examples.npz`` for the figure.
+
+        It holds the evaluated test examples plus their boxes at the validation tau.
+        """
         with np.load(run_dir / "eval" / "test_examples.npz") as z:
             ex = {k: z[k] for k in z.files}
         pred = [np.asarray(boxes_from_scoremap(m, [tau], multi_contour=True)[0]) for m in ex["cams"]]
@@ -388,8 +392,8 @@ class Benchmark:
                 return dict(chosen[method]["options"])
             if time.monotonic() >= deadline:
                 raise RuntimeError(
-                    f"{path}: no choice for {method!r} yet; run the {self.search_in!r} setting first (or give "
-                    "wait_for_choices when another process runs it)."
+                    f"{path}: no choice for {method!r} yet; run the {self.search_in!r} setting first "
+                    "(or give wait_for_choices when another process runs it)."
                 )
             time.sleep(min(10.0, max(0.1, deadline - time.monotonic())))
 

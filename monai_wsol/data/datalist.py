@@ -262,7 +262,8 @@ def _validate_item(
             raise DatalistError(f"mask: {e}") from e
         if not _same_grid(grid, mask_grid):
             raise DatalistError(
-                f"mask {out[mask_key]} grid (shape {tuple(mask_grid[0])}, affine {mask_grid[1].round(3).tolist()}) "
+                f"mask {out[mask_key]} grid (shape {tuple(mask_grid[0])}, "
+                f"affine {mask_grid[1].round(3).tolist()}) "
                 f"differs from the image grid (shape {tuple(grid[0])}, affine {grid[1].round(3).tolist()})"
             )
     if "boxes" in item:

@@ -94,7 +94,10 @@ class SimpleITKReader(ImageReader):
 
     @staticmethod
     def geometry(img: Any, lps_to_ras: bool = True) -> tuple[tuple[int, ...], np.ndarray]:
-        """Spatial shape (x, y[, z]) and voxel-to-world affine of a ``SimpleITK.Image`` or ``ImageFileReader``."""
+        """Spatial shape (x, y[, z]) and voxel-to-world affine of a SimpleITK image.
+
+        ``img`` is a ``SimpleITK.Image`` or an ``ImageFileReader``.
+        """
         ndim = img.GetDimension()
         spacing = np.asarray(img.GetSpacing(), dtype=float)
         direction = np.asarray(img.GetDirection(), dtype=float).reshape(ndim, ndim)
@@ -154,7 +157,8 @@ def dicom_series_files(folder: PathLike) -> list[Path]:
             f"{uid} ({len(files)} files, e.g. {files[0].name})" for uid, files in series.items()
         )
         raise ImageReadError(
-            f"{folder}: the folder mixes {len(series)} DICOM series ({detail}); put each series in its own folder"
+            f"{folder}: the folder mixes {len(series)} DICOM series ({detail}); "
+            "put each series in its own folder"
         )
     return next(iter(series.values()))
 
@@ -206,8 +210,11 @@ class DicomSeriesReader(PydicomReader):
 
 
 def default_readers() -> list[ImageReader]:
-    """The readers :class:`LoadImageChecked` tries, by file name, before MONAI's own choice (``NibabelReader``
-    for NIfTI, ``PILReader`` for PNG/JPEG, ``NumpyReader``): SimpleITK for NRRD/MHA (when installed), DICOM."""
+    """The readers :class:`LoadImageChecked` tries, by file name, before MONAI's own choice.
+
+    MONAI's own choice: ``NibabelReader`` for NIfTI, ``PILReader`` for PNG/JPEG, ``NumpyReader``.
+    These readers: SimpleITK for NRRD/MHA (when installed), DICOM.
+    """
     readers: list[ImageReader] = [DicomSeriesReader()]
     if has_sitk:
         readers.insert(0, SimpleITKReader())

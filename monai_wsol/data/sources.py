@@ -76,7 +76,10 @@ class SourceVolume:
 
 
 def mricron_dir() -> Path:
-    """Folder with ``ch2.nii.gz`` / ``ch2bet.nii.gz`` (env ``MONAI_WSOL_MRICRON_DIR`` overrides the Debian path)."""
+    """Folder with ``ch2.nii.gz`` / ``ch2bet.nii.gz``.
+
+    The environment variable ``MONAI_WSOL_MRICRON_DIR`` overrides the Debian path.
+    """
     return Path(os.environ.get("MONAI_WSOL_MRICRON_DIR", _MRICRON_DIR))
 
 

@@ -68,8 +68,11 @@ def _cached_source(name: str) -> SourceVolume:
 
 
 def gt_boxes(mask: np.ndarray) -> list[list[int]]:
-    """Integer GT boxes of every connected region of ``mask`` (X, Y[, Z]), largest first, in the transforms'
-    convention (:func:`monai_wsol.transforms.functional.mask_to_boxes`: StandardMode, max corner exclusive)."""
+    """Integer GT boxes of every connected region of ``mask`` (X, Y[, Z]), largest first.
+
+    The boxes follow the transforms' convention (:func:`monai_wsol.transforms.functional.mask_to_boxes`:
+    StandardMode, max corner exclusive).
+    """
     return np.asarray(mask_to_boxes(mask, mode="all")).astype(int).tolist()
 
 
@@ -352,7 +355,8 @@ def _make_sample(
             continue
     else:
         raise ValueError(
-            f"source {src.name!r}: no room for a lesion in 10 draws of {split} samples; use a larger image_size"
+            f"source {src.name!r}: no room for a lesion in 10 draws of {split} samples; "
+            "use a larger image_size"
         )
     placed = False
     if with_distractor:
@@ -448,7 +452,9 @@ def generate(
         "image_size": [size, size] if mode == "2d" else [size, size, depth],
         "seed": int(seed),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
-        "box_convention": "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1",
+        "box_convention": (
+            "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"
+        ),
         "labels": {"0": "no lesion", "1": "lesion"},
         "lesion_classes": {str(k): v[0] for k, v in _LESION_CLASSES[src.modality].items()},
         "splits": {},

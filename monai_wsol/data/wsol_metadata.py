@@ -104,7 +104,8 @@ def read_metadata(meta_dir: str) -> Metadata:
             parts = line.split(",")
             if len(parts) != 5:
                 raise EvaluationError(
-                    f"{loc_path}:{n}: expected 'id,x0,y0,x1,y1' (boxes) or 'id,mask,ignore' (masks), got {line!r}."
+                    f"{loc_path}:{n}: expected 'id,x0,y0,x1,y1' (boxes) or 'id,mask,ignore' (masks), "
+                    f"got {line!r}."
                 )
             image_id = parts[0]
             x0, y0, x1, y1 = parse_ints(loc_path, n, parts[1:], "box coordinates")

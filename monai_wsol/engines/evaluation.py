@@ -304,8 +304,8 @@ class LocalizationReport:
             mask = _plain(item[self.mask_key]).detach().cpu() > 0.5
             if mask.shape[1:] != cam.shape[1:]:
                 raise ValueError(
-                    f"LocalizationReport: mask {tuple(mask.shape)} and map {tuple(cam.shape)} are on different "
-                    "grids; evaluate on the image's own grid."
+                    f"LocalizationReport: mask {tuple(mask.shape)} and map {tuple(cam.shape)} "
+                    "are on different grids; evaluate on the image's own grid."
                 )
             self._masks.append(mask)
         given = item.get(self.box_key) if self.box_key is not None else None

@@ -117,7 +117,8 @@ class NonFiniteLossGuard:
             return
         where = f" The last good checkpoints are in '{self.checkpoint_dir}'." if self.checkpoint_dir else ""
         raise NonFiniteLossError(
-            f"Non-finite training loss ({value}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+            f"Non-finite training loss ({value}) at epoch {engine.state.epoch}, "
+            f"iteration {engine.state.iteration}: "
             f"training stopped before the optimizer step, the weights were not updated.{where} "
             "Lower the learning rate, disable AMP or check the input intensities."
         )

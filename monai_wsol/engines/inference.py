@@ -159,7 +159,8 @@ class CAMEvaluator(SupervisedEvaluator):
         for key in engine.batch_keys:
             if key not in engine.state.batch:
                 raise KeyError(
-                    f"CAMEvaluator: batch_keys names '{key}', absent from the batch ({sorted(engine.state.batch)})."
+                    f"CAMEvaluator: batch_keys names '{key}', "
+                    f"absent from the batch ({sorted(engine.state.batch)})."
                 )
             output[key] = engine.state.batch[key]
 

@@ -33,7 +33,10 @@ __all__ = ["MethodBatch", "MethodInferer", "MethodTrainer", "logits_of", "run_me
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """The classification logits (B, K) of a training forward's output (the first head when it returns several)."""
+    """The classification logits (B, K) of a training forward's output.
+
+    When the forward returns several heads, the first one.
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Sequence) and output and isinstance(output[0], torch.Tensor):

@@ -109,8 +109,8 @@ def resume_checkpoint(resume: bool | str | None, ckpt_dir: str | os.PathLike) ->
     path = find_last_checkpoint(ckpt_dir)
     if path is None:
         raise FileNotFoundError(
-            f"resume=true but no '{LAST_CHECKPOINT_GLOB}' in '{ckpt_dir}': give the run's name (run_name) of the "
-            "run to continue, or a checkpoint path as resume."
+            f"resume=true but no '{LAST_CHECKPOINT_GLOB}' in '{ckpt_dir}': "
+            "give the run's name (run_name) of the run to continue, or a checkpoint path as resume."
         )
     return path
 
@@ -204,8 +204,8 @@ def init_distributed(backend: str | None = None) -> bool:
         return True
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError(
-            "multi_gpu_train.json must be started by torchrun (python -m torch.distributed.run), which sets RANK "
-            "and WORLD_SIZE."
+            "multi_gpu_train.json must be started by torchrun (python -m torch.distributed.run), "
+            "which sets RANK and WORLD_SIZE."
         )
     dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return True

@@ -202,7 +202,10 @@ def _pad_border(qp: np.ndarray, height: int, width: int) -> None:
 
 @njit(cache=True, nogil=True)
 def _histogram(qp: np.ndarray, height: int, width: int, counts: np.ndarray) -> int:
-    """256-bin histogram ``counts`` of the padded map's inside, and the frame set to -1; returns ``max(q)``."""
+    """256-bin histogram ``counts`` of the padded map's inside; returns ``max(q)``.
+
+    The frame of ``qp`` is set to -1.
+    """
     stride = width + 2
     # four interleaved histograms: consecutive equal values do not wait on each other's increment
     partial = np.zeros((4, 256), dtype=np.int64)
@@ -936,8 +939,11 @@ def _level_boxes(
 
 @njit(cache=True, nogil=True)
 def _best_iou(boxes: np.ndarray, a: int, b: int, gt: np.ndarray) -> float:
-    """Best pixel-inclusive IoU of ``boxes[a:b]`` with the GT boxes, with the arithmetic of
-    :func:`~.box_accuracy.box_iou_inclusive` (integer areas, one float64 division, 0 for a non-positive union)."""
+    """Best pixel-inclusive IoU of ``boxes[a:b]`` with the GT boxes.
+
+    The arithmetic is that of :func:`~.box_accuracy.box_iou_inclusive`: integer areas, one float64
+    division, 0 for a non-positive union.
+    """
     best = 0.0  # IoUs are >= 0
     for i in range(a, b):
         x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
@@ -1023,7 +1029,8 @@ def best_iou_curves(
     np.cumsum([len(g) for g in gt_boxes], out=gt_offsets[1:])
     qp, counts, keys, parent, comp, roots = WORKSPACE.get(*maps.shape[1:])
     bad = _batch_curves(
-        maps, taus, gts, gt_offsets, bool(multi_contour), qp, counts, keys, parent, comp, roots, _ALL_TABLES, out,
+        maps, taus, gts, gt_offsets, bool(multi_contour),
+        qp, counts, keys, parent, comp, roots, _ALL_TABLES, out,
     )  # fmt: skip
     if bad >= 0:
         from ._quantize import as_score_array  # its message names the problem (NaN/inf or the value range)

@@ -242,7 +242,10 @@ class MaskOverlapHandler(WSOLMetricHandler):
 
     @reinit__is_reduced
     def update(self, output: Sequence[Any]) -> None:
-        """``output`` = ``(cams, gt_masks, ignore_or_None)``; with ``positives_only``, empty-mask images are skipped."""
+        """Add a batch: ``output`` = ``(cams, gt_masks, ignore_or_None)``.
+
+        With ``positives_only``, empty-mask images are skipped.
+        """
         if self.positives_only:
             # a negative is wholly ignored rather than dropped: it adds zero counts, so every DDP rank still
             # adds rows (a rank whose images were all negatives would otherwise have nothing to gather)

@@ -169,7 +169,8 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         labels = labels.reshape(-1)
         if labels.numel() != batch or (labels.is_floating_point() and (labels != labels.round()).any()):
             raise ValueError(
-                f"y must hold {batch} integer class labels (or one-hot rows), got shape {tuple(labels.shape)}."
+                f"y must hold {batch} integer class labels (or one-hot rows), "
+                f"got shape {tuple(labels.shape)}."
             )
         labels = labels.long()
         if labels.min() < 0 or labels.max() >= self.num_classes:

@@ -148,7 +148,8 @@ class MaskOverlapMetric(CumulativeIterationMetric):
             )
         if y is None or tuple(y.shape) != tuple(y_pred.shape):
             raise ValueError(
-                f"y must match y_pred's shape {tuple(y_pred.shape)}, got {None if y is None else tuple(y.shape)}."
+                f"y must match y_pred's shape {tuple(y_pred.shape)}, "
+                f"got {None if y is None else tuple(y.shape)}."
             )
         if not torch.isfinite(y_pred).all() or y_pred.min() < 0 or y_pred.max() > 1:
             raise ValueError("y_pred must be finite and min-max normalised to [0, 1].")

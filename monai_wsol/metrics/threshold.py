@@ -30,7 +30,8 @@ def _as_curve(curve: CurveLike, thresholds: np.ndarray, name: str) -> np.ndarray
     )
     if arr.ndim not in (1, 2) or arr.shape[-1] != thresholds.size:
         raise ValueError(
-            f"{name} must have shape (n_tau,) or (rows, n_tau) with n_tau = {thresholds.size}, got {arr.shape}."
+            f"{name} must have shape (n_tau,) or (rows, n_tau) with n_tau = {thresholds.size}, "
+            f"got {arr.shape}."
         )
     if np.isnan(arr).all(axis=-1).any():
         raise ValueError(f"{name} has a row that is NaN at every threshold.")

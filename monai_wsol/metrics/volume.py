@@ -165,7 +165,10 @@ def _union(
     first: np.ndarray,
     slot: np.ndarray,
 ) -> None:
-    """Merge the components joined by the root pairs (u, r), in place; the largest root of a group survives."""
+    """Merge the components joined by the root pairs (u, r), in place.
+
+    The largest root of a group survives.
+    """
     cand = np.concatenate([u, r])
     pos = np.arange(cand.size)
     # distinct nodes without sorting: the scratch array keeps each node's first position

@@ -18,8 +18,9 @@ try:
     import monailabel.tasks.infer.bundle  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only outside the MONAI Label environment
     raise ImportError(
-        "monai_wsol.monailabel needs MONAI Label, which lives in its own environment (it needs pydicom<3, the "
-        "core package's DICOM-SEG writer needs pydicom 3): run `bash scripts/setup_monailabel.sh` and use "
+        "monai_wsol.monailabel needs MONAI Label, which lives in its own environment "
+        "(it needs pydicom<3, the core package's DICOM-SEG writer needs pydicom 3): "
+        "run `bash scripts/setup_monailabel.sh` and use "
         "`.venv-monailabel/bin/python` (see docs/monailabel.md)."
     ) from e
 

@@ -69,14 +69,15 @@ class LocalizationInferer(Inferer):
         sd = getattr(net, "spatial_dims", None)
         if sd not in (2, 3):
             raise TypeError(
-                f"LocalizationInferer needs a monai_wsol CAM network (spatial_dims 2 or 3); got {type(net).__name__}."
+                "LocalizationInferer needs a monai_wsol CAM network (spatial_dims 2 or 3); "
+                f"got {type(net).__name__}."
             )
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         channels = getattr(net, "in_channels", None)
         if x.ndim >= 3 and channels is not None and x.shape[1] != channels:
             raise InputShapeError(
-                f"the image has {x.shape[1]} channel(s), the network takes {channels} (e.g. an RGB image sent to "
-                "a grayscale model)."
+                f"the image has {x.shape[1]} channel(s), the network takes {channels} "
+                "(e.g. an RGB image sent to a grayscale model)."
             )
         if x.ndim == sd + 2:
             logits, cams = self._extractor(net, x, self.cam_class)
@@ -89,8 +90,8 @@ class LocalizationInferer(Inferer):
                 out[self.slice_key] = slice_logits
         else:
             raise InputShapeError(
-                f"LocalizationInferer: input of shape {tuple(x.shape)} does not fit a {sd}D network: expected "
-                f"(B, C, *spatial) with {sd} spatial axes"
+                f"LocalizationInferer: input of shape {tuple(x.shape)} does not fit a {sd}D network: "
+                f"expected (B, C, *spatial) with {sd} spatial axes"
                 + (" or a 3D volume (B, C, X, Y, Z)." if sd == 2 else ".")
             )
         out[self.cam_key] = cams

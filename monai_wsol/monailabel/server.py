@@ -64,7 +64,10 @@ def parse_bundles(conf: dict[str, str]) -> dict[str, Path]:
 
 
 class WSOLApp(MONAILabelApp):
-    """MONAI Label app with one :class:`WSOLInferTask` per bundle (and its ``_cam`` twin); see the module doc."""
+    """MONAI Label app with one :class:`WSOLInferTask` per bundle (and its ``_cam`` twin).
+
+    See the module doc.
+    """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.bundles = parse_bundles(conf)
@@ -72,7 +75,10 @@ class WSOLApp(MONAILabelApp):
             app_dir=app_dir,
             studies=studies,
             conf=conf,
-            name=f"monai_wsol lesion localization (monai_wsol {__version__}, MONAI Label {monailabel.__version__})",
+            name=(
+                f"monai_wsol lesion localization "
+                f"(monai_wsol {__version__}, MONAI Label {monailabel.__version__})"
+            ),
             description="Weakly supervised lesion localization: class, CAM, lesion mask and boxes",
             version=__version__,
         )

@@ -72,7 +72,10 @@ def _first(value: Any) -> Any:
 
 
 def check_image_path(path: str) -> None:
-    """Raise :class:`UnsupportedImageError` unless ``path`` is a folder, a DICOM file or has a supported suffix."""
+    """Raise :class:`UnsupportedImageError` unless ``path`` is an image MONAI Label can load.
+
+    That is a folder, a DICOM file or a file with a supported suffix.
+    """
     from pydicom.misc import is_dicom
 
     if not path:
@@ -256,7 +259,10 @@ class WSOLInferTask(BundleInferTask):
         return self._filter_transforms(post, self.post_filter)
 
     def writer(self, data: dict, extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
-        """Write ``data["pred"]`` as ``.nii.gz`` on the image's grid and affine; return (file, JSON params)."""
+        """Write ``data["pred"]`` as ``.nii.gz``; return (file, JSON params).
+
+        The file is on the image's grid and affine.
+        """
         label = data[self.output_label_key]
         label = label.as_tensor() if isinstance(label, MetaTensor) else label
         array = np.asarray(label.detach().cpu().numpy() if hasattr(label, "detach") else label)

@@ -168,7 +168,8 @@ class UpsampleCAM(Transform):
             check_array(ref, "ref")
             if ref.ndim != sd + 1:
                 raise ValueError(
-                    f"ref must be channel-first with {sd} spatial dims like cam {tuple(cam.shape)}, got {tuple(ref.shape)}."
+                    f"ref must be channel-first with {sd} spatial dims like cam {tuple(cam.shape)}, "
+                    f"got {tuple(ref.shape)}."
                 )
         size = spatial_size or (tuple(ref.shape[1:]) if ref is not None else self.spatial_size)
         if size is None:

@@ -67,12 +67,18 @@ def _lookup(d: Mapping, key: Hashable | None, name: str) -> object:
 
 
 def _affine_from(d: Mapping, affine_key: str | None, *sources: object) -> object:
-    """The affine named by ``affine_key`` (matrix, MetaTensor or meta dict), else the first MetaTensor source's."""
+    """The affine named by ``affine_key``, else the first MetaTensor source's.
+
+    ``affine_key`` may name a matrix, a MetaTensor or a meta dict.
+    """
     return resolve_affine(_lookup(d, affine_key, "affine_key"), *sources)
 
 
 class _EachKeyd(MapTransform):
-    """Apply ``self.transform`` (an array transform) to every key, writing the result back under the same key."""
+    """Apply ``self.transform`` (an array transform) to every key.
+
+    The result is written back under the same key.
+    """
 
     transform: Callable[[object], object]
 
@@ -84,7 +90,10 @@ class _EachKeyd(MapTransform):
 
 
 class NormalizeCAMd(_EachKeyd):
-    """Dictionary :class:`~monai_wsol.transforms.array.NormalizeCAM`: min-max normalise each channel of ``keys``."""
+    """Dictionary :class:`~monai_wsol.transforms.array.NormalizeCAM`.
+
+    Min-max normalise each channel of ``keys``.
+    """
 
     backend = NormalizeCAM.backend
 
@@ -322,8 +331,9 @@ class CAMToLocationd(MapTransform):
                     continue
                 if name == "boxes_world" and result[name] is None:
                     raise ValueError(
-                        f"world_box_key={out_key!r} needs an affine: neither affine_key, a MetaTensor ref_key nor a "
-                        f"MetaTensor {key!r} gives one (pass affine_key, or world_box_key=None)."
+                        f"world_box_key={out_key!r} needs an affine: neither affine_key, "
+                        f"a MetaTensor ref_key nor a MetaTensor {key!r} gives one "
+                        "(pass affine_key, or world_box_key=None)."
                     )
                 d[out_key] = result[name]
         return d

@@ -55,9 +55,9 @@ REGION_MODES = ("largest", "all")
 SCORE_REDUCTIONS = ("max", "mean")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # argument checks (shared by the transforms)
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def check_array(x: object, name: str) -> None:
     """Raise ``TypeError`` unless ``x`` is a numpy array or a torch tensor."""
     if not isinstance(x, (np.ndarray, torch.Tensor)):
@@ -73,11 +73,15 @@ def check_finite(x: NdarrayOrTensor, name: str) -> None:
 
 
 def check_channel_first(x: NdarrayOrTensor, name: str) -> int:
-    """Check that ``x`` is channel-first ``(C, H, W)`` or ``(C, D, H, W)``; return its number of spatial dims."""
+    """Check that ``x`` is channel-first ``(C, H, W)`` or ``(C, D, H, W)``.
+
+    Returns its number of spatial dims.
+    """
     check_array(x, name)
     if x.ndim not in (3, 4):
         raise ValueError(
-            f"{name} must be channel-first (C, H, W) or (C, D, H, W), got {x.ndim} dims with shape {tuple(x.shape)}."
+            f"{name} must be channel-first (C, H, W) or (C, D, H, W), "
+            f"got {x.ndim} dims with shape {tuple(x.shape)}."
         )
     if 0 in tuple(x.shape):
         raise ValueError(f"{name} must have at least one channel and voxel, got shape {tuple(x.shape)}.")
@@ -85,7 +89,10 @@ def check_channel_first(x: NdarrayOrTensor, name: str) -> int:
 
 
 def check_connectivity(connectivity: int | None, spatial_dims: int) -> int:
-    """Return the ``scipy.ndimage`` structure rank for ``connectivity`` (``None`` = full: 8 in 2D, 26 in 3D)."""
+    """Return the ``scipy.ndimage`` structure rank for ``connectivity``.
+
+    ``None`` means full connectivity: 8 in 2D, 26 in 3D.
+    """
     allowed = CONNECTIVITIES[spatial_dims]
     if connectivity is None:
         return spatial_dims
@@ -119,7 +126,10 @@ def check_tau(tau: float) -> float:
 
 
 def _to_torch(x: NdarrayOrTensor) -> torch.Tensor:
-    """A plain tensor view of ``x`` (no MetaTensor bookkeeping in the arithmetic; meta is restored on output)."""
+    """A plain tensor view of ``x``.
+
+    No MetaTensor bookkeeping in the arithmetic; meta is restored on output.
+    """
     if isinstance(x, MetaTensor):
         return x.as_tensor()
     if isinstance(x, np.ndarray):
@@ -135,16 +145,17 @@ def _spatial_mask_np(mask: NdarrayOrTensor, name: str = "mask") -> np.ndarray:
     check_array(mask, name)
     if mask.ndim not in (2, 3):
         raise ValueError(
-            f"{name} must be spatial-only (H, W) or (D, H, W), got {mask.ndim} dims with shape {tuple(mask.shape)}; "
+            f"{name} must be spatial-only (H, W) or (D, H, W), "
+            f"got {mask.ndim} dims with shape {tuple(mask.shape)}; "
             "use the KeepRegions / MaskToBoxes transforms for channel-first masks."
         )
     check_finite(mask, name)
     return convert_data_type(mask, np.ndarray)[0] != 0
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # CAM -> normalised map -> mask
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def normalize_cam(cam: NdarrayOrTensor, spatial_dims: int | None = None) -> NdarrayOrTensor:
     """Min-max normalise each map to [0, 1] over its spatial axes (METHOD.md step 2).
 
@@ -165,8 +176,8 @@ def normalize_cam(cam: NdarrayOrTensor, spatial_dims: int | None = None) -> Ndar
     sd = cam.ndim - 1 if spatial_dims is None else spatial_dims
     if sd not in (2, 3) or cam.ndim < sd:
         raise ValueError(
-            f"cam must be (C, H, W) or (C, D, H, W) (or pass spatial_dims=2|3 for other leading dims), got shape "
-            f"{tuple(cam.shape)} with spatial_dims={spatial_dims}."
+            "cam must be (C, H, W) or (C, D, H, W) (or pass spatial_dims=2|3 for other leading dims), "
+            f"got shape {tuple(cam.shape)} with spatial_dims={spatial_dims}."
         )
     check_finite(cam, "cam")
     t = _to_torch(cam)
@@ -195,7 +206,8 @@ def upsample_cam(
         isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size
     ):
         raise ValueError(
-            f"spatial_size must be {sd} positive ints for a {sd}D cam of shape {tuple(cam.shape)}, got {spatial_size!r}."
+            f"spatial_size must be {sd} positive ints for a {sd}D cam of shape {tuple(cam.shape)}, "
+            f"got {spatial_size!r}."
         )
     check_finite(cam, "cam")
     dtype = torch.float64 if cam.dtype in (np.float64, torch.float64) else torch.float32
@@ -213,9 +225,9 @@ def binarize_cam(cam: NdarrayOrTensor, tau: float) -> NdarrayOrTensor:
     return convert_to_dst_type(_to_torch(cam) >= tau, cam, dtype=torch.bool)[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # mask -> connected regions -> masks / boxes
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _label_np(mask_np: np.ndarray, connectivity: int | None) -> tuple[np.ndarray, int]:
     rank = check_connectivity(connectivity, mask_np.ndim)
     structure = ndimage.generate_binary_structure(mask_np.ndim, rank)
@@ -241,7 +253,10 @@ def label_regions(mask: NdarrayOrTensor, connectivity: int | None = None) -> tup
 def _select_regions(
     mask_np: np.ndarray, connectivity: int | None, mode: str, min_size: float
 ) -> tuple[np.ndarray, np.ndarray, list]:
-    """Label ``mask_np`` and choose regions: ``(labels, chosen ids sorted by size descending, bounding slices)``."""
+    """Label ``mask_np`` and choose regions.
+
+    Returns ``(labels, chosen ids sorted by size descending, bounding slices)``.
+    """
     check_choice(mode, "mode", REGION_MODES)
     check_min_size(min_size)
     labels, n = _label_np(mask_np, connectivity)
@@ -257,7 +272,10 @@ def _select_regions(
 
 
 def _boxes_np(ids: np.ndarray, slices: list, spatial_dims: int) -> np.ndarray:
-    """StandardMode boxes from ``find_objects`` slices: min corner = first index, max corner = last index + 1."""
+    """StandardMode boxes from ``find_objects`` slices.
+
+    Min corner = first index, max corner = last index + 1.
+    """
     boxes = np.zeros((len(ids), 2 * spatial_dims), dtype=np.float32)
     for row, i in enumerate(ids):
         sl = slices[i - 1]
@@ -325,9 +343,11 @@ def locate_regions(
 def keep_regions(
     mask: NdarrayOrTensor, connectivity: int | None = None, mode: str = "largest", min_size: float = 0
 ) -> NdarrayOrTensor:
-    """Boolean mask of the largest region (``mode="largest"``) or of all regions (``"all"``) of >=
-    ``min_size``
-    voxels; spatial-only input ``(H, W)`` / ``(D, H, W)``, same shape and type out. See :func:`locate_regions`."""
+    """Boolean mask of the largest region (``mode="largest"``) or of all regions (``"all"``).
+
+    Only regions of >= ``min_size`` voxels count; spatial-only input ``(H, W)`` / ``(D, H, W)``,
+    same shape and type out. See :func:`locate_regions`.
+    """
     return locate_regions(mask, connectivity, mode, min_size)[0]
 
 
@@ -341,9 +361,9 @@ def mask_to_boxes(
     return locate_regions(mask, connectivity, mode, min_size)[1]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # voxel -> world
-# ----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def boxes_to_world(
     boxes: NdarrayOrTensor, affine: NdarrayOrTensor, voxel_edges: bool = True
 ) -> NdarrayOrTensor:

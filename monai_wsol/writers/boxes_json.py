@@ -122,7 +122,9 @@ def write_boxes_json(
         "spatial_dims": d,
         "box_mode": "xyxy" if d == 2 else "xyzxyz",
         "box_convention": "standard",
-        "voxel_convention": "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1",
+        "voxel_convention": (
+            "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"
+        ),
         "world_convention": "RAS mm; axis-aligned bounds of the voxel box edges (index - 0.5 .. max - 0.5)",
         "affine": _as_numpy(affine).astype(float).tolist(),
         "predicted_class": None if probs is None else int(np.argmax(probs)),

@@ -30,7 +30,8 @@ def _import_highdicom():
         import highdicom as hd
     except ImportError as e:
         raise ImportError(
-            "write_dicom_seg needs highdicom (pip install 'monai_wsol[dicom]'); pydicom-seg does not work with pydicom 3"
+            "write_dicom_seg needs highdicom (pip install 'monai_wsol[dicom]'); "
+            "pydicom-seg does not work with pydicom 3"
         ) from e
     return hd
 
@@ -159,7 +160,10 @@ def write_dicom_seg(
 
 
 def _ensure_segment_identification(seg: Any) -> None:
-    """Put a ``SegmentIdentificationSequence`` in every per-frame group (MONAI's ``PydicomReader`` needs it)."""
+    """Put a ``SegmentIdentificationSequence`` in every per-frame group.
+
+    MONAI's ``PydicomReader`` needs it.
+    """
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
 

@@ -66,7 +66,8 @@ def save_nifti(
         source = meta.get(ImageMetaKey.FILENAME_OR_OBJ)
         if not source:
             raise ValueError(
-                f"save_nifti: {path_or_dir} is a folder but img has no meta['filename_or_obj'] to name the file"
+                f"save_nifti: {path_or_dir} is a folder "
+                "but img has no meta['filename_or_obj'] to name the file"
             )
         stem = _strip_ext(Path(str(source).rstrip("/")).name)
         target = target / f"{stem}{'_' + postfix if postfix else ''}{NIFTI_EXT}"

@@ -80,7 +80,10 @@ def bundle(work: Path) -> Path:
 
 @contextmanager
 def running_server(work: Path, app: Path, *conf: str):
-    """Start ``monailabel start_server`` for ``app`` on a free loopback port; yield its URL; always stop it."""
+    """Start ``monailabel start_server`` for ``app`` on a free loopback port.
+
+    Yields its URL; always stops it.
+    """
     port = _free_port()
     # what the `monailabel` script runs, with this interpreter (the script takes `python` from PATH)
     cmd = [

@@ -1,15 +1,16 @@
-"""MONAI Label app serving ``monai_wsol`` bundles: lesion class, CAM, mask and boxes for 3D Slicer / OHIF.
+r"""MONAI Label app serving ``monai_wsol`` bundles: lesion class, CAM, mask and boxes for 3D Slicer / OHIF.
 
 Run it (in the MONAI Label environment, ``bash scripts/setup_monailabel.sh``)::
 
-    .venv-monailabel/bin/monailabel start_server \
-        --app "$(.venv-monailabel/bin/python -c 'import monai_wsol.monailabel.app as a, os;
-        print(os.path.dirname(a.__file__))')" \ --studies /path/to/studies --host 127.0.0.1 --port 8000 \
+    APP="$(.venv-monailabel/bin/python -c \
+        'import monai_wsol.monailabel.app as a, os; print(os.path.dirname(a.__file__))')"
+    .venv-monailabel/bin/monailabel start_server --app "$APP" \
+        --studies /path/to/studies --host 127.0.0.1 --port 8000 \
         --conf bundle bundle --conf models monai_wsol
 
 Options (``--conf KEY VALUE``): ``bundle`` (folder, or ``name=path,...``), ``models`` (name of a single
-    bundle,
-default ``monai_wsol``), ``cam_model`` (``true``: also serve ``<name>_cam`` returning the CAM), ``preload``.
+bundle, default ``monai_wsol``), ``cam_model`` (``true``: also serve ``<name>_cam`` returning the CAM),
+``preload``.
 MONAI Label finds the app class as the ``MONAILabelApp`` subclass in this module's namespace; it lives in
 ``monai_wsol.monailabel.server`` (re-exported by ``lib``) so that it is importable and tested.
 """

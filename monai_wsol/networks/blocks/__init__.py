@@ -1,4 +1,7 @@
-"""Network blocks: the dual-suppression (SFS) block and the plug-in registry (the registry resolves plug-in names lazily)."""
+"""Network blocks: the dual-suppression (SFS) block and the plug-in registry.
+
+The registry resolves plug-in names lazily.
+"""
 
 from monai_wsol.networks.blocks.adl import ADL
 from monai_wsol.networks.blocks.dual_suppression import (

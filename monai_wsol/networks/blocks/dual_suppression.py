@@ -68,7 +68,10 @@ def _check_features(x: torch.Tensor, name: str = "x") -> None:
 
 
 def _channel_max(x: torch.Tensor) -> torch.Tensor:
-    """``m_c``: per-sample, per-channel max over all spatial positions, (B, C, *spatial) -> (B, C, 1, ..., 1)."""
+    """``m_c``: per-sample, per-channel max over all spatial positions.
+
+    Shapes: (B, C, *spatial) -> (B, C, 1, ..., 1).
+    """
     dims = list(range(2, x.dim()))
     return x.amax(dim=dims, keepdim=True)
 
@@ -228,7 +231,10 @@ class DualSuppressionBlock(nn.Module):
 
     @torch.no_grad()
     def reset_passthrough(self) -> None:
-        """Set the pass-through-biased init: ``W* = 0.5`` everywhere and ``F* = 0.5 * D + 0.5 * S`` at step 0."""
+        """Set the pass-through-biased init.
+
+        ``W* = 0.5`` everywhere and ``F* = 0.5 * D + 0.5 * S`` at step 0.
+        """
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
         c = self.in_channels
@@ -246,7 +252,8 @@ class DualSuppressionBlock(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
-                f"DualSuppressionBlock was built for in_channels={self.in_channels}, got {x.shape[1]} channels."
+                f"DualSuppressionBlock was built for in_channels={self.in_channels}, "
+                f"got {x.shape[1]} channels."
             )
         # "The block assumes non-negative activations ...; clamp F at 0 before the branches."
         x = x.clamp_min(0)

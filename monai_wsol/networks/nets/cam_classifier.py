@@ -64,7 +64,8 @@ def resolve_class_idx(class_idx: ClassIndex, logits: torch.Tensor) -> torch.Tens
         idx = idx.to(device=logits.device, dtype=torch.long)
     else:
         raise TypeError(
-            f"class_idx must be None, an int, a list of ints, 'all' or an integer tensor, got {type(class_idx).__name__}."
+            "class_idx must be None, an int, a list of ints, 'all' or an integer tensor, "
+            f"got {type(class_idx).__name__}."
         )
     if bool(((idx < 0) | (idx >= k)).any()):
         raise ValueError(
@@ -144,8 +145,8 @@ class CAMClassifier(nn.Module):
             raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}.")
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"{type(self).__name__} expects input (B, {self.in_channels}, *spatial) with {self.spatial_dims} "
-                f"spatial dims, got shape {tuple(x.shape)}."
+                f"{type(self).__name__} expects input (B, {self.in_channels}, *spatial) "
+                f"with {self.spatial_dims} spatial dims, got shape {tuple(x.shape)}."
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

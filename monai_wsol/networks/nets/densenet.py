@@ -24,7 +24,10 @@ DENSENET_PRESETS: dict[str, tuple[str, ...]] = {
 
 
 def densenet_presets(num_blocks: int) -> dict[str, tuple[str, ...]]:
-    """``"one"``: after the last dense block; ``"two"``: after the last two (for ``num_blocks`` dense blocks)."""
+    """Feature-layer presets for a DenseNet of ``num_blocks`` dense blocks.
+
+    ``"one"``: after the last dense block; ``"two"``: after the last two.
+    """
     last = [f"denseblock{i}" for i in range(max(1, num_blocks - 1), num_blocks + 1)]
     return {"one": (last[-1],), "two": tuple(last)}
 
