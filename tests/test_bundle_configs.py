@@ -79,3 +79,13 @@ def test_every_registry_method_builds_in_the_bundle(method):
     spec = parser.get_parsed_content("wsol_method")
     assert spec.name == method
     assert parser.get_parsed_content("network_def") is spec.net
+
+
+def test_inference_config_parses_without_monai_label():
+    # the MONAI Label keys (inferer, post_transforms) need only MONAI: every key resolves in this environment
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["network_kwargs"] = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}
+    for key in ("inferer", "post_transforms", "preprocessing", "postprocessing", "network_def"):
+        assert parser.get_parsed_content(key) is not None, key
+    assert type(parser.get_parsed_content("inferer")).__name__ == "LocalizationInferer"

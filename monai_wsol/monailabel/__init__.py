@@ -9,20 +9,11 @@
 - :class:`LocalizationInferer`, :class:`LocalizationResultd`, :class:`UnpackDictd`: the pieces the task (and
   MONAI Label's stock ``monaibundle`` app, through the keys of ``bundle/configs/inference.json``) runs.
 
-MONAI Label 0.8.5 needs pydicom < 3 while highdicom needs pydicom 3, so this subpackage lives in its own
-environment (``scripts/setup_monailabel.sh`` -> ``.venv-monailabel``); see ``docs/monailabel.md``.
+MONAI Label 0.8.5 needs pydicom < 3 while highdicom needs pydicom 3, so the task, the app and the server
+(``task``, ``server``, ``app``) live in their own environment (``scripts/setup_monailabel.sh`` ->
+``.venv-monailabel``; see ``docs/monailabel.md``). The inferer and the transforms need only MONAI: they import
+everywhere, so ``bundle/configs/inference.json`` parses in the core environment too.
 """
-
-try:
-    # a submodule: a bare "monailabel" could be a namespace package (a folder of that name on sys.path)
-    import monailabel.tasks.infer.bundle  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised only outside the MONAI Label environment
-    raise ImportError(
-        "monai_wsol.monailabel needs MONAI Label, which lives in its own environment "
-        "(it needs pydicom<3, the core package's DICOM-SEG writer needs pydicom 3): "
-        "run `bash scripts/setup_monailabel.sh` and use "
-        "`.venv-monailabel/bin/python` (see docs/monailabel.md)."
-    ) from e
 
 from monai_wsol.monailabel.inferer import InputShapeError, LocalizationInferer
 from monai_wsol.monailabel.transforms import LABEL_OUTPUTS, LocalizationResultd, UnpackDictd
