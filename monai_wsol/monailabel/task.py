@@ -39,9 +39,9 @@ try:
     from monailabel.interfaces.tasks.infer_v2 import InferType
 except ImportError as e:  # pragma: no cover - exercised only outside the MONAI Label environment
     raise ImportError(
-        "monai_wsol.monailabel.task needs MONAI Label, which lives in its own environment (it needs pydicom<3, "
-        "the core package's DICOM-SEG writer needs pydicom 3): run `bash scripts/setup_monailabel.sh` and use "
-        "`.venv-monailabel/bin/python` (see docs/monailabel.md)."
+        "monai_wsol.monailabel.task needs MONAI Label, which lives in its own environment (it needs "
+        "pydicom<3, the core package's DICOM-SEG writer needs pydicom 3): run "
+        "`bash scripts/setup_monailabel.sh` and use `.venv-monailabel/bin/python` (see docs/monailabel.md)."
     ) from e
 from monailabel.tasks.infer.bundle import BundleInferTask
 
