@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["BOX_CONVENTIONS", "BoxConvention", "Boxes", "check_box_convention"]
+__all__ = ["BOX_CONVENTIONS", "BoxConvention", "Boxes", "check_box_convention", "check_convention_name"]
 
 BoxConvention = Literal["standard", "protocol"]
 
@@ -38,9 +38,19 @@ BOX_CONVENTIONS: dict[str, str] = {
 }
 
 
-def _check_convention(convention: str, name: str = "convention") -> str:
+def check_convention_name(
+    convention: str | None, name: str = "convention", allow_none: bool = False
+) -> str | None:
+    """``convention`` if it names one of :data:`BOX_CONVENTIONS` (or is ``None`` with ``allow_none``).
+
+    Raises:
+        ValueError: naming the argument and the valid conventions.
+    """
+    if convention is None and allow_none:
+        return None
     if convention not in BOX_CONVENTIONS:
-        raise ValueError(f"{name} must be one of {sorted(BOX_CONVENTIONS)}, got {convention!r}.")
+        valid = f"one of {sorted(BOX_CONVENTIONS)}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {valid}, got {convention!r}.")
     return convention
 
 
@@ -77,7 +87,7 @@ class Boxes:
     __slots__ = ("_coords", "_convention", "_spatial_dims")
 
     def __init__(self, coords: Any, convention: BoxConvention, spatial_dims: int) -> None:
-        _check_convention(convention)
+        check_convention_name(convention)
         if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         if isinstance(coords, Boxes):
@@ -177,7 +187,7 @@ class Boxes:
 
     def to(self, convention: BoxConvention) -> Boxes:
         """The same boxes in ``convention``."""
-        return self._converted(_check_convention(convention))
+        return self._converted(check_convention_name(convention))
 
 
 def check_box_convention(boxes: Boxes, expected: BoxConvention, name: str = "boxes") -> Boxes:
@@ -190,7 +200,7 @@ def check_box_convention(boxes: Boxes, expected: BoxConvention, name: str = "box
         TypeError: ``boxes`` is not a :class:`Boxes` (a bare array has no convention to check).
         ValueError: ``expected`` is unknown, or ``boxes.convention != expected``.
     """
-    _check_convention(expected, "expected")
+    check_convention_name(expected, "expected")
     if not isinstance(boxes, Boxes):
         raise TypeError(
             f"{name} must be a monai_wsol.boxes.Boxes to check its convention, got {type(boxes).__name__}."

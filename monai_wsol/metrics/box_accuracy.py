@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from monai.metrics import Cumulative
 
-from monai_wsol.boxes import BOX_CONVENTIONS, BoxConvention, Boxes, check_box_convention
+from monai_wsol.boxes import BoxConvention, Boxes, check_box_convention, check_convention_name
 
 from ._quantize import as_thresholds
 from .contours import boxes_from_scoremaps, scoremap_best_iou_curves
@@ -144,8 +144,7 @@ def as_gt_boxes(
             inverted boxes or boxes outside the map.
     """
     d = len(spatial_shape)
-    if convention is not None and convention not in BOX_CONVENTIONS:
-        raise ValueError(f"convention must be one of {sorted(BOX_CONVENTIONS)} or None, got {convention!r}.")
+    check_convention_name(convention, allow_none=True)
     if isinstance(boxes, Boxes):
         if convention is not None:
             check_box_convention(boxes, convention, name)
@@ -262,11 +261,7 @@ class BoxAccuracyMetric(Cumulative):
         box_convention: BoxConvention | None = None,
     ) -> None:
         super().__init__()
-        if box_convention is not None and box_convention not in BOX_CONVENTIONS:
-            raise ValueError(
-                f"box_convention must be one of {sorted(BOX_CONVENTIONS)} or None, got {box_convention!r}."
-            )
-        self.box_convention = box_convention
+        self.box_convention = check_convention_name(box_convention, "box_convention", allow_none=True)
         if cam_curve_interval is not None:
             if thresholds is not None:
                 raise ValueError("give thresholds or cam_curve_interval, not both.")

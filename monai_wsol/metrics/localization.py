@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from monai_wsol.boxes import BOX_CONVENTIONS, BoxConvention, Boxes
+from monai_wsol.boxes import BoxConvention, Boxes, check_convention_name
 
 from ._quantize import as_thresholds
 from .box_accuracy import as_gt_boxes, best_iou_curve
@@ -135,11 +135,7 @@ class LocalizationAccuracyMetric(CumulativeIterationMetric):
         box_convention: BoxConvention | None = None,
     ) -> None:
         super().__init__()
-        if box_convention is not None and box_convention not in BOX_CONVENTIONS:
-            raise ValueError(
-                f"box_convention must be one of {sorted(BOX_CONVENTIONS)} or None, got {box_convention!r}."
-            )
-        self.box_convention = box_convention
+        self.box_convention = check_convention_name(box_convention, "box_convention", allow_none=True)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if not 0.0 < iou_threshold <= 1.0:
