@@ -101,6 +101,22 @@ def mask_dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def mask_dataset_3d(tmp_path_factory) -> Path:
+    """The 3D counterpart of ``mask_dataset``: volumes that ARE their masks, one negative."""
+    root = tmp_path_factory.mktemp("perfect3d")
+    items = []
+    for i, mask in enumerate(_lesion_masks_3d() + [np.zeros(SHAPE_3D, dtype=bool)]):
+        path = write_nifti(mask.astype(np.uint8), np.eye(4), root / "masks" / f"vol_{i}.nii.gz", fsync=False)
+        rel = str(path.relative_to(root))
+        items.append(
+            {"image": rel, "mask": rel, "label": int(mask.any()), "boxes": _gt(mask).coords.tolist()}
+        )
+    (root / "datalist.json").write_text(json.dumps({"validation": items}))
+    torch.save(MaskAsCAM().state_dict(), root / "model.pt")
+    return root
+
+
 def _run_evaluate(root: Path, out: Path, **overrides) -> dict:
     from monai.bundle import ConfigWorkflow
 
@@ -139,6 +155,26 @@ def test_bundle_evaluate_scores_a_perfect_map_100(mask_dataset, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # (b) python -m monai_wsol.evaluate on the protocol's metadata layout
 # ------------------------------------------------------------------------------------------------------------
+def test_bundle_evaluate_scores_a_perfect_3d_map_100(mask_dataset_3d, tmp_path):
+    row = _run_evaluate(mask_dataset_3d, tmp_path / "standard", spatial_dims=3)
+    assert row["MaxBoxAccV2"] == 100.0 and row["MaxBoxAcc"] == 100.0
+    assert row["PxAP"] == 100.0 and row["Dice"] == 1.0
+
+
+def test_benchmark_reads_the_bundle_evaluation(mask_dataset, tmp_path):
+    # the benchmark's evaluation is the bundle's: BundleRunner.evaluate on a perfect map gives 100 too
+    from monai_wsol.benchmark.bundle_runs import BundleRunner
+
+    curves = BundleRunner().evaluate(
+        mask_dataset / "model.pt",
+        "validation",
+        tmp_path / "bench",
+        {"dataset_dir": str(mask_dataset), "network_def": MaskAsCAM(), "device": "cpu", "amp": False},
+    )
+    assert curves.scalars["MaxBoxAccV2"] == 100.0 and curves.scalars["Dice"] == 1.0
+    assert curves.boxacc_v2.shape == (3, 1000) and curves.boxacc_v2.max() == 100.0
+
+
 def test_evaluate_cli_scores_a_perfect_map_100(tmp_path):
     ids = [f"test/lesion/{i}.png" for i in range(len(_lesion_masks_2d()))]
     meta = tmp_path / "metadata" / "CUB" / "test"
