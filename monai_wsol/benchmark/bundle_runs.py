@@ -120,6 +120,8 @@ class BundleRunner:
             "report_stem": split,
             "num_examples": num_examples,
             "box_step": box_step,
+            # one image per batch: GT box lists differ in length between images (the bundle's default)
+            "batch_size": 1,
         }
         with _log_to(out_dir / f"{split}_log.txt"):
             self._run(
