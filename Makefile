@@ -8,7 +8,8 @@ setup:            ## .venv + torch 2.14.1 + monai_wsol[test] + real test data (p
 demo: setup       ## generate the embedded default, train briefly, run bundle inference
 	bash scripts/demo.sh
 
-test: setup       ## the whole test suite (CPU, 2 workers)
+test: setup       ## lint, then the whole test suite (CPU, 2 workers)
+	$(PY) -m ruff check monai_wsol tests benchmarks
 	$(PY) -m pytest -n 2 -q tests
 
 test-monailabel:  ## MONAI Label integration: its own .venv-monailabel (pydicom<3), real servers on 127.0.0.1
