@@ -89,3 +89,24 @@ def test_inference_config_parses_without_monai_label():
     for key in ("inferer", "post_transforms", "preprocessing", "postprocessing", "network_def"):
         assert parser.get_parsed_content(key) is not None, key
     assert type(parser.get_parsed_content("inferer")).__name__ == "LocalizationInferer"
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam", "gradcampp", "sfs2"])
+def test_evaluate_runs_the_methods_extractor(method):
+    # evaluate.json overrides inference.json: its evaluator must keep the method's extractor (Grad-CAM maps for
+    # the post-hoc methods, not the in-graph CAM)
+    from monai_wsol.extractors import ForwardCAM, GradCAMExtractor
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
+    parser.update(
+        {"method": method, "network_kwargs": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}}
+    )
+    extractor = parser.get_parsed_content("evaluator#extractor")
+    expected = GradCAMExtractor if method.startswith("gradcam") else ForwardCAM
+    assert isinstance(extractor, expected)
+    assert extractor is parser.get_parsed_content("wsol_method").extractor
+    assert parser.get("evaluator#batch_keys") == ["mask", "boxes"]
+    assert parser.get("evaluator#_target_") == "monai_wsol.engines.CAMEvaluator"
+    if method == "gradcampp":
+        assert extractor.plusplus
