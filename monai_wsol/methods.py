@@ -8,12 +8,21 @@ A trainer does::
     train_tf = Compose([*base_transforms, *spec.train_transforms])     # dictionary transforms on "image"
     for batch in loader:
         loss = spec.training_loss(batch["image"], batch["label"])      # batch_fn -> forward_fn -> loss_fn
+        # (the bounds: spec.training_loss(batch["image"], batch[spec.target_key], batch["label"]))
         loss.backward(); opt.step(); opt.zero_grad()
     logits, maps = spec.extractor(spec.net, images, None)               # (B, K), (B, 1, *spatial) in [0, 1]
 
 Methods (:data:`METHODS`): ``cam`` (plain classifier), ``adl``, ``has`` (Hide-and-Seek), ``cutmix``, ``acol``,
 ``gradcam`` / ``gradcampp`` (post-hoc maps of the plain classifier), ``sfs1`` / ``sfs2`` (the dual-suppression
-block, one / two blocks). Details, defaults and sources: ``docs/baselines.md``.
+block, one / two blocks), and the bounds every WSOL figure is reported beside: ``supervised`` (the ceiling: a
+MONAI UNet trained on the GT masks) and ``prior`` (the floor: a map that never looks at the image). Details,
+defaults and sources: ``docs/baselines.md``.
+
+The bounds need the GT mask at training time: their ``train_transforms`` act on the ``"mask"`` key, which
+makes :func:`monai_wsol.data.make_preprocessing` load it for the training stage (resized with
+nearest-neighbour interpolation, flipped with the image); ``supervised`` trains on it
+(``target_key="mask"``) and ``prior`` is fitted on it once before training (``fit``, which
+:class:`~monai_wsol.engines.MethodTrainer` calls).
 
 Labels: class indices (B,) or (B, 1), or soft / one-hot labels (B, K) (what CutMix produces);
 :func:`monai_wsol.losses.classification_loss` takes either. Nets need K >= 2 outputs (a CAM per class).
@@ -21,8 +30,9 @@ Labels: class indices (B,) or (B, 1), or soft / one-hot labels (B, K) (what CutM
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,17 +40,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.transforms import CutMix
+from monai.transforms import AsDiscreted, CutMix
 from monai.utils import convert_to_tensor
 
 from monai_wsol.extractors import CAMExtractor, ForwardCAM, GradCAMExtractor
 from monai_wsol.losses import acol_loss, classification_loss
 from monai_wsol.networks.nets import CAMVGG16, CAMDenseNet121
 from monai_wsol.networks.nets.acol import ACoLClassifier
+from monai_wsol.networks.nets.bounds import (
+    SEGMENTERS,
+    DiceBCELoss,
+    MaskPrior,
+    SegmentationLocalizer,
+    build_segmenter,
+)
 from monai_wsol.transforms.hide_and_seek import RandHideAndSeekd
 
 __all__ = [
     "BACKBONES",
+    "BOUNDS",
     "METHODS",
     "CutMixBatch",
     "MethodSpec",
@@ -148,6 +166,12 @@ class MethodSpec:
         batch_fn: optional batch-level augmentation ``(images, labels) -> (images, labels)`` (CutMix).
         forward_fn: the training forward ``forward_fn(net, x, labels) -> output`` (ACoL needs the labels).
         options: the resolved options (for logging / configs).
+        target_key: the batch key the loss is computed against: ``"label"`` (the image-level class, every
+            WSOL method) or ``"mask"`` (the GT mask, ``supervised``); ``forward_fn`` always gets the labels.
+        fit: optional data-driven set-up run once before training, ``fit(items)`` on the training items
+            (dicts with ``"image"``, ``"label"``, ``"mask"``, through the training preprocessing without
+            its random transforms); ``prior``'s mean mask. :class:`~monai_wsol.engines.MethodTrainer` calls it
+            when it starts.
     """
 
     name: str
@@ -158,12 +182,30 @@ class MethodSpec:
     batch_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     forward_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] = _plain_forward
     options: dict[str, Any] = field(default_factory=dict)
+    target_key: str = "label"
+    fit: Callable[[Iterable[Mapping[str, Any]]], None] | None = None
 
-    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One training step's loss (call ``backward`` on it): batch_fn -> forward_fn -> loss_fn."""
+    def __post_init__(self) -> None:
+        if self.target_key != "label" and self.batch_fn is not None:
+            raise ValueError(
+                f"method {self.name!r}: a batch augmentation (batch_fn) mixes labels; it cannot be combined "
+                f"with target_key={self.target_key!r}."
+            )
+
+    def training_loss(
+        self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One training step's loss (call ``backward`` on it): batch_fn -> forward_fn -> loss_fn.
+
+        Args:
+            images: (B, C, *spatial).
+            targets: the batch's ``target_key`` entry (class labels, or GT masks for ``supervised``).
+            labels: the class labels when ``targets`` are not them (for forwards that read the labels).
+        """
         if self.batch_fn is not None:
-            images, labels = self.batch_fn(images, labels)
-        return self.loss_fn(self.forward_fn(self.net, images, labels), labels)
+            images, targets = self.batch_fn(images, targets)
+        forward_labels = targets if labels is None or self.target_key == "label" else labels
+        return self.loss_fn(self.forward_fn(self.net, images, forward_labels), targets)
 
 
 def _labels_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -190,7 +232,11 @@ METHODS: dict[str, tuple[str, ...]] = {
     "gradcampp": (),
     "sfs1": ("positions", *_SFS_OPTIONS),
     "sfs2": ("positions", *_SFS_OPTIONS),
+    "supervised": ("segmenter", "segmenter_kwargs", "topk_fraction", "lambda_dice", "lambda_ce"),
+    "prior": ("kind", "sigma"),
 }
+#: the bounds: methods that are not WSOL classifiers (``backbone`` / ``net_kwargs`` do not apply to them)
+BOUNDS: tuple[str, ...] = ("supervised", "prior")
 
 
 def available_methods() -> tuple[str, ...]:
@@ -239,10 +285,11 @@ def build_method(
         name: one of :func:`available_methods`.
         spatial_dims: 2 or 3 (``vgg16`` is 2D only; every method works in 3D on ``densenet121``).
         in_channels: image channels.
-        num_classes: K >= 2.
-        backbone: ``"densenet121"`` or ``"vgg16"``.
+        num_classes: K >= 2 (``supervised``: 2, lesion / no lesion).
+        backbone: ``"densenet121"`` or ``"vgg16"``; not used by the bounds (:data:`BOUNDS`), which have their
+            own nets (so that one configuration, e.g. the benchmark's, serves every method).
         net_kwargs: extra arguments of the backbone class (e.g. ``{"pretrained": True}``,
-            ``{"low_stride": True}``).
+            ``{"low_stride": True}``); not used by the bounds (``supervised`` takes ``segmenter_kwargs``).
         options: method options (see ``METHODS[name]`` and ``docs/baselines.md``); unknown ones raise.
 
     Returns:
@@ -267,6 +314,8 @@ def build_method(
         num_classes=num_classes,
         net_kwargs=net_kwargs,
     )
+    if name in BOUNDS:
+        return _build_bound(name, spatial_dims, in_channels, int(num_classes), **options)
     resolved: dict[str, Any] = {"backbone": backbone, **options}
 
     if name in _PLUGINS:
@@ -313,3 +362,63 @@ def build_method(
             options=resolved,
         )
     return MethodSpec(name, net, [], classification_loss, ForwardCAM(), options=resolved)  # "cam"
+
+
+def _fit_mask_prior(net: MaskPrior, items: Iterable[Mapping[str, Any]]) -> None:
+    def masks() -> Iterable[torch.Tensor]:
+        for item in items:
+            if item.get("mask") is None:
+                raise KeyError(
+                    "method 'prior': a training item has no 'mask'; the mean-mask prior needs the GT masks "
+                    "of the training split (negatives: all-zero masks or none, see make_preprocessing)."
+                )
+            yield item["mask"]
+
+    net.fit(masks())
+
+
+def _build_bound(
+    name: str, spatial_dims: int, in_channels: int, num_classes: int, **options: Any
+) -> MethodSpec:
+    """``supervised`` (ceiling) and ``prior`` (floor); see ``docs/baselines.md``, "Bounds"."""
+    # the GT mask in the training batches, binary float: acting on "mask" makes make_preprocessing load it
+    mask_transforms: list[Callable] = [AsDiscreted("mask", threshold=0.5)]
+    if name == "supervised":
+        if num_classes != 2:
+            raise ValueError(
+                f"method 'supervised' segments one lesion class: num_classes must be 2, got {num_classes}."
+            )
+        segmenter = options.get("segmenter", "unet")
+        if segmenter not in SEGMENTERS:
+            raise ValueError(f"unknown segmenter {segmenter!r}; valid segmenters: {', '.join(SEGMENTERS)}.")
+        seg_kwargs = dict(options.get("segmenter_kwargs") or {})
+        seg_net, divisor = build_segmenter(segmenter, spatial_dims, in_channels, **seg_kwargs)
+        topk = float(options.get("topk_fraction", 0.001))
+        net = SegmentationLocalizer(seg_net, spatial_dims, in_channels, divisor=divisor, topk_fraction=topk)
+        loss = DiceBCELoss(options.get("lambda_dice", 1.0), options.get("lambda_ce", 1.0))
+        resolved = {
+            "segmenter": segmenter,
+            "segmenter_kwargs": seg_kwargs,
+            "topk_fraction": topk,
+            "lambda_dice": float(loss.dice_ce.lambda_dice),
+            "lambda_ce": float(loss.dice_ce.lambda_ce),
+        }
+        # the map is the lesion probability itself: no per-image min-max normalisation
+        return MethodSpec(
+            name, net, mask_transforms, loss, ForwardCAM(normalize=False), options=resolved, target_key="mask"
+        )
+    kind = options.get("kind", "mean")
+    sigma = float(options.get("sigma", 0.25))
+    net = MaskPrior(spatial_dims, in_channels, num_classes, kind=kind, sigma=sigma)
+    resolved = {"kind": kind, **({"sigma": sigma} if kind == "center" else {})}
+    if kind == "center":
+        return MethodSpec(name, net, [], classification_loss, ForwardCAM(), options=resolved)
+    return MethodSpec(
+        name,
+        net,
+        mask_transforms,
+        classification_loss,
+        ForwardCAM(),
+        options=resolved,
+        fit=functools.partial(_fit_mask_prior, net),
+    )

@@ -9,7 +9,10 @@ nearest-neighbour interpolation, so they stay binary.
 Stages (``stage`` argument of :func:`make_preprocessing`):
 
 - ``"train"``: ``image`` (+ ``label``): resize, random flip, then the method's own per-sample transforms
-  (e.g. Hide-and-Seek), last;
+  (e.g. Hide-and-Seek), last. With ``mask`` too when the method trains on it (its transforms act on the
+  ``"mask"`` key, as the ``supervised`` and ``prior`` bounds' do, or ``with_mask=True``): the mask is resized
+  with nearest-neighbour interpolation and flipped with the image, and a negative item (label 0) without a
+  mask gets an all-zero one;
 - ``"validate"``: ``image``, ``mask`` (+ ``label``): resize both, no randomness;
 - ``"evaluate"``: ``image``, ``mask`` (+ ``label``, ``boxes``) on the image's own grid (the CAM is upsampled
   to it, so GT masks and boxes are compared where they were drawn);
@@ -18,21 +21,26 @@ Stages (``stage`` argument of :func:`make_preprocessing`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from monai.transforms import (
     Compose,
     EnsureTyped,
+    Lambda,
+    MapTransform,
     RandFlipd,
     Resized,
     ScaleIntensityRangePercentilesd,
     SelectItemsd,
 )
+from monai.utils import ensure_tuple
 
 from monai_wsol.data.readers import make_load_transforms
 
-__all__ = ["STAGES", "make_preprocessing", "intensity_transform"]
+__all__ = ["STAGES", "NegativeMaskd", "make_preprocessing", "intensity_transform", "transforms_use_key"]
 
 STAGES: tuple[str, ...] = ("train", "validate", "evaluate", "infer")
 
@@ -50,6 +58,61 @@ def intensity_transform(
     )
 
 
+def transforms_use_key(transforms: Sequence[Callable], key: Hashable) -> bool:
+    """Whether a dictionary transform of ``transforms`` (nested ``Compose`` included) acts on ``key``."""
+    for t in transforms:
+        if key in ensure_tuple(getattr(t, "keys", ())):
+            return True
+        if isinstance(t, Compose) and transforms_use_key(t.transforms, key):
+            return True
+    return False
+
+
+def _drop_missing_mask(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not (k == "mask" and v is None)}
+
+
+class NegativeMaskd(MapTransform):
+    """Give an item without a GT mask an all-zero one (the image's first channel's grid) when it is negative.
+
+    An item of another class without a mask raises: a method that trains on masks cannot use it.
+
+    Args:
+        keys: the mask key.
+        image_key: the image whose grid (and metadata) the zero mask takes.
+        label_key: the class (an index, or one-hot / scores whose argmax is the class).
+        negative_class: the class whose images hold no lesion.
+    """
+
+    def __init__(
+        self,
+        keys: Hashable = "mask",
+        image_key: Hashable = "image",
+        label_key: Hashable = "label",
+        negative_class: int = 0,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key, self.label_key, self.negative_class = image_key, label_key, int(negative_class)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if d.get(key) is not None:
+                continue
+            label = d.get(self.label_key)
+            values = None if label is None else np.asarray(torch.as_tensor(label).cpu()).reshape(-1)
+            cls = None if values is None else int(values.argmax() if values.size > 1 else values[0])
+            if cls != self.negative_class:
+                image = d.get(self.image_key)
+                source = getattr(image, "meta", {}).get("filename_or_obj", "an item")
+                raise ValueError(
+                    f"{source} (class {cls}) has no '{key}': training on GT masks needs one for every image "
+                    f"of a lesion class (an image of class {self.negative_class} without one gets zeros)."
+                )
+            d[key] = torch.zeros_like(d[self.image_key][:1])
+        return d
+
+
 def make_preprocessing(
     stage: str,
     spatial_dims: int,
@@ -60,6 +123,7 @@ def make_preprocessing(
     flip_prob: float = 0.5,
     flip_axis: int | Sequence[int] | None = 0,
     method_transforms: Sequence[Callable] = (),
+    with_mask: bool | None = None,
 ) -> Compose:
     """The preprocessing ``Compose`` of one stage (see the module docstring).
 
@@ -73,21 +137,35 @@ def make_preprocessing(
         flip_prob, flip_axis: random flip of training images (``flip_prob=0`` disables it). Axis 0 is
             left-right for axial slices in RAS-like storage.
         method_transforms: the method's per-sample training transforms (``MethodSpec.train_transforms``).
+        with_mask: load the GT ``mask`` for the ``"train"`` stage (a method that trains on it);
+            ``None`` (default): when a method transform acts on the ``"mask"`` key. The other stages are fixed
+            (``"validate"`` / ``"evaluate"`` load it, ``"infer"`` does not).
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}.")
-    with_mask = stage in ("validate", "evaluate")
+    if stage == "train":
+        with_mask = transforms_use_key(method_transforms, "mask") if with_mask is None else bool(with_mask)
+    elif with_mask is not None and bool(with_mask) != (stage in ("validate", "evaluate")):
+        raise ValueError(f"with_mask applies to the 'train' stage only; stage {stage!r} fixes it.")
+    else:
+        with_mask = stage in ("validate", "evaluate")
     keys = ["image", "mask"] if with_mask else ["image"]
-    xforms: list[Callable] = [
+    # training on masks: negatives may come without one (they get zeros after loading)
+    negatives_without_mask = with_mask and stage == "train"
+    xforms: list[Callable] = [Lambda(_drop_missing_mask)] if negatives_without_mask else []
+    xforms += [
         make_load_transforms(
             keys=keys,
             spatial_dims=spatial_dims,
             spacing=spacing,
             orientation=orientation,
             mask_keys=["mask"] if with_mask else [],
+            allow_missing_keys=negatives_without_mask,
         ),
-        intensity_transform("image", *intensity_percentiles),
     ]
+    if negatives_without_mask:
+        xforms.append(NegativeMaskd("mask"))
+    xforms.append(intensity_transform("image", *intensity_percentiles))
     if spatial_size is not None and stage in ("train", "validate"):
         modes = ["bilinear", "nearest"] if with_mask else ["bilinear"]
         if spatial_dims == 3:
@@ -95,7 +173,7 @@ def make_preprocessing(
         xforms.append(Resized(keys, spatial_size=list(spatial_size), mode=modes))
     if stage == "train":
         if flip_prob > 0 and flip_axis is not None:
-            xforms.append(RandFlipd("image", prob=flip_prob, spatial_axis=flip_axis))
+            xforms.append(RandFlipd(keys, prob=flip_prob, spatial_axis=flip_axis))
         xforms.extend(method_transforms)
     elif method_transforms:
         raise ValueError("method_transforms apply to the 'train' stage only.")
@@ -103,7 +181,7 @@ def make_preprocessing(
         xforms.append(EnsureTyped("image", dtype=torch.float32))
         return Compose(xforms)
     xforms.append(EnsureTyped("label", dtype=torch.long, allow_missing_keys=True))
-    selected = {"train": ["image", "label"], "validate": ["image", "label", "mask"]}.get(stage)
+    selected = {"train": keys[:1] + ["label"] + keys[1:], "validate": ["image", "label", "mask"]}.get(stage)
     if selected is not None:
         xforms.append(SelectItemsd(selected, allow_missing_keys=True))
     return Compose(xforms)

@@ -9,6 +9,14 @@ each maps onto a hook MONAI's trainer already has:
   the trainer's ``inferer``, which receives the labels from :class:`MethodBatch`;
 - its loss (ACoL sums its two heads' losses): the trainer's ``loss_function``.
 
+Two more serve the bounds of :mod:`monai_wsol.methods` (``supervised``, ``prior``): the loss target may be
+another batch key than the label (``MethodSpec.target_key``: the GT ``mask`` for ``supervised``;
+:class:`MethodBatch` hands it to the loss and the class labels to the forward, and the output's ``label`` is
+the class label again once the loss is computed, for the metrics); and a method may be fitted on the
+training data once before the first iteration (``MethodSpec.fit``: ``prior``'s mean mask), which
+:class:`MethodTrainer` does when it starts, on :func:`training_items` (the training preprocessing without
+its random transforms).
+
 Everything else (optimiser step, AMP, gradient accumulation, handlers, DDP) is MONAI's, so the bundle's
 ``train.json`` and the benchmark run every method through the same loop. A forward that returns more than the
 logits (ACoL's two heads) is reduced to the logits once the loss is computed, before the post-processing and
@@ -17,19 +25,32 @@ the metrics read ``pred``.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer
-from monai.utils import CommonKeys
+from monai.transforms import Compose, Randomizable
+from monai.utils import CommonKeys, convert_to_tensor
 
 from monai_wsol.methods import MethodSpec
 
-__all__ = ["MethodBatch", "MethodInferer", "MethodTrainer", "logits_of", "run_method_training"]
+__all__ = [
+    "MethodBatch",
+    "MethodInferer",
+    "MethodTrainer",
+    "logits_of",
+    "run_method_training",
+    "training_items",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -47,10 +68,12 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 class MethodBatch(PrepareBatch):
-    """``prepare_batch`` of a method: image and label to the device, then the method's batch augmentation.
+    """``prepare_batch`` of a method: image, label (and loss target) to the device, then the method's batch
+    augmentation.
 
-    Returns ``(images, targets, (), {"labels": targets})`` so that :class:`MethodInferer` can hand the
-    (possibly mixed) labels to forwards that need them.
+    Returns ``(images, targets, (), {"labels": labels})`` so that :class:`MethodInferer` can hand the
+    (possibly mixed) labels to forwards that need them. ``targets`` is the batch's ``method.target_key``
+    entry: the labels themselves (then ``labels`` is ``targets``) or, for ``supervised``, the GT masks.
 
     Args:
         method: the method; its ``batch_fn`` (``(images, labels) -> (images, labels)``) may be ``None``.
@@ -58,6 +81,8 @@ class MethodBatch(PrepareBatch):
 
     def __init__(self, method: MethodSpec) -> None:
         self.batch_fn = method.batch_fn
+        self.target_key = method.target_key
+        self.method_name = method.name
 
     def set_random_state(self, seed: int | None = None, state: Any = None) -> MethodBatch:
         """Reseed the batch augmentation (see :class:`~monai_wsol.engines.EpochSeed`)."""
@@ -75,9 +100,22 @@ class MethodBatch(PrepareBatch):
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         if labels is None:
             raise ValueError("training batches need a 'label' (the image-level class).")
+        targets = labels
+        if self.target_key != CommonKeys.LABEL:
+            target = batchdata.get(self.target_key) if isinstance(batchdata, Mapping) else None
+            if target is None:
+                raise ValueError(
+                    f"method {self.method_name!r} trains on '{self.target_key}': the training batches carry "
+                    f"none. Build the training preprocessing with the method's transforms "
+                    f"(make_preprocessing('train', ..., method_transforms=spec.train_transforms)), which "
+                    f"load it."
+                )
+            targets = target.to(device=device, non_blocking=non_blocking, **kwargs)
         if self.batch_fn is not None:
-            images, labels = self.batch_fn(images, labels)
-        return images, labels, (), {"labels": labels}
+            images, targets = self.batch_fn(images, targets)
+            if self.target_key == CommonKeys.LABEL:
+                labels = targets
+        return images, targets, (), {"labels": labels}
 
 
 class MethodInferer(Inferer):
@@ -121,11 +159,67 @@ class MethodTrainer(SupervisedTrainer):
         )
         self.method = method
         self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._keep_logits)
+        if method.fit is not None:
+            self.add_event_handler(Events.STARTED, self._fit_method)
 
     @staticmethod
     def _keep_logits(engine: MethodTrainer) -> None:
-        # the loss has read the full output; post-processing and metrics see the logits
-        engine.state.output[CommonKeys.PRED] = logits_of(engine.state.output[CommonKeys.PRED])
+        # the loss has read the full output; post-processing and metrics see the logits and the class labels
+        output = engine.state.output
+        output[CommonKeys.PRED] = logits_of(output[CommonKeys.PRED])
+        if engine.method.target_key != CommonKeys.LABEL:
+            labels = convert_to_tensor(engine.state.batch[CommonKeys.LABEL], track_meta=False)
+            output[CommonKeys.LABEL] = labels.to(output[CommonKeys.PRED].device)
+
+    @staticmethod
+    def _fit_method(engine: MethodTrainer) -> None:
+        # before the first iteration (and before a resumed checkpoint is loaded, which then overwrites it)
+        t0 = time.perf_counter()
+        engine.method.fit(training_items(engine.data_loader))
+        logger.info(
+            "method %r fitted on the training data in %.1f s", engine.method.name, time.perf_counter() - t0
+        )
+
+
+def _deterministic(transform: Any) -> Any:
+    """``transform`` without its random parts (a ``Compose`` loses its ``Randomizable`` members)."""
+    if transform is None:
+        return None
+    if isinstance(transform, Compose):
+        kept = [
+            _deterministic(t) if type(t) is Compose else t  # a nested Compose kept by flatten(): recurse
+            for t in transform.flatten().transforms
+            if type(t) is Compose or not isinstance(t, Randomizable)
+        ]
+        return Compose(kept, map_items=transform.map_items, unpack_items=transform.unpack_items)
+    return None if isinstance(transform, Randomizable) else transform
+
+
+def training_items(loader: Iterable) -> Iterator[dict[str, Any]]:
+    """Every item of a training loader's data set, through its preprocessing without the random transforms.
+
+    The data are the data set's ``data`` (MONAI ``Dataset`` / ``CacheDataset``; a ``torch`` ``Subset`` of one
+    is followed), each item is a fresh copy through the data set's transform with its ``Randomizable``
+    members (random flips, Hide-and-Seek, ...) left out: what a method's ``fit`` sees is deterministic and
+    the same on every rank, whatever the sampler and the random state. Every item is read once.
+
+    Args:
+        loader: a ``DataLoader`` (or the data set itself).
+    """
+    dataset = getattr(loader, "dataset", loader)
+    indices = None
+    if isinstance(dataset, torch.utils.data.Subset):
+        indices, dataset = list(dataset.indices), dataset.dataset
+    data = getattr(dataset, "data", None)
+    if data is None:
+        raise TypeError(
+            f"training_items needs a data set with the items in `.data` (MONAI Dataset / CacheDataset), got "
+            f"{type(dataset).__name__}."
+        )
+    transform = _deterministic(getattr(dataset, "transform", None))
+    for i in range(len(data)) if indices is None else indices:
+        item = dict(data[i])
+        yield transform(item) if transform is not None else item
 
 
 def run_method_training(

@@ -1,6 +1,14 @@
-"""Classifiers that localize: CAM in the graph, plug-ins at named positions, plain checkpoints still load."""
+"""Classifiers that localize: CAM in the graph, plug-ins at named positions, plain checkpoints still load;
+the floor and ceiling nets (:mod:`monai_wsol.networks.nets.bounds`)."""
 
 from monai_wsol.networks.nets.acol import ACoLClassifier, acol_loss
+from monai_wsol.networks.nets.bounds import (
+    SEGMENTERS,
+    DiceBCELoss,
+    MaskPrior,
+    SegmentationLocalizer,
+    build_segmenter,
+)
 from monai_wsol.networks.nets.cam_classifier import CAMClassifier, ClassIndex, resolve_class_idx
 from monai_wsol.networks.nets.densenet import DENSENET_PRESETS, CAMDenseNet121
 from monai_wsol.networks.nets.insertion import insert_after, load_plain_state_dict, resolve_positions
@@ -12,6 +20,11 @@ __all__ = [
     "DENSENET_PRESETS",
     "VGG16_POSITIONS",
     "VGG16_PRESETS",
+    "SEGMENTERS",
+    "DiceBCELoss",
+    "MaskPrior",
+    "SegmentationLocalizer",
+    "build_segmenter",
     "CAMClassifier",
     "CAMDenseNet121",
     "CAMVGG16",
