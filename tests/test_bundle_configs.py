@@ -93,8 +93,8 @@ def test_inference_config_parses_without_monai_label():
 
 @pytest.mark.parametrize("method", ["cam", "gradcam", "gradcampp", "sfs2"])
 def test_evaluate_runs_the_methods_extractor(method):
-    # evaluate.json overrides inference.json: its evaluator must keep the method's extractor (Grad-CAM maps for
-    # the post-hoc methods, not the in-graph CAM)
+    # evaluate.json overrides inference.json: its evaluator must keep the method's extractor (Grad-CAM maps
+    # for the post-hoc methods, not the in-graph CAM)
     from monai_wsol.extractors import ForwardCAM, GradCAMExtractor
 
     parser = ConfigParser()
