@@ -9,6 +9,10 @@
 - :class:`LocalizationWriter`: an ignite handler writing, for each image, the CAM and the mask as NIfTI (input
   affine), a DICOM-SEG referencing the source series when the input is DICOM, and a JSON with the class
   probabilities and the boxes in voxel and world coordinates; plus a ``predictions.json``/``.csv`` summary.
+
+Batch runs over uncurated folders (one bad input skipped, the others done) are described in
+:mod:`monai_wsol.engines.batch`: ``CAMEvaluator(isolate_failures=True)`` and the writer record a failing input
+there instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -28,6 +32,17 @@ from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
 from monai.utils import CommonKeys
 
+from monai_wsol.engines.batch import (
+    IMAGE_SUFFIXES,
+    INDEX_META,
+    RECORD_KEY,
+    STEM_META,
+    InputRecord,
+    add_records,
+    image_stem,
+    localization_path,
+    record_from_exception,
+)
 from monai_wsol.engines.handlers import is_main_process, write_rows
 from monai_wsol.extractors import CAMExtractor, ClassSelection, get_extractor
 
@@ -38,22 +53,8 @@ __all__ = [
     "unwrap_network",
     "image_stem",
     "inference_items",
+    "prediction_row",
 ]
-
-#: file endings read as one image each by :func:`inference_items`
-IMAGE_SUFFIXES = (
-    ".nii.gz",
-    ".nii",
-    ".dcm",
-    ".nrrd",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".tif",
-    ".tiff",
-)
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,13 @@ class CAMEvaluator(SupervisedEvaluator):
             localization metrics compare the map with; MONAI's evaluator keeps only image, label and pred).
         extractor: a :class:`~monai_wsol.extractors.CAMExtractor` or its name (``"cam"``, ``"gradcam"``,
             ``"gradcampp"``); default ``"cam"`` (the network's ``forward_cam``).
+        isolate_failures: batch semantics (:mod:`monai_wsol.engines.batch`): an iteration whose inference
+            (forward pass, CAM, postprocessing) raises records a failed
+            :class:`~monai_wsol.engines.batch.InputRecord` for each of its inputs in
+            ``engine.state.input_records`` and outputs ``[]`` instead of stopping the run; each input
+            inferred records a ``done``. Off (the default, e.g. validation during training), errors raise.
+            The records of items a :class:`~monai_wsol.engines.batch.GuardedDataset` did not load are
+            passed on in both cases (a failed one raises when off).
         args, kwargs: those of :class:`~monai.engines.SupervisedEvaluator`; ``inferer`` is replaced by a
             :class:`CAMInferer`.
 
@@ -134,6 +142,7 @@ class CAMEvaluator(SupervisedEvaluator):
         cam_key: str = "cam",
         batch_keys: Sequence[str] = (),
         extractor: CAMExtractor | str | None = None,
+        isolate_failures: bool = False,
         **kwargs: Any,
     ) -> None:
         if not (isinstance(cam_class, int) or cam_class in ("pred", "label")) or isinstance(cam_class, bool):
@@ -147,7 +156,33 @@ class CAMEvaluator(SupervisedEvaluator):
         self.cam_class = cam_class
         self.cam_key = cam_key
         self.batch_keys = tuple(batch_keys)
+        self.isolate_failures = bool(isolate_failures)
         self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._split_pred)
+
+    def _iteration(self, engine: CAMEvaluator, batchdata: dict[str, torch.Tensor]) -> dict | list:
+        records = batchdata.pop(RECORD_KEY, []) if isinstance(batchdata, dict) else []
+        if records:
+            failed = [r for r in records if r.status == "failed"]
+            if failed and not self.isolate_failures:
+                raise RuntimeError(f"CAMEvaluator: {failed[0].line()}")
+            add_records(engine, records)
+        if isinstance(batchdata, dict) and CommonKeys.IMAGE not in batchdata:
+            return []  # every item of this batch was a record
+        if not self.isolate_failures:
+            return super()._iteration(engine, batchdata)
+        image = batchdata[CommonKeys.IMAGE]
+        try:
+            output = super()._iteration(engine, batchdata)
+        except Exception as e:
+            failed = [record_from_exception(i, s, "inference", e) for i, s in _batch_inputs(image)]
+            add_records(engine, failed)
+            return []
+        items = output if isinstance(output, list) else [output]
+        add_records(
+            engine,
+            [InputRecord(i, s, "done", "inference") for i, s in _batch_inputs(image)][: len(items)],
+        )
+        return output
 
     def _split_pred(self, engine: CAMEvaluator) -> None:
         # runs on FORWARD_COMPLETED, i.e. before MONAI decollates and post-processes the output at
@@ -183,13 +218,24 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
-def image_stem(path: str | os.PathLike) -> str:
-    """File stem of an input (``a/b/ct.nii.gz`` -> ``ct``; a DICOM series folder -> the folder name)."""
-    name = Path(str(path).rstrip("/\\")).name
-    for ext in IMAGE_SUFFIXES:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+def _as_list(value: Any, n: int) -> list:
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.reshape(-1).tolist()] if value.numel() == n else [value] * n
+    if isinstance(value, (list, tuple)) and len(value) == n:
+        return list(value)
+    return [value] * n
+
+
+def _batch_inputs(image: Any) -> list[tuple[int, str]]:
+    """``(index, source)`` of each item of a collated image batch (from the meta a ``GuardedDataset`` set)."""
+    n = int(image.shape[0]) if isinstance(image, torch.Tensor) and image.ndim > 0 else 1
+    meta = image.meta if isinstance(image, MetaTensor) else {}
+    indices = _as_list(meta.get(INDEX_META, -1), n)
+    sources = _as_list(meta.get("filename_or_obj", "<unknown input>"), n)
+    return [
+        (int(i) if isinstance(i, (int, float, torch.Tensor)) else -1, str(s))
+        for i, s in zip(indices, sources, strict=True)
+    ]
 
 
 def _dicom_source(path: str) -> str | None:
@@ -262,16 +308,24 @@ class LocalizationWriter:
     """Write each image's localization (attach to the inference/evaluation evaluator,
     ``ITERATION_COMPLETED``).
 
-    Per image, under ``output_dir`` (``<stem>`` is the input's file stem, de-duplicated with a counter):
+    Per image, under ``output_dir`` (``<stem>`` is the input's file stem, de-duplicated with a counter in
+    input order; a :class:`~monai_wsol.engines.batch.GuardedDataset` fixes it before the run):
 
     - ``<stem>_cam.nii.gz``, ``<stem>_mask.nii.gz``: the CAM (float32, [0, 1]) and the binary mask (uint8), on
       the input's grid with the input's affine (:func:`monai_wsol.writers.write_nifti`);
     - ``<stem>_seg.dcm``: a DICOM-SEG of the mask referencing the source series/instance, when the input was
-      DICOM and ``write_dicom_seg`` is on;
+      DICOM and ``write_dicom_seg`` is on (referencing the instances actually used when a corrupt one was left
+      out, see :class:`~monai_wsol.data.readers.DicomSeriesReader`);
     - ``<stem>_localization.json``: class probabilities, predicted class, boxes (MONAI ``StandardMode``, voxel
-      and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`).
+      and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`) and the other files' paths.
 
-    At ``COMPLETED``: ``predictions.json`` and ``predictions.csv`` with one row per image.
+    Every file is written to a temporary name and renamed, and the JSON is written last: its presence marks
+    the input complete (:func:`~monai_wsol.engines.batch.completed_output`), so a killed run leaves no input
+    looking complete. With an evaluator whose ``isolate_failures`` is on, an input whose writing fails loses
+    the files already written for it and is recorded as failed at ``write`` (the run goes on).
+
+    At ``COMPLETED``: ``predictions.json`` and ``predictions.csv`` with one row per image, in input order,
+    built from the JSON files, including the inputs whose outputs were already complete (a re-run).
 
     Args:
         output_dir: output folder.
@@ -307,6 +361,7 @@ class LocalizationWriter:
         self.pred_is_prob = bool(pred_is_prob)
         self.extra = dict(extra or {})
         self.rows: list[dict] = []
+        self._keyed_rows: list[tuple[int, dict]] = []
         self._stems: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
@@ -315,7 +370,7 @@ class LocalizationWriter:
         engine.add_event_handler(Events.COMPLETED, self.write_summary)
 
     def _reset(self, engine: Engine) -> None:
-        self.rows, self._stems = [], set()
+        self.rows, self._keyed_rows, self._stems = [], [], set()
 
     def _unique_stem(self, stem: str) -> str:
         out, i = stem, 1
@@ -328,17 +383,41 @@ class LocalizationWriter:
         if not is_main_process():
             return
         outputs = engine.state.output
+        isolate = bool(getattr(engine, "isolate_failures", False))
         for item in outputs if isinstance(outputs, list) else [outputs]:
-            self.rows.append(self.write_item(item))
+            image = item[self.image_key]
+            meta = image.meta if isinstance(image, MetaTensor) else {}
+            index = int(meta.get(INDEX_META, len(self._keyed_rows)))
+            if not isolate:
+                self._keyed_rows.append((index, self.write_item(item)))
+                continue
+            source = str(meta.get("filename_or_obj", "image"))
+            try:
+                row = self.write_item(item)
+            except Exception as e:
+                add_records(engine, [record_from_exception(index, source, "write", e)])
+                continue
+            self._keyed_rows.append((index, row))
+            add_records(engine, [InputRecord(index, source, "done", "write", output=row["files"]["json"])])
 
     def write_item(self, item: dict) -> dict:
-        """Write one decollated item's files; returns its summary row."""
+        """Write one decollated item's files (the JSON last); returns its summary row. On an error the files
+        already written for the item are removed."""
+        written: list[Path] = []
+        try:
+            return self._write_item(item, written)
+        except BaseException:
+            for f in written:
+                f.unlink(missing_ok=True)
+            raise
+
+    def _write_item(self, item: dict, written: list[Path]) -> dict:
         from monai_wsol.writers import write_boxes_json, write_nifti
 
         image = item[self.image_key]
         meta = image.meta if isinstance(image, MetaTensor) else {}
         source = str(meta.get("filename_or_obj", "image"))
-        stem = self._unique_stem(image_stem(source))
+        stem = str(meta[STEM_META]) if meta.get(STEM_META) else self._unique_stem(image_stem(source))
         affine = np.asarray(
             _plain(image.affine) if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64
         )
@@ -353,15 +432,20 @@ class LocalizationWriter:
         # (MONAI 1.6.1)
         cam = _plain(item[self.cam_key]).detach().cpu().float().numpy()[0]
         mask = _plain(item[self.mask_key]).detach().cpu().numpy()[0] > 0
-        files = {
-            "cam": str(write_nifti(cam.astype(np.float32), affine, self.output_dir / f"{stem}_cam.nii.gz")),
-            "mask": str(write_nifti(mask.astype(np.uint8), affine, self.output_dir / f"{stem}_mask.nii.gz")),
-        }
+        files: dict[str, str] = {}
+        for name, array in (("cam", cam.astype(np.float32)), ("mask", mask.astype(np.uint8))):
+            target = self.output_dir / f"{stem}_{name}.nii.gz"
+            written.append(write_nifti(array, affine, target))
+            files[name] = str(target)
         dicom = _dicom_source(source) if self.write_dicom_seg else None
         if dicom is not None:
             from monai_wsol.writers import write_dicom_seg
 
-            files["dicom_seg"] = str(write_dicom_seg(mask, dicom, self.output_dir / f"{stem}_seg.dcm"))
+            used = str(meta.get("dicom_source_files") or "")
+            reference: Any = used.splitlines() if used else dicom
+            target = self.output_dir / f"{stem}_seg.dcm"
+            written.append(write_dicom_seg(mask, reference, target))
+            files["dicom_seg"] = str(target)
         spatial_dims = cam.ndim
         boxes = item.get(self.box_key)
         boxes = (
@@ -369,9 +453,13 @@ class LocalizationWriter:
         )
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
-        files["json"] = str(
+        extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
+        if "dicom_seg" in files:
+            extra["seg_file"] = files["dicom_seg"]
+        json_path = localization_path(self.output_dir, stem)
+        written.append(
             write_boxes_json(
-                self.output_dir / f"{stem}_localization.json",
+                json_path,
                 boxes_voxel=boxes,
                 affine=affine,
                 boxes_world=None if world is None else _plain(torch.as_tensor(world)).cpu().numpy(),
@@ -380,17 +468,10 @@ class LocalizationWriter:
                 class_probabilities=probs_list,
                 class_names=names,
                 spatial_dims=spatial_dims,
-                extra={"cam_file": files["cam"], "mask_file": files["mask"], **self.extra},
+                extra={**extra, **self.extra},
             )
         )
-        return {
-            "image": source,
-            "stem": stem,
-            "predicted_class": names[int(np.argmax(probs_list))],
-            **{f"p_{n}": p for n, p in zip(names, probs_list, strict=True)},
-            "n_boxes": int(len(boxes)),
-            "files": files,
-        }
+        return prediction_row(json_path)
 
     def _names(self, k: int) -> list[str]:
         if self.class_names is not None and len(self.class_names) != k:
@@ -400,12 +481,43 @@ class LocalizationWriter:
         return self.class_names if self.class_names is not None else [str(i) for i in range(k)]
 
     def write_summary(self, engine: Engine) -> None:
-        """``predictions.json`` (full rows) and ``predictions.csv`` (flat columns) in ``output_dir``."""
+        """``predictions.json`` (full rows) and ``predictions.csv`` (flat columns) in ``output_dir``, one row
+        per written input and per input whose outputs were already complete, in input order."""
         if not is_main_process():
             return
+        keyed = list(self._keyed_rows)
+        for r in getattr(engine.state, "input_records", None) or []:
+            if r.status == "skipped" and r.stage == "resume" and r.output:
+                keyed.append((r.index, prediction_row(r.output)))
+        keyed.sort(key=lambda kr: kr[0])
+        self.rows = [row for _, row in keyed]
         flat = [
             {k: v for k, v in r.items() if k != "files"} | {f"file_{k}": v for k, v in r["files"].items()}
             for r in self.rows
         ]
         write_rows(self.output_dir, "predictions", self.rows, csv_rows=flat)
         logger.info(f"Wrote {len(self.rows)} localizations to {self.output_dir}")
+
+
+def prediction_row(json_path: str | os.PathLike) -> dict:
+    """The ``predictions.json`` row of one input, read from its per-input JSON (written by
+    :class:`LocalizationWriter`): image, stem, predicted class, one ``p_<class>`` per class, the number of
+    boxes, and the files."""
+    import json
+
+    path = Path(json_path)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    probs = [float(p) for p in doc["class_probabilities"]]
+    names = doc.get("class_names") or [str(i) for i in range(len(probs))]
+    files = {"cam": doc["cam_file"], "mask": doc["mask_file"]}
+    if doc.get("seg_file"):
+        files["dicom_seg"] = doc["seg_file"]
+    files["json"] = str(path)
+    return {
+        "image": doc["image"],
+        "stem": path.name[: -len("_localization.json")],
+        "predicted_class": names[int(np.argmax(probs))],
+        **{f"p_{n}": p for n, p in zip(names, probs, strict=True)},
+        "n_boxes": len(doc["boxes"]),
+        "files": files,
+    }
