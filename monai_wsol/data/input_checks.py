@@ -4,8 +4,9 @@
 take, or takes it in the documented way:
 
 - **spatial dims**: a 3D volume given to a 2D model is refused, naming the 3D configuration
-  (``configs/train_3d.json``); a 2D image given to a 3D model likewise. A volume with a single slice
-  (X, Y, 1) is a 2D image: the slice axis is dropped (affine kept for the remaining axes).
+  (``configs/train_3d.json``; inference then runs with ``--spatial_dims 3`` and that model); a 2D image given
+  to a 3D model likewise. A volume with a single slice (X, Y, 1) is a 2D image: the slice axis is dropped
+  (affine kept for the remaining axes).
 - **channels**: a colour photograph (PNG/JPEG/TIFF/BMP, RGB or RGBA, or gray + alpha) given to a
   one-channel model is converted to grayscale with the ITU-R 601 luma weights (PIL's ``"L"``; alpha is
   dropped) and a warning; any other channel mismatch is refused.
@@ -124,8 +125,8 @@ class InputChecksd(MapTransform):
         if self.spatial_dims == 2 and len(spatial) == 3:
             raise InputCheckError(
                 f"{source}: a 3D volume ({_shape(spatial)} voxels) cannot go to this 2D model "
-                f"(slice-by-slice inference is not available); use a 3D model: train it with {CONFIG_3D} "
-                f"and run inference with --config_file \"['bundle/configs/inference.json','{CONFIG_3D}']\""
+                f"(slice-by-slice inference is not available); use a 3D model: train one with {CONFIG_3D}, "
+                "then run inference with --spatial_dims 3 --ckpt_path <that model.pt>"
             )
         if self.spatial_dims == 3 and len(spatial) == 2:
             raise InputCheckError(

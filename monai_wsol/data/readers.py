@@ -170,8 +170,9 @@ def without_pixel_data(path: PathLike, ds: Any) -> ImageReadError | None:
         return NotAnImageError(f"{path}: a DICOMDIR (directory index), not an image")
     if name and "Image" not in name and "." not in name:  # a named non-image class; "." is an unknown UID
         return NotAnImageError(f"{path}: a DICOM {name} object without pixel data, not an image")
-    what = f"a {name} object" if name else "no SOP class (damaged header?)"
-    return ImageReadError(f"{path}: DICOM file without pixel data and {what}")
+    if name:
+        return ImageReadError(f"{path}: a DICOM {name} object without pixel data (cut short or damaged?)")
+    return ImageReadError(f"{path}: a DICOM file without pixel data or SOP class (damaged header?)")
 
 
 @dataclass
@@ -212,7 +213,7 @@ def scan_dicom_folder(folder: PathLike) -> DicomFolderScan:
             # defer_size: large values (the pixel data) are skipped over, so their presence is known unread
             ds = pydicom.dcmread(f, defer_size="64 KB")
         except Exception as e:  # pydicom raises several types for damaged headers
-            scan.unreadable.append((f, f"unreadable DICOM header ({_short(e)})"))
+            scan.unreadable.append((f, f"unreadable DICOM header ({short_error(e)})"))
             continue
         problem = without_pixel_data(f, ds)
         if isinstance(problem, NotAnImageError):
@@ -353,7 +354,8 @@ class DicomSeriesReader(PydicomReader):
         except ImageReadError:
             raise
         except Exception as e:
-            raise ImageReadError(f"{data}: unreadable DICOM ({type(e).__name__}: {e})") from e
+            name = names[0] if len(names) == 1 else list(names)
+            raise ImageReadError(f"{name}: unreadable DICOM ({short_error(e)})") from e
 
     def _read_series(self, folder: Path, **kwargs: Any) -> Any:
         import pydicom
@@ -369,7 +371,7 @@ class DicomSeriesReader(PydicomReader):
                 datasets.append(pydicom.dcmread(f, **kwargs_) if kwargs_ else scan.datasets[f])
                 names.append(str(f))
             except Exception as e:
-                corrupt.append((f, f"unreadable DICOM ({_short(e)})"))
+                corrupt.append((f, f"unreadable DICOM ({short_error(e)})"))
         if not datasets:
             f, reason = corrupt[0]
             raise ImageReadError(f"{folder}: no readable instance in this series (e.g. {f.name}: {reason})")
@@ -394,7 +396,7 @@ class DicomSeriesReader(PydicomReader):
             return super().get_data(data)
         except Exception as e:
             names = self.filenames if len(self.filenames) > 1 else self.filenames[0]
-            raise ImageReadError(f"{names}: cannot decode DICOM pixel data ({type(e).__name__}: {e})") from e
+            raise ImageReadError(f"{names}: cannot decode DICOM pixel data ({short_error(e)})") from e
 
     def _get_series_data(self, data: Any) -> tuple[np.ndarray, dict]:
         folder = self._series_folder
@@ -415,7 +417,7 @@ class DicomSeriesReader(PydicomReader):
             try:
                 self._get_array_data(ds, name)
             except Exception as e:
-                corrupt.append((Path(name), f"pixel data does not decode ({_short(e)})"))
+                corrupt.append((Path(name), f"pixel data does not decode ({short_error(e)})"))
             else:
                 good.append((ds, name))
         if not corrupt:  # every instance decodes on its own: the failure is the series' own
@@ -446,9 +448,10 @@ class DicomSeriesReader(PydicomReader):
         return array, meta
 
 
-def _short(e: BaseException) -> str:
-    """``Type: first clause of the message`` (pydicom's decoding messages run to several sentences)."""
-    text = str(e).split(" - ")[0].splitlines()[0] if str(e) else ""
+def short_error(e: BaseException) -> str:
+    """``Type: first clause of the message``, for one-line reports (pydicom's messages run to several
+    sentences, some with a traceback inside)."""
+    text = str(e).split(" - ")[0].splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text[:160]}"
 
 
@@ -484,7 +487,7 @@ def _read_error(filename: Any, e: Exception) -> ImageReadError:
     if isinstance(e, ImageReadError):
         return e
     name = filename if isinstance(filename, (str, os.PathLike)) else list(ensure_tuple(filename))
-    return ImageReadError(f"{name}: cannot read image ({type(e).__name__}: {e})")
+    return ImageReadError(f"{name}: cannot read image ({short_error(e)})")
 
 
 class LoadImageChecked(LoadImage):

@@ -13,7 +13,8 @@ bundle's ``inference.json`` / ``evaluate.json``:
   and goes on; ``LocalizationWriter`` does the same for a failing write;
 - :class:`InputLog`: an ignite handler printing one line per skipped or failed input, a progress bar, the
   summary, ``failures.csv`` and the log file with the full tracebacks; :meth:`InputLog.raise_if_failed`, run
-  after the evaluator, ends the run with :class:`InputsFailed` (exit status 1) when an input failed.
+  after the evaluator, ends the run with :class:`InputsFailed` (exit status 1) when an input failed or when
+  no input gave outputs.
 
 Statuses: ``done`` (outputs written), ``skipped`` (not an image, or outputs already complete from an earlier
 run: a note, not a failure) and ``failed``. Stages: ``list``, ``resume``, ``load``, ``check``, ``inference``,
@@ -51,11 +52,13 @@ __all__ = [
     "INDEX_META",
     "InputRecord",
     "InputsFailed",
+    "OutputWriteError",
     "GuardedDataset",
     "InputLog",
     "assign_stems",
     "image_stem",
     "add_records",
+    "as_flag",
     "completed_output",
     "guarded_collate",
     "list_inputs",
@@ -91,6 +94,12 @@ INDEX_META = "input_index"
 LOCALIZATION_SUFFIX = "_localization.json"
 #: the longest reason printed on the console (the log file has it whole)
 MAX_REASON = 400
+#: temporary files of monai_wsol.io_utils.atomic_path: ``.<name>.<mkstemp's 8 characters>.tmp[<suffix>]``
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+#: loggers that log several INFO lines per input (highdicom: per DICOM-SEG), kept to warnings during a run
+QUIET_LOGGERS = ("highdicom",)
 #: phrases of read errors that already say what to do
 _GIVES_HINT = ("; replace", "; put each", "; give", "; check")
 
@@ -122,6 +131,11 @@ class InputRecord:
         return f"{self.status}: {self.input} ({self.stage}): {self.reason}"
 
 
+class OutputWriteError(RuntimeError):
+    """An input's outputs cannot be written (e.g. a DICOM-SEG its header cannot support); the message names
+    the input and says what to do."""
+
+
 class InputsFailed(SystemExit):
     """Raised by :meth:`InputLog.raise_if_failed` after every output, ``failures.csv`` and the summary are
     written, when at least one input failed.
@@ -134,6 +148,18 @@ class InputsFailed(SystemExit):
     def __init__(self, message: str, failures: Sequence[InputRecord] = ()) -> None:
         super().__init__(message)
         self.failures = list(failures)
+
+
+def as_flag(value: Any, key: str) -> bool:
+    """A config flag as a ``bool``: ``True``/``False``, 0/1, or (from the command line, where
+    ``--fail_fast false`` arrives as the string ``"false"``) true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{key} must be true or false, got {value!r}")
 
 
 def image_stem(path: str | os.PathLike) -> str:
@@ -197,7 +223,7 @@ def _clear_cause(exc: BaseException) -> BaseException:
         chain.append(e)
         e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     for e in chain:
-        if isinstance(e, (ImageReadError, InputCheckError)):
+        if isinstance(e, (ImageReadError, InputCheckError, OutputWriteError)):
             return e
     return chain[-1]
 
@@ -206,8 +232,8 @@ def record_from_exception(index: int, source: str, stage: str, exc: BaseExceptio
     """An :class:`InputRecord` for an exception raised while handling ``source`` at ``stage``.
 
     :class:`~monai_wsol.data.readers.NotAnImageError`: ``skipped``; image read errors: ``failed`` at
-    ``load``; input check errors: ``failed`` at ``check``; anything else: ``failed`` at ``stage`` with the
-    exception's type and message.
+    ``load``; input check errors: ``failed`` at ``check``; :class:`OutputWriteError`: ``failed`` at
+    ``write``; anything else: ``failed`` at ``stage`` with the exception's type and message.
     """
     cause = _clear_cause(exc)
     message = str(cause).removeprefix(f"{source}: ")
@@ -220,8 +246,11 @@ def record_from_exception(index: int, source: str, stage: str, exc: BaseExceptio
             message += "; replace or re-export the file, or remove it from the input"
     elif isinstance(cause, InputCheckError):
         stage = "check"
+    elif isinstance(cause, OutputWriteError):
+        stage = "write"
     else:
-        message = f"{type(cause).__name__}: {message}; the traceback is in the log file of the output folder"
+        first = message.strip().splitlines()[0] if message.strip() else ""
+        message = f"{type(cause).__name__}: {first}; the traceback is in the log file of the output folder"
     detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return InputRecord(index, str(source), status, stage, _one_line(message), detail)
 
@@ -347,7 +376,7 @@ class GuardedDataset(Dataset):
     ) -> None:
         super().__init__(data, transform)
         self.output_dir = None if output_dir is None else Path(output_dir)
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_flag(overwrite, "overwrite")
         self.image_key = image_key
         self.sources = [str(item.get(image_key, "")) if isinstance(item, Mapping) else "" for item in data]
         self.stems = assign_stems(self.sources)
@@ -364,6 +393,9 @@ class GuardedDataset(Dataset):
             if done is not None:
                 reason = f"outputs already complete ({done.name}); overwrite=true redoes them"
                 return {RECORD_KEY: InputRecord(index, source, "skipped", "resume", reason, output=str(done))}
+        if not Path(source).exists():
+            reason = "no such file or folder; check the path"
+            return {RECORD_KEY: InputRecord(index, source, "failed", "load", reason)}
         try:
             out = super()._transform(index)
         except Exception as e:
@@ -435,12 +467,17 @@ class InputLog:
 
     - one console line per skipped input (``warning``) and per failed input (``error``): the input, the
       stage, what is wrong and what to do; the full traceback goes to ``<output_dir>/<log_name>`` (which
-      also receives the run's log), or to the console as well with ``debug``;
+      also receives the run's log), or to the console as well with ``debug``; inputs whose outputs were
+      already complete are counted in the summary and listed in the log file only;
     - a progress bar over the inputs (ignite's ``ProgressBar``);
     - at the end: ``failures.csv`` (``input, stage, reason``, one row per failure, header only when none)
       and a summary line with the counts;
     - ``fail_fast``: the run stops at the first failure (after writing the above);
-    - :meth:`raise_if_failed`: run it after the evaluator; raises :class:`InputsFailed` when an input failed.
+    - :meth:`raise_if_failed`: run it after the evaluator; raises :class:`InputsFailed` when an input failed
+      or when no input gave outputs;
+    - during the run, the per-input INFO chatter of :data:`QUIET_LOGGERS` is silenced (warnings still show);
+    - at the start, temporary files a killed run left in ``output_dir`` (hidden ``.<name>.<random>.tmp*``
+      files of :func:`monai_wsol.io_utils.atomic_path`) are removed.
 
     Args:
         output_dir: where ``failures.csv`` and the log file go.
@@ -462,9 +499,9 @@ class InputLog:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.log_path = self.output_dir / log_name
-        self.fail_fast = bool(fail_fast)
-        self.debug = bool(debug)
-        self.progress = bool(progress)
+        self.fail_fast = as_flag(fail_fast, "fail_fast")
+        self.debug = as_flag(debug, "debug")
+        self.progress = as_flag(progress, "progress")
         self.name = name
         self.records: dict[int, InputRecord] = {}
         self.total: int | None = None
@@ -472,6 +509,7 @@ class InputLog:
         self._seen = 0
         self._file_handler: logging.Handler | None = None
         self._redirect: Any = None
+        self._levels: dict[str, int] = {}
         self._traceback_logger = logging.getLogger(f"{__name__}.tracebacks")
         self._traceback_logger.propagate = False
         self._traceback_logger.setLevel(logging.DEBUG)
@@ -494,6 +532,7 @@ class InputLog:
         dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
         self.total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
         self._open_log()
+        self._remove_temporaries()
         logger.info(
             "%s: %s inputs -> %s (log: %s)",
             self.name,
@@ -521,6 +560,16 @@ class InputLog:
             console.setFormatter(logging.Formatter("%(message)s"))
             self._traceback_logger.addHandler(console)
         self._file_handler = handler
+        self._levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+
+    def _remove_temporaries(self) -> None:
+        stale = [p for p in self.output_dir.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            logger.info("%s: removed %d temporary file(s) of an interrupted run", self.name, len(stale))
 
     def _close_log(self) -> None:
         if self._redirect is not None:
@@ -531,6 +580,9 @@ class InputLog:
             self._file_handler.close()
             self._file_handler = None
         self._traceback_logger.handlers = []
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._levels = {}
 
     def _exception(self, engine: Engine, e: Exception) -> None:
         logger.error("%s: stopped by an error that is not one input's (traceback follows)", self.name)
@@ -544,7 +596,9 @@ class InputLog:
         for r in new:
             key = r.index if r.index >= 0 else -(len(self.records) + 1)
             self.records[key] = r
-            if r.status == "skipped":
+            if r.status == "skipped" and r.stage == "resume":
+                self._traceback_logger.info(r.line())  # log file only: counted in the summary
+            elif r.status == "skipped":
                 logger.warning(r.line())
             elif r.status == "failed":
                 logger.error(r.line())
@@ -601,13 +655,20 @@ class InputLog:
         atomic_write_text(self.failures_path, buf.getvalue())
 
     def raise_if_failed(self) -> None:
-        """Raise :class:`InputsFailed` (exit status 1) when an input failed; run it after the evaluator."""
+        """Raise :class:`InputsFailed` (exit status 1) when an input failed, or when no input gave outputs
+        (all skipped); run it after the evaluator."""
         c = self.counts()
+        if not c.failed and not c.done and not c.resumed:
+            raise InputsFailed(
+                f"{self.name}: no input gave outputs ({c.skipped} skipped, see the lines above); "
+                "check the input"
+            )
         if c.failed:
             total = self.total if self.total is not None else len(self.records)
+            others = c.done + c.resumed
+            written = f"the outputs of the {others} other(s) are written" if others else "nothing was written"
             raise InputsFailed(
                 f"{self.name}: {c.failed} of {total} input(s) failed, listed in {self.failures_path} "
-                f"(tracebacks in {self.log_path}); the outputs of the {c.done + c.resumed} other(s) are "
-                "written",
+                f"(log: {self.log_path}); {written}",
                 c.failures,
             )

@@ -32,12 +32,14 @@ from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
 from monai.utils import CommonKeys
 
+from monai_wsol.data.readers import short_error
 from monai_wsol.engines.batch import (
     IMAGE_SUFFIXES,
     INDEX_META,
     RECORD_KEY,
     STEM_META,
     InputRecord,
+    OutputWriteError,
     add_records,
     image_stem,
     localization_path,
@@ -255,7 +257,11 @@ def inference_items(
     base_dir: str | os.PathLike | None = None,
     spatial_dims: int = 2,
 ) -> list[dict]:
-    """The items ``[{"image": ...}, ...]`` the inference workflow runs on.
+    """The images of a folder or datalist, checked before any is run: the first problem raises.
+
+    The bundle's inference runs on :func:`monai_wsol.engines.batch.list_inputs` instead, which lists the same
+    inputs but records each problem (a missing folder, a file that is no image) as that input's instead of
+    raising, so one bad input does not stop the others.
 
     Args:
         input_dir: a user's folder (wins over ``datalist`` when given). Each file with a known image ending
@@ -444,7 +450,13 @@ class LocalizationWriter:
             used = str(meta.get("dicom_source_files") or "")
             reference: Any = used.splitlines() if used else dicom
             target = self.output_dir / f"{stem}_seg.dcm"
-            written.append(write_dicom_seg(mask, reference, target))
+            try:
+                written.append(write_dicom_seg(mask, reference, target))
+            except Exception as e:  # highdicom raises many types for headers a SEG cannot reference
+                raise OutputWriteError(
+                    f"{source}: cannot write its DICOM-SEG ({short_error(e)}); its DICOM header "
+                    "lacks what a SEG references (write_dicom_seg=false skips DICOM-SEGs)"
+                ) from e
             files["dicom_seg"] = str(target)
         spatial_dims = cam.ndim
         boxes = item.get(self.box_key)
