@@ -714,3 +714,26 @@ def test_completed_output_needs_the_same_image_and_every_file(tmp_path):
     assert completed_output(tmp_path, "a", "/other/a.nii.gz") is None
     (tmp_path / "a_localization.json").write_text('{"image": "/in/a.nii.gz", "cam_f')  # cut short
     assert completed_output(tmp_path, "a", "/in/a.nii.gz") is None
+
+
+def test_strict_listing_raises_on_the_first_problem(tmp_path):
+    # inference_items is list_inputs with all-or-nothing semantics: same inputs, the first problem raises
+    from monai_wsol.engines import inference_items
+    from monai_wsol.engines.batch import list_inputs
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference_items(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no image"):
+        inference_items(tmp_path / "empty")
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (good / name).write_bytes(b"placeholder")  # listing reads names, not voxels
+    (good / "notes.txt").write_text("not an image")
+    listed = [i["image"] for i in list_inputs(good) if "input_problem" not in i]
+    assert (
+        [i["image"] for i in inference_items(good)]
+        == listed
+        == [str(good / "a.nii.gz"), str(good / "b.nii.gz")]
+    )

@@ -34,14 +34,15 @@ from monai.utils import CommonKeys
 
 from monai_wsol.data.readers import short_error
 from monai_wsol.engines.batch import (
-    IMAGE_SUFFIXES,
     INDEX_META,
+    PROBLEM_KEY,
     RECORD_KEY,
     STEM_META,
     InputRecord,
     OutputWriteError,
     add_records,
     image_stem,
+    list_inputs,
     localization_path,
     record_from_exception,
 )
@@ -257,57 +258,22 @@ def inference_items(
     base_dir: str | os.PathLike | None = None,
     spatial_dims: int = 2,
 ) -> list[dict]:
-    """The images of a folder or datalist, checked before any is run: the first problem raises.
-
-    The bundle's inference runs on :func:`monai_wsol.engines.batch.list_inputs` instead, which lists the same
-    inputs but records each problem (a missing folder, a file that is no image) as that input's instead of
-    raising, so one bad input does not stop the others.
-
-    Args:
-        input_dir: a user's folder (wins over ``datalist`` when given). Each file with a known image ending
-            (:data:`IMAGE_SUFFIXES`) is one image, and each sub-folder holding DICOM files is one series.
-            DICOM files directly in ``input_dir`` are one series when ``spatial_dims`` is 3, one image each
-            when it is 2.
-        datalist: a Decathlon-style datalist, read with ``monai_wsol.data.load_datalist``.
-        split: the datalist split.
-        base_dir: folder the datalist's relative paths are relative to (default: the datalist's folder).
-        spatial_dims: the network's spatial dims.
+    """The images of a folder or datalist, as :func:`~monai_wsol.engines.batch.list_inputs` lists them, but
+    strict: the first input that cannot be run raises (for callers that want all or nothing; the bundle's
+    inference runs on ``list_inputs`` itself, so one bad input does not stop the others).
 
     Raises:
-        FileNotFoundError: ``input_dir`` does not exist or holds no image.
+        FileNotFoundError: naming the input and what is wrong with it.
         ValueError: neither ``input_dir`` nor ``datalist`` was given.
     """
-    if input_dir:
-        from pydicom.misc import is_dicom
-
-        root = Path(input_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"input_dir '{root}' is not a folder.")
-        items: list[dict] = []
-        loose_dicom = []
-        for p in sorted(root.iterdir()):
-            if p.is_dir():
-                if _dicom_source(str(p)) is not None:
-                    items.append({"image": str(p)})
-            elif p.name.lower().endswith(IMAGE_SUFFIXES) or is_dicom(str(p)):
-                if p.name.lower().endswith(".dcm") or is_dicom(str(p)):
-                    loose_dicom.append(str(p))
-                else:
-                    items.append({"image": str(p)})
-        if loose_dicom:
-            items += [{"image": str(root)}] if spatial_dims == 3 else [{"image": f} for f in loose_dicom]
-        if not items:
-            raise FileNotFoundError(
-                f"input_dir '{root}' holds no image ({', '.join(IMAGE_SUFFIXES)}) or DICOM series."
-            )
-        return items
-    if datalist is None:
+    if not input_dir and datalist is None:
         raise ValueError("inference needs input_dir (a folder of images) or datalist (a datalist JSON).")
-    from monai_wsol.data import load_datalist
-
-    items = load_datalist(datalist, split, base_dir=base_dir, require_label=False)
-    # the datalist's boxes/labels are lists of varying length: keep only what inference reads
-    return [{"image": item["image"]} for item in items]
+    items = list_inputs(input_dir, datalist, split, base_dir=base_dir, spatial_dims=spatial_dims)
+    for item in items:
+        problem = item.get(PROBLEM_KEY)
+        if problem is not None and problem.get("status") != "skipped":
+            raise FileNotFoundError(f"{item.get('image', input_dir)}: {problem.get('reason')}")
+    return [{"image": item["image"]} for item in items if PROBLEM_KEY not in item]
 
 
 class LocalizationWriter:
