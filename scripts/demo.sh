@@ -28,7 +28,7 @@ fi
 
 echo "== 2/4 training ($EPOCHS epochs) -> runs/$RUN, bundle/models/model.pt"
 "$PY" -m monai.bundle run training --config_file bundle/configs/train.json \
-  --dataset_dir "$DATA" --output_dir runs --run_name "$RUN" --epochs "$EPOCHS"
+  --dataset_dir "$DATA" --output_dir runs --run_name "$RUN" --epochs "$EPOCHS" --export_model true
 
 echo "== 3/4 inference on the test split -> $OUT/inference"
 "$PY" -m monai.bundle run inference --config_file bundle/configs/inference.json \

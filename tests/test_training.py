@@ -14,6 +14,7 @@ from monai_wsol.engines import (
     AtomicCheckpointSaver,
     MetricsTableWriter,
     NonFiniteLossError,
+    RunRefused,
     find_last_checkpoint,
     resume_checkpoint,
 )
@@ -84,7 +85,7 @@ def test_resume_gives_same_weights(data_dir, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
-    run = _train(data_dir, tmp_path, "nan", **{"train#trainer#max_epochs": 1})
+    run = _train(data_dir, tmp_path, "nan", export_model=True, **{"train#trainer#max_epochs": 1})
     ckpt = run / "checkpoints" / "checkpoint_epoch=1.pt"
     exported = tmp_path / "bundle" / "models" / "model.pt"
     before, exported_before = ckpt.read_bytes(), exported.read_bytes()
@@ -147,12 +148,12 @@ def test_atomic_checkpoint_saver_keeps_old_file_on_failed_save(tmp_path, monkeyp
 
 def test_resume_checkpoint_resolution(tmp_path):
     assert resume_checkpoint(False, tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="no 'checkpoint_epoch"):
+    with pytest.raises(RunRefused, match="holds no 'checkpoint_epoch"):
         resume_checkpoint(True, tmp_path)
     for n in (2, 10, 9):
         (tmp_path / f"checkpoint_epoch={n}.pt").write_bytes(b"x")
     assert resume_checkpoint(True, tmp_path).endswith("checkpoint_epoch=10.pt")  # numeric, not lexical
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
+    with pytest.raises(RunRefused, match="nope.pt"):
         resume_checkpoint(str(tmp_path / "nope.pt"), tmp_path)
 
 

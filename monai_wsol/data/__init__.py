@@ -4,7 +4,13 @@
 out of the package import keeps ``import monai_wsol.data`` light.
 """
 
-from monai_wsol.data.datalist import DatalistError, load_datalist, probe_image
+from monai_wsol.data.datalist import (
+    DatalistError,
+    DatalistProblem,
+    load_datalist,
+    probe_image,
+    validate_datalist,
+)
 from monai_wsol.data.preprocessing import STAGES, intensity_transform, make_preprocessing
 from monai_wsol.data.readers import (
     DicomSeriesReader,
@@ -22,6 +28,7 @@ __all__ = [
     "intensity_transform",
     "make_preprocessing",
     "DatalistError",
+    "DatalistProblem",
     "DicomSeriesReader",
     "ImageReadError",
     "LoadImageChecked",
@@ -32,4 +39,5 @@ __all__ = [
     "make_load_transforms",
     "probe_image",
     "select_reader",
+    "validate_datalist",
 ]

@@ -4,11 +4,14 @@
   (and any checkpoint written later) stay the last good ones.
 - :class:`EpochSeed`: reseeds every RNG (and the transforms' own random states) from ``seed + epoch`` at the
   start of each epoch, which makes a resumed run draw exactly what the uninterrupted one drew.
-- :class:`AtomicCheckpointSaver`: MONAI's :class:`~monai.handlers.CheckpointSaver` with atomic writes.
+- :class:`AtomicCheckpointSaver`: MONAI's :class:`~monai.handlers.CheckpointSaver` with atomic writes, which
+  also keeps only its latest checkpoints and its best model across a resume.
+- :class:`ResumeCheckpointLoader`: MONAI's :class:`~monai.handlers.CheckpointLoader` that skips optional
+  entries a checkpoint lacks.
 - :class:`MetricsTableWriter`: one row per evaluator run (validation epoch or evaluation), written atomically
   to CSV and JSON.
 - :class:`ExportModel`: copies the best checkpoint to the bundle's ``models/model.pt`` when training
-  completes.
+  completes, if asked to (and logs what it did or did not do).
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import DiskSaver
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointSaver
-from monai.utils import CommonKeys, set_determinism
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import CommonKeys, ensure_tuple, set_determinism
 
 from monai_wsol.io_utils import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
 
@@ -38,10 +42,12 @@ __all__ = [
     "NonFiniteLossGuard",
     "EpochSeed",
     "AtomicCheckpointSaver",
+    "ResumeCheckpointLoader",
     "MetricsTableWriter",
     "ExportModel",
     "is_main_process",
     "atomic_copy",
+    "batch_files",
     "write_rows",
 ]
 
@@ -91,36 +97,68 @@ class NonFiniteLossError(RuntimeError):
     """Raised by :class:`NonFiniteLossGuard`; training stops before the bad step is applied."""
 
 
+def batch_files(batch: Any, key: str = CommonKeys.IMAGE) -> list[str]:
+    """The source files of a collated batch's ``key``: MONAI's ``filename_or_obj`` metadata of the
+    ``MetaTensor`` (or of ``<key>_meta_dict``); empty when the batch carries none."""
+    if not isinstance(batch, Mapping):
+        return []
+    meta = getattr(batch.get(key), "meta", None)
+    if not isinstance(meta, Mapping) or "filename_or_obj" not in meta:
+        meta = batch.get(f"{key}_meta_dict")
+    if not isinstance(meta, Mapping) or meta.get("filename_or_obj") is None:
+        return []
+    return [str(name) for name in ensure_tuple(meta["filename_or_obj"])]
+
+
 class NonFiniteLossGuard:
     """Stop a :class:`~monai.engines.SupervisedTrainer` when the loss is NaN or infinite.
 
     It runs on MONAI's ``IterationEvents.LOSS_COMPLETED``, i.e. after the loss and *before* ``backward`` and
     ``optimizer.step``: the network, the optimizer and every checkpoint already on disk keep the last good
     state. Raising (rather than ``engine.terminate()``) matters: a terminate would still fire ``COMPLETED``
-        and
-    handlers there (final checkpoints, model export) would run as if training had succeeded.
+    and handlers there (final checkpoints, model export) would run as if training had succeeded.
+
+    The error names the files of the offending batch (their ``filename_or_obj`` metadata, see
+    :func:`batch_files`) and the last epoch checkpoint in ``checkpoint_dir``, or says that none was written.
 
     Args:
-        checkpoint_dir: mentioned in the error message so the user knows where the last good weights are.
+        checkpoint_dir: the run's checkpoint folder, searched for the last good checkpoint on a failure.
     """
 
-    def __init__(self, checkpoint_dir: str | None = None) -> None:
+    def __init__(self, checkpoint_dir: str | os.PathLike | None = None) -> None:
         self.checkpoint_dir = checkpoint_dir
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def _last_checkpoint(self) -> str | None:
+        if self.checkpoint_dir is None:
+            return None
+        from monai_wsol.engines.training import find_last_checkpoint  # training imports this module
+
+        return find_last_checkpoint(self.checkpoint_dir)
 
     def __call__(self, engine: Engine) -> None:
         loss = engine.state.output[CommonKeys.LOSS]
         value = float(loss.detach().float().cpu()) if torch.is_tensor(loss) else float(loss)
         if math.isfinite(value):
             return
-        where = f" The last good checkpoints are in '{self.checkpoint_dir}'." if self.checkpoint_dir else ""
+        files = batch_files(engine.state.batch)
+        held = (
+            f"The batch held {len(files)} image(s): {', '.join(files)}."
+            if files
+            else "The batch carries no file names (no 'filename_or_obj' image metadata)."
+        )
+        last = self._last_checkpoint()
+        if last is not None:
+            where = f"The last good checkpoint is '{last}' (resume=true continues from it)."
+        else:
+            where = "No checkpoint was written before it."
         raise NonFiniteLossError(
-            f"Non-finite training loss ({value}) at epoch {engine.state.epoch}, "
-            f"iteration {engine.state.iteration}: "
-            f"training stopped before the optimizer step, the weights were not updated.{where} "
-            "Lower the learning rate, disable AMP or check the input intensities."
+            f"Non-finite training loss ({value}) at epoch {engine.state.epoch}, iteration "
+            f"{engine.state.iteration}: training stopped before the optimizer step, the weights were not "
+            f"updated. {held} {where} Check these images' intensities (the datalist check with "
+            "check_voxels=true rejects NaN/Inf voxels), lower the learning rate or disable AMP."
         )
 
 
@@ -188,13 +226,26 @@ class _AtomicDiskSaver(DiskSaver):
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files survive an interruption at any moment.
+    """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files survive an interruption at any moment, and
+    whose bookkeeping survives a resume.
 
     MONAI 1.x builds ignite's ``DiskSaver`` with ``atomic=False`` (so a crash during ``torch.save`` can leave
     a truncated file) and deletes the previous checkpoint before writing the next. This subclass swaps in a
     saver that writes to a temporary file in the same folder and ``os.replace``-s it (ignite's atomic mode,
     which also restores group/other read permission, MONAI's reason for turning it off), and deletes
-    superseded files only after the new one is in place. Arguments are those of ``CheckpointSaver``.
+    superseded files only after the new one is in place.
+
+    Across a resume (a new process continuing a run):
+
+    - the interval checkpoints (``checkpoint_epoch=<N>.pt``) already in ``save_dir`` with ``N`` below the
+      current epoch are adopted at the first save, so ``n_saved`` counts them and the stale ones are deleted
+      once the new one is written (MONAI's saver knows only the files of its own process and would leave
+      them);
+    - the best key-metric score is restored when this saver's :meth:`state_dict` is part of a checkpoint
+      that the resume loads (``load_state_dict``), so the first validation after a resume replaces the best
+      model only if it beats the score reached before the interruption.
+
+    Arguments are those of ``CheckpointSaver``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -203,6 +254,86 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if ckpt is not None:
                 old = ckpt.save_handler
                 ckpt.save_handler = _AtomicDiskSaver(old.dirname, getattr(old, "filename", None))
+        self._adopted = False
+
+    def state_dict(self) -> dict:
+        """The key-metric tracking list, ``{"_saved": [(score, file name), ...]}`` (empty without one)."""
+        if self._key_metric_checkpoint is None:
+            return {"_saved": []}
+        return {"_saved": [(float(p), str(f)) for p, f in self._key_metric_checkpoint._saved]}
+
+    def _interval_file_pattern(self) -> re.Pattern:
+        """The names ignite gives this saver's interval checkpoints, the step captured."""
+        ckpt = self._interval_checkpoint
+        to_save = ckpt.to_save or {}
+        pattern = Checkpoint.setup_filename_pattern(
+            with_prefix=len(ckpt.filename_prefix) > 0,
+            with_score=True,
+            with_score_name=ckpt.score_name is not None,
+            with_global_step=False,
+        )
+        name = next(iter(to_save)) if len(to_save) == 1 else "checkpoint"
+        marker = "\x00step\x00"
+        text = pattern.format(
+            filename_prefix=ckpt.filename_prefix,
+            name=name,
+            score_name=ckpt.score_name,
+            score=marker,
+            ext=ckpt.ext,
+        )
+        return re.compile(re.escape(text).replace(re.escape(marker), r"(\d+)"))
+
+    def _adopt_earlier_files(self, engine: Engine) -> None:
+        """Count the interval checkpoints an earlier process left (steps below the current one) as saved;
+        those beyond ``n_saved`` are deleted after the next checkpoint is written."""
+        ckpt = self._interval_checkpoint
+        step = engine.state.epoch if self.epoch_level else engine.state.iteration
+        pattern = self._interval_file_pattern()
+        known = {item.filename for item in ckpt._saved}
+        found = []
+        for path in Path(self.save_dir).glob(f"*.{ckpt.ext}"):
+            match = pattern.fullmatch(path.name)
+            if match and path.name not in known and int(match.group(1)) < step:
+                found.append((int(match.group(1)), path.name))
+        if not found or ckpt.n_saved is None:
+            return
+        found.sort()
+        room = max(int(ckpt.n_saved) - 1 - len(ckpt._saved), 0)  # the file about to be written takes one
+        keep, stale = (found[len(found) - room :], found[: len(found) - room]) if room else ([], found)
+        ckpt._saved = sorted([*ckpt._saved, *(Checkpoint.Item(p, f) for p, f in keep)], key=lambda it: it[0])
+        for _, name in stale:
+            ckpt.save_handler.remove(name)  # queued: deleted once the new checkpoint is in place
+        kept, replaced = [f for _, f in keep], [f for _, f in stale]
+        logger.info(f"Checkpoints of an earlier process: keeping {kept}, replacing {replaced}")
+
+    def interval_completed(self, engine: Engine) -> None:
+        """Save the interval checkpoint (adopting an earlier process's files the first time)."""
+        if not self._adopted:
+            self._adopted = True
+            self._adopt_earlier_files(engine)
+        super().interval_completed(engine)
+
+
+class ResumeCheckpointLoader(CheckpointLoader):
+    """MONAI's :class:`~monai.handlers.CheckpointLoader` for a resume, tolerant of older checkpoints.
+
+    Entries of ``load_dict`` named in ``optional`` (e.g. the best-model saver's tracking state) that the
+    checkpoint does not hold are skipped with a warning instead of failing the load: a run checkpointed
+    before such an entry was added still resumes. Other arguments are those of ``CheckpointLoader``.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, optional: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(load_path, load_dict, **kwargs)
+        self.optional = tuple(optional)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.optional:
+            keys = set(torch.load(self.load_path, map_location="cpu", weights_only=True, mmap=True))
+            missing = [k for k in self.optional if k in self.load_dict and k not in keys]
+            for k in missing:
+                logger.warning(f"{self.load_path} holds no '{k}' (an older checkpoint); it starts afresh.")
+            self.load_dict = {k: v for k, v in self.load_dict.items() if k not in missing}
+        super().__call__(engine)
 
 
 class MetricsTableWriter:
@@ -278,19 +409,29 @@ class ExportModel:
         src: the best checkpoint file written by the key-metric saver.
         dst: the destination file.
         fallback: a module whose ``state_dict()`` is saved when ``src`` does not exist.
-        enabled: ``False`` to make the handler a no-op (bundle override ``export_model``).
+        enabled: ``False``: nothing is copied, the log says so (bundle key ``export_model``, default false).
     """
 
     def __init__(
         self, src: str, dst: str, fallback: torch.nn.Module | None = None, enabled: bool = True
     ) -> None:
-        self.src, self.dst, self.fallback, self.enabled = src, dst, fallback, bool(enabled)
+        if not isinstance(enabled, bool):
+            raise TypeError(
+                f"ExportModel: enabled must be a bool, got {enabled!r} (parse 'true'/'false' first)"
+            )
+        self.src, self.dst, self.fallback, self.enabled = src, dst, fallback, enabled
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not (self.enabled and is_main_process()):
+        if not is_main_process():
+            return
+        if not self.enabled:
+            best = self.src if os.path.isfile(self.src) else "the run's checkpoints"
+            logger.info(
+                f"Model not exported (export_model=false): {self.dst} left as it was; best model: {best}"
+            )
             return
         if os.path.isfile(self.src):
             atomic_copy(self.src, self.dst)
@@ -299,4 +440,4 @@ class ExportModel:
             atomic_torch_save(module.state_dict(), self.dst)
         else:
             raise FileNotFoundError(f"ExportModel: no checkpoint at '{self.src}' and no fallback module.")
-        logger.info(f"Exported model to {self.dst}")
+        logger.info(f"Exported model to {self.dst} (export_model=true)")

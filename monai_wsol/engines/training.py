@@ -1,8 +1,12 @@
-"""Helpers the bundle's training configs call: run folders, resume, deterministic sampling, DDP set-up.
+"""Helpers the bundle's training configs call: start-up checks, run folders, resume, deterministic
+sampling, DDP set-up.
 
 The workflow itself is MONAI's (``SupervisedTrainer`` + :class:`~monai_wsol.engines.inference.CAMEvaluator`
 with MONAI/ignite handlers, wired in ``bundle/configs/train.json``); this module holds only what a JSON config
 cannot express in one line.
+
+Start-up checks (datalist, resume, run folder, command-line booleans) run before the run folder is created
+and refuse a run with :class:`RunRefused`: one message on the console, exit status 1, nothing written.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,17 @@ from ignite.engine import Engine
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from torch.utils.data import Dataset, DistributedSampler
 
+from monai_wsol.data.datalist import DatalistError, validate_datalist
 from monai_wsol.engines.handlers import EpochSeed, NonFiniteLossGuard, is_main_process
 from monai_wsol.io_utils import atomic_write_json, to_jsonable
 
 __all__ = [
     "LAST_CHECKPOINT_GLOB",
+    "RunRefused",
+    "as_bool",
+    "parse_resume",
+    "checked_training_data",
+    "check_training_start",
     "find_last_checkpoint",
     "resume_checkpoint",
     "make_sampler",
@@ -85,34 +96,183 @@ def find_last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
     return max(found)[1] if found else None
 
 
-def resume_checkpoint(resume: bool | str | None, ckpt_dir: str | os.PathLike) -> str | None:
+class RunRefused(SystemExit):
+    """A training run refused at start-up, before its run folder exists: bad data or settings.
+
+    It derives from ``SystemExit``, not ``Exception``, on purpose: MONAI's config evaluation wraps every
+    ``Exception`` an expression raises in ``RuntimeError("Failed to evaluate ...")``, so the console would
+    show three or four chained tracebacks; a ``SystemExit`` passes through unwrapped, and Python prints just
+    its message and exits with status 1. From Python, catch it as ``RunRefused`` (or ``SystemExit``).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def as_bool(value: Any, key: str) -> bool:
+    """A bundle key's value as a bool: ``True``/``False``, ``1``/``0`` or a string ``true``/``false``,
+    ``yes``/``no``, ``on``/``off``, ``1``/``0`` in any case.
+
+    ``monai.bundle``'s command line passes ``--key true`` as the *string* ``'true'`` (``True`` only for
+    ``--key True``), and ``bool('false')`` is ``True``; every boolean key of ``train.json`` goes through here.
+
+    Raises:
+        RunRefused: anything else, naming ``key``.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise RunRefused(f"{key}={value!r} is not a boolean: give true or false.")
+
+
+def parse_resume(resume: Any) -> bool | str:
+    """The bundle's ``resume`` value: ``False`` (a new run), ``True`` (the run's last epoch checkpoint) or a
+    checkpoint path. Booleans are read as :func:`as_bool` reads them (``None`` and ``""`` are ``False``);
+    any other string or path is a checkpoint path.
+
+    Raises:
+        RunRefused: a value that is neither (e.g. a number other than 0/1).
+    """
+    if resume is None or (isinstance(resume, str) and not resume.strip()):
+        return False
+    if isinstance(resume, (bool, int)) or (
+        isinstance(resume, str) and resume.strip().lower() in _TRUE + _FALSE
+    ):
+        return as_bool(resume, "resume")
+    if isinstance(resume, (str, os.PathLike)):
+        return str(resume)
+    raise RunRefused(f"resume={resume!r}: give true, false or the path of a checkpoint file.")
+
+
+def resume_checkpoint(resume: Any, ckpt_dir: str | os.PathLike) -> str | None:
     """Resolve the bundle's ``resume`` option to a checkpoint path (``None``: start afresh).
 
     Args:
-        resume: ``False``/``None``: no resume; ``True``: the last epoch checkpoint in ``ckpt_dir``; a string:
-            that checkpoint file.
+        resume: see :func:`parse_resume`: false, true (the last epoch checkpoint in ``ckpt_dir``), or a
+            checkpoint file.
         ckpt_dir: the run's checkpoint folder.
 
     Raises:
-        FileNotFoundError: ``resume`` asked for a checkpoint that does not exist.
+        RunRefused: ``resume`` asked for a checkpoint that does not exist (one line saying so).
     """
-    if (
-        resume is None
-        or resume is False
-        or (isinstance(resume, str) and resume.lower() in ("", "false", "0"))
-    ):
+    resume = parse_resume(resume)
+    if resume is False:
         return None
-    if isinstance(resume, str) and resume.lower() not in ("true", "1"):
+    if resume is not True:
         if not os.path.isfile(resume):
-            raise FileNotFoundError(f"resume: checkpoint file '{resume}' does not exist.")
+            raise RunRefused(
+                f"Nothing to resume: resume='{resume}' is not a checkpoint file; give an existing "
+                f"'{LAST_CHECKPOINT_GLOB}' or resume=true to continue the run named by run_name."
+            )
         return resume
     path = find_last_checkpoint(ckpt_dir)
     if path is None:
-        raise FileNotFoundError(
-            f"resume=true but no '{LAST_CHECKPOINT_GLOB}' in '{ckpt_dir}': "
-            "give the run's name (run_name) of the run to continue, or a checkpoint path as resume."
+        raise RunRefused(
+            f"Nothing to resume: resume=true but '{ckpt_dir}' holds no '{LAST_CHECKPOINT_GLOB}'; give the "
+            "run_name of the run to continue, a checkpoint path as resume, or resume=false for a new run."
         )
     return path
+
+
+def checked_training_data(
+    datalist: str | os.PathLike,
+    base_dir: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    allow_single_class: Any = False,
+    check_voxels: Any = True,
+    splits: Sequence[str] = ("training", "validation"),
+) -> dict[str, list[dict]]:
+    """The training and validation entries of ``datalist``, checked before the run starts
+    (:func:`~monai_wsol.data.validate_datalist`).
+
+    Args:
+        datalist: the datalist JSON.
+        base_dir: folder relative paths are resolved against.
+        num_classes: the classifier's class count: labels must lie in ``0 .. num_classes - 1``.
+        allow_single_class: a split whose labels are all one class is not refused (``as_bool`` value).
+        check_voxels: decode every image and mask (truncated files, NaN/Inf voxels); ``False``: headers only.
+        splits: the splits to check and return.
+
+    Returns:
+        ``{split: entries}``, paths made absolute, for the bundle's datasets.
+
+    Raises:
+        RunRefused: the datalist cannot be used; one line per bad entry (split, index, image path, problem).
+    """
+    start = time.perf_counter()
+    try:
+        data = validate_datalist(
+            datalist,
+            splits=splits,
+            base_dir=base_dir,
+            num_classes=num_classes,
+            allow_single_class=as_bool(allow_single_class, "allow_single_class"),
+            check_voxels=as_bool(check_voxels, "check_voxels"),
+        )
+    except DatalistError as e:
+        raise RunRefused(f"Training refused before the first epoch (nothing was written): {e}") from None
+    counts = ", ".join(f"{len(v)} {k}" for k, v in data.items())
+    logger.info(f"Datalist {datalist} checked in {time.perf_counter() - start:.1f} s: {counts} entries")
+    return data
+
+
+def check_training_start(
+    run_dir: str | os.PathLike,
+    resume_path: str | None,
+    data: Mapping[str, Sequence] | None = None,
+    export_model: bool = False,
+    model_path: str | os.PathLike | None = None,
+) -> None:
+    """The last start-up check, before :func:`prepare_run_dir` creates the run folder, and the log of what
+    the run will do.
+
+    In ``train.json`` its arguments are references: resolving them checks the resume option
+    (``resume_path``, from :func:`resume_checkpoint`) and the datalist (``data``, from
+    :func:`checked_training_data`), either of which may refuse the run. Here a new run is refused in a folder
+    that already holds the epoch checkpoints of another run, which it would overwrite (and mix with its own).
+
+    Args:
+        run_dir: the run folder (need not exist).
+        resume_path: the checkpoint the run continues from, ``None`` for a new run.
+        data: the checked ``{split: entries}``, counted in the log.
+        export_model: whether the best model will be copied to ``model_path`` (logged either way).
+        model_path: the bundle's exported model file.
+
+    Raises:
+        RunRefused: ``run_dir`` holds epoch checkpoints and ``resume_path`` is not one of them.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last = find_last_checkpoint(ckpt_dir)
+    continues = resume_path is not None and Path(resume_path).resolve().parent == ckpt_dir.resolve()
+    if last is not None and not continues:
+        raise RunRefused(
+            f"Run folder '{run_dir}' already holds a run ({Path(last).name}): a new run would overwrite it. "
+            "Give another run_name, or resume=true to continue that run."
+        )
+    entries = ", ".join(f"{len(v)} {k}" for k, v in (data or {}).items())
+    entries = f" ({entries} entries)" if entries else ""
+    if resume_path is not None:
+        logger.info(f"Resuming from {resume_path} into {run_dir}{entries}")
+    else:
+        logger.info(f"New run in {run_dir}{entries}")
+    if export_model:
+        logger.info(
+            f"export_model=true: the best model will be copied to {model_path} when training completes"
+        )
+    else:
+        best = ckpt_dir / "model.pt"
+        logger.info(f"export_model=false: {model_path} will not be touched; the best model stays in {best}")
 
 
 def make_sampler(
