@@ -13,7 +13,7 @@ cd "$here"
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-data/embedded_default}
 OUT=${OUT:-outputs}
-RUN=${RUN:-demo}
+RUN=${RUN:-demo_$(date +%Y%m%d_%H%M%S)}  # a new run folder each time (a run folder is never overwritten)
 N_TRAIN=${N_TRAIN:-200}
 N_VAL=${N_VAL:-30}
 N_TEST=${N_TEST:-10}

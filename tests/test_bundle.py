@@ -61,6 +61,7 @@ def trained(tmp_path_factory) -> dict:
         "dataset_dir": str(data),
         "output_dir": str(root / "runs"),
         "run_name": "r",
+        "export_model": True,  # the inference tests read the bundle's models/model.pt
     }
     run_workflow("training", TRAIN, bundle_root=str(root / "bundle"), **overrides)
     return {"root": root, "data": data, "bundle_root": root / "bundle", "run": root / "runs" / "r"}

@@ -110,3 +110,18 @@ def test_evaluate_runs_the_methods_extractor(method):
     assert parser.get("evaluator#_target_") == "monai_wsol.engines.CAMEvaluator"
     if method == "gradcampp":
         assert extractor.plusplus
+
+
+def test_training_preprocessing_is_cached_up_to_the_first_random_transform():
+    # CacheDataset caches the transforms before the first random one: a nested Compose (random for MONAI)
+    # first in the chain would make it cache nothing, re-reading every file every epoch
+    from monai.transforms import Randomizable
+
+    from monai_wsol.data import make_preprocessing
+
+    for stage in ("train", "validate"):
+        chain = make_preprocessing(stage, spatial_dims=2, spatial_size=[32, 32]).transforms
+        first_random = next((i for i, t in enumerate(chain) if isinstance(t, Randomizable)), len(chain))
+        names = [type(t).__name__ for t in chain[:first_random]]
+        assert names[0] == "LoadImageCheckedd" and "ScaleIntensityRangePercentilesd" in names, (stage, names)
+        assert "Resized" in names, (stage, names)

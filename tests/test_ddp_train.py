@@ -47,6 +47,8 @@ def test_two_process_gloo_training(tmp_path):
             "[64,64]",
             "--amp",
             "False",
+            "--export_model",
+            "true",
         ],
         OMP_NUM_THREADS="1",
     )

@@ -154,14 +154,15 @@ def make_preprocessing(
     negatives_without_mask = with_mask and stage == "train"
     xforms: list[Callable] = [Lambda(_drop_missing_mask)] if negatives_without_mask else []
     xforms += [
-        make_load_transforms(
+        # flattened: a nested Compose counts as random for CacheDataset, which would then cache nothing
+        *make_load_transforms(
             keys=keys,
             spatial_dims=spatial_dims,
             spacing=spacing,
             orientation=orientation,
             mask_keys=["mask"] if with_mask else [],
             allow_missing_keys=negatives_without_mask,
-        ),
+        ).transforms,
     ]
     if negatives_without_mask:
         xforms.append(NegativeMaskd("mask"))
