@@ -98,6 +98,8 @@ MAX_REASON = 400
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+#: the strings a boolean key accepts from the command line, in any case
+BOOLEAN_WORDS = frozenset(_TRUE | _FALSE)
 #: loggers that log several INFO lines per input (highdicom: per DICOM-SEG), kept to warnings during a run
 QUIET_LOGGERS = ("highdicom",)
 #: phrases of read errors that already say what to do

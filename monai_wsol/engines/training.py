@@ -27,6 +27,7 @@ from monai.handlers import LrScheduleHandler, ValidationHandler
 from torch.utils.data import Dataset, DistributedSampler
 
 from monai_wsol.data.datalist import DatalistError, validate_datalist
+from monai_wsol.engines.batch import BOOLEAN_WORDS, as_flag
 from monai_wsol.engines.handlers import EpochSeed, NonFiniteLossGuard, is_main_process
 from monai_wsol.io_utils import atomic_write_json, to_jsonable
 
@@ -113,10 +114,6 @@ class RunRefused(SystemExit):
         return self.message
 
 
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
 def as_bool(value: Any, key: str) -> bool:
     """A bundle key's value as a bool: ``True``/``False``, ``1``/``0`` or a string ``true``/``false``,
     ``yes``/``no``, ``on``/``off``, ``1``/``0`` in any case.
@@ -127,13 +124,10 @@ def as_bool(value: Any, key: str) -> bool:
     Raises:
         RunRefused: anything else, naming ``key``.
     """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise RunRefused(f"{key}={value!r} is not a boolean: give true or false.")
+    try:
+        return as_flag(value, key)
+    except ValueError:
+        raise RunRefused(f"{key}={value!r} is not a boolean: give true or false.") from None
 
 
 def parse_resume(resume: Any) -> bool | str:
@@ -147,7 +141,7 @@ def parse_resume(resume: Any) -> bool | str:
     if resume is None or (isinstance(resume, str) and not resume.strip()):
         return False
     if isinstance(resume, (bool, int)) or (
-        isinstance(resume, str) and resume.strip().lower() in _TRUE + _FALSE
+        isinstance(resume, str) and resume.strip().lower() in BOOLEAN_WORDS
     ):
         return as_bool(resume, "resume")
     if isinstance(resume, (str, os.PathLike)):
