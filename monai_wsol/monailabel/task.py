@@ -46,7 +46,7 @@ except ImportError as e:  # pragma: no cover - exercised only outside the MONAI 
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from monai_wsol.data.readers import DICOM_SUFFIXES, SITK_SUFFIXES
-from monai_wsol.engines.inference import IMAGE_SUFFIXES
+from monai_wsol.engines.batch import IMAGE_SUFFIXES
 from monai_wsol.monailabel.transforms import LABEL_OUTPUTS
 from monai_wsol.transforms.functional import REGION_MODES, check_min_size, check_tau
 from monai_wsol.writers import write_nifti
