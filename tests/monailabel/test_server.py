@@ -72,6 +72,7 @@ def bundle(work: Path) -> Path:
         dataset_dir=str(data),
         output_dir=str(work / "runs"),
         run_name="tiny",
+        export_model=True,  # the served bundle reads models/model.pt
         **{**TINY, "epochs": 1},
     )
     assert (root / "models" / "model.pt").is_file()
