@@ -125,3 +125,14 @@ def test_training_preprocessing_is_cached_up_to_the_first_random_transform():
         names = [type(t).__name__ for t in chain[:first_random]]
         assert names[0] == "LoadImageCheckedd" and "ScaleIntensityRangePercentilesd" in names, (stage, names)
         assert "Resized" in names, (stage, names)
+
+
+def test_input_checks_guard_the_bundle_dataset_not_monai_labels_pre_transforms():
+    # MONAI Label runs "preprocessing" as its pre-transforms and a 2D bundle slice by slice through volumes:
+    # the input checks (which refuse a volume for a 2D model) belong to the bundle's own dataset only
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    names = [type(t).__name__ for t in parser.get_parsed_content("preprocessing").flatten().transforms]
+    assert "InputChecksd" not in names
+    guarded = parser.get_parsed_content("dataset#transform").flatten().transforms
+    assert "InputChecksd" in [type(t).__name__ for t in guarded]
