@@ -10,6 +10,8 @@ every caller (method registry, benchmark, ignite evaluator, MONAI Label inferer)
 - class selection: ``None`` (each sample's predicted class), an ``int`` (that class for every sample), class
   indices ``(B,)`` / ``(B, 1)`` (one class per sample, e.g. the labels), or one-hot / soft labels ``(B, K)``
   (their argmax per sample);
+- optional flip test-time augmentation (``flip_axes``): the maps of the flipped inputs, flipped back, are
+  averaged with the map of the input (and so are the logits), before normalisation;
 - upsampling to the input's spatial size (bilinear in 2D, trilinear in 3D, ``align_corners=False``), then a
   per-sample min-max normalisation to [0, 1] (:func:`normalize_maps`, the package's one CAM normalisation);
 - a ``MetaTensor`` input gives ``MetaTensor`` maps carrying its metadata: the maps are on the input grid, so
@@ -27,6 +29,7 @@ so that configs can name it::
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -148,6 +151,13 @@ def resolve_class_selection(class_idx: ClassSelection, batch: int) -> torch.Tens
     return idx
 
 
+def _flip_axes(flip_axes: Sequence[int]) -> tuple[int, ...]:
+    axes = [int(a) for a in flip_axes]
+    if len(set(axes)) != len(axes) or any(a < 0 or a > 2 for a in axes):
+        raise ValueError(f"flip_axes must be distinct spatial axes in 0..2, got {list(flip_axes)}.")
+    return tuple(axes)
+
+
 class CAMExtractor(ABC):
     """Base class: eval mode and state restoration, autograd mode, class selection, upsampling, normalisation.
 
@@ -157,16 +167,27 @@ class CAMExtractor(ABC):
     Args:
         normalize: min-max normalise each map to [0, 1] (default). ``False`` returns the raw (upsampled) maps,
             for callers that normalise several calls' maps jointly with :func:`normalize_maps`.
+        flip_axes: flip test-time augmentation: for each spatial axis listed (0 = the first spatial axis), the
+            input flipped along it is run too, its raw map flipped back; the raw maps (at the input's size)
+            and the logits are averaged over the ``1 + len(flip_axes)`` passes. Empty (default): one pass.
     """
 
     #: whether :meth:`_extract` back-propagates (then it runs under ``enable_grad``, else under ``no_grad``)
     needs_grad: ClassVar[bool] = False
 
-    def __init__(self, normalize: bool = True) -> None:
+    def __init__(self, normalize: bool = True, flip_axes: Sequence[int] = ()) -> None:
         self.normalize = bool(normalize)
+        self.flip_axes = _flip_axes(flip_axes)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(normalize={self.normalize})"
+        flips = f", flip_axes={self.flip_axes}" if self.flip_axes else ""
+        return f"{type(self).__name__}(normalize={self.normalize}{flips})"
+
+    def with_flip_axes(self, flip_axes: Sequence[int]) -> CAMExtractor:
+        """A copy of this extractor with flip test-time augmentation along ``flip_axes`` (see the class)."""
+        out = copy.copy(self)
+        out.flip_axes = _flip_axes(flip_axes)
+        return out
 
     def __call__(
         self, net: nn.Module, x: torch.Tensor, class_idx: ClassSelection = None
@@ -194,14 +215,26 @@ class CAMExtractor(ABC):
         if classes is not None:
             classes = classes.to(x_plain.device)
         # gradient-based maps need autograd even when called under no_grad / inference_mode (evaluators)
-        grad_mode = _grad_enabled() if self.needs_grad else torch.no_grad()
+        grad_mode = _grad_enabled if self.needs_grad else torch.no_grad
+        if any(a >= x_plain.ndim - 2 for a in self.flip_axes):
+            raise ValueError(
+                f"{type(self).__name__}: flip_axes {self.flip_axes} for an input with {x_plain.ndim - 2} "
+                "spatial dims."
+            )
+        spatial = tuple(x_plain.shape[2:])
+        passes: list[tuple[torch.Tensor, torch.Tensor]] = []
         with preserved_module_state(net):
             net.eval()
-            with grad_mode:
-                logits, maps = self._extract(net, x_plain, classes)
-        logits, maps = _as_float(logits.detach()), _as_float(maps.detach())
-        self._check_outputs(logits, maps, class_idx, x_plain.shape[0])
-        maps = self.upsample(maps, tuple(x_plain.shape[2:]))
+            for axis in (None, *self.flip_axes):
+                dims = () if axis is None else (axis + 2,)
+                with grad_mode():
+                    logits, maps = self._extract(net, x_plain.flip(dims) if dims else x_plain, classes)
+                logits, maps = _as_float(logits.detach()), _as_float(maps.detach())
+                self._check_outputs(logits, maps, class_idx, x_plain.shape[0])
+                maps = self.upsample(maps, spatial)
+                passes.append((logits, maps.flip(dims) if dims else maps))
+        logits = torch.stack([p[0] for p in passes]).mean(0) if len(passes) > 1 else passes[0][0]
+        maps = torch.stack([p[1] for p in passes]).mean(0) if len(passes) > 1 else passes[0][1]
         if self.normalize:
             maps = normalize_maps(maps)
         if isinstance(x, MetaTensor):

@@ -45,7 +45,7 @@ from monai.utils import convert_to_tensor
 
 from monai_wsol.extractors import CAMExtractor, ForwardCAM, GradCAMExtractor
 from monai_wsol.losses import acol_loss, classification_loss
-from monai_wsol.networks.nets import CAMVGG16, CAMDenseNet121
+from monai_wsol.networks.nets import CAMVGG16, CAMDenseNet121, CAMPlainCNN
 from monai_wsol.networks.nets.acol import ACoLClassifier
 from monai_wsol.networks.nets.bounds import (
     SEGMENTERS,
@@ -66,7 +66,7 @@ __all__ = [
     "build_method",
 ]
 
-BACKBONES: tuple[str, ...] = ("densenet121", "vgg16")
+BACKBONES: tuple[str, ...] = ("cnn", "densenet121", "vgg16")
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -214,12 +214,12 @@ def _labels_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> An
 
 # name -> (registry plug-in, default positions per backbone, plug-in option names).
 # "two" on DenseNet: after its last two dense blocks (denseblock3 and denseblock4 of DenseNet121)
-_ADL_POSITIONS = {"densenet121": "two", "vgg16": ("conv3_3", "conv4_3", "conv5_3")}
+_ADL_POSITIONS = {"cnn": "two", "densenet121": "two", "vgg16": ("conv3_3", "conv4_3", "conv5_3")}
 _SFS_OPTIONS = ("cr", "t", "init", "g", "reduction_channels")
 _PLUGINS: dict[str, tuple[str, Mapping[str, Any], tuple[str, ...]]] = {
     "adl": ("adl", _ADL_POSITIONS, ("drop_rate", "gamma")),
-    "sfs1": ("dual_suppression", {"densenet121": "one", "vgg16": "one"}, _SFS_OPTIONS),
-    "sfs2": ("dual_suppression", {"densenet121": "two", "vgg16": "two"}, _SFS_OPTIONS),
+    "sfs1": ("dual_suppression", {"cnn": "one", "densenet121": "one", "vgg16": "one"}, _SFS_OPTIONS),
+    "sfs2": ("dual_suppression", {"cnn": "two", "densenet121": "two", "vgg16": "two"}, _SFS_OPTIONS),
 }
 #: method name -> the options it accepts beyond the common ones (backbone, net_kwargs).
 METHODS: dict[str, tuple[str, ...]] = {
@@ -259,6 +259,8 @@ def _backbone(
         kwargs.update(plugin=plugin, plugin_kwargs=dict(plugin_kwargs or {}))
         if positions is not None:
             kwargs["positions"] = positions
+    if backbone == "cnn":
+        return CAMPlainCNN(spatial_dims, in_channels, num_classes, **kwargs)
     if backbone == "densenet121":
         return CAMDenseNet121(spatial_dims, in_channels, num_classes, **kwargs)
     if backbone == "vgg16":
@@ -286,8 +288,9 @@ def build_method(
         spatial_dims: 2 or 3 (``vgg16`` is 2D only; every method works in 3D on ``densenet121``).
         in_channels: image channels.
         num_classes: K >= 2 (``supervised``: 2, lesion / no lesion).
-        backbone: ``"densenet121"`` or ``"vgg16"``; not used by the bounds (:data:`BOUNDS`), which have their
-            own nets (so that one configuration, e.g. the benchmark's, serves every method).
+        backbone: ``"cnn"`` (:class:`~monai_wsol.networks.nets.CAMPlainCNN`, the bundle's default),
+            ``"densenet121"`` or ``"vgg16"``; not used by the bounds (:data:`BOUNDS`), which have their own
+            nets (so that one configuration, e.g. the benchmark's, serves every method).
         net_kwargs: extra arguments of the backbone class (e.g. ``{"pretrained": True}``,
             ``{"low_stride": True}``); not used by the bounds (``supervised`` takes ``segmenter_kwargs``).
         options: method options (see ``METHODS[name]`` and ``docs/baselines.md``); unknown ones raise.

@@ -14,6 +14,8 @@ INFERENCE = str(CONFIGS / "inference.json")
 
 #: overrides that make a training run take seconds on a 2-core CPU
 TINY = {"epochs": 2, "batch_size": 4, "spatial_size": [64, 64], "num_workers": 0, "amp": False}
+#: a plain CNN (the bundle's default backbone) of 3 narrow convolutions: same code path, milliseconds a batch
+TINY_CNN = {"channels": [4, 8], "stages": [1, 2]}
 
 
 def make_tiny_data(out_dir: Path, seed: int = 0) -> Path:

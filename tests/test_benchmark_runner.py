@@ -18,7 +18,7 @@ from monai_wsol.benchmark.protocol import protocol_optimizer
 from monai_wsol.benchmark.runner import Benchmark
 from monai_wsol.engines.evaluation import load_curves
 from monai_wsol.methods import build_method
-from tests._bundle_helpers import make_tiny_data
+from tests._bundle_helpers import TINY_CNN, make_tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 #: the bundle keys an evaluation must share with the training run
@@ -66,7 +66,7 @@ def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
             "methods": ["cam", "gradcam", "sfs1"],
             "seeds": [0, 1],
             "image_size": 32,
-            "net_kwargs": TINY_NET,
+            "net_kwargs": TINY_CNN,  # the config's backbone: the plain CNN
             "train#epochs": 1,
             "train#batch_size": 4,
             "train#threads": 1,

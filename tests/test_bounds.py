@@ -32,8 +32,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 SIZE = 32
 #: a small UNet (2 levels) so that the tests take seconds
 TINY_UNET = {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
-#: the DenseNet arguments the bundle/benchmark tests give every method (ignored by the bounds)
-DENSE_KWARGS = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}
+#: the (default, plain CNN) backbone arguments the bundle/benchmark tests give every method (ignored by the
+#: bounds)
+NET_KWARGS = {"channels": [4, 8], "stages": [1, 1]}
 
 
 def _square_data(root: Path, n: int = 16, seed: int = 0, no_mask_negatives: int = 2) -> list[dict]:
@@ -107,6 +108,41 @@ def test_training_preprocessing_loads_the_mask_and_flips_it_with_the_image(squar
     # WSOL methods train as before: no mask
     plain = make_preprocessing("train", 2, spatial_size=[SIZE, SIZE])
     assert set(plain(dict(pos))) == {"image", "label"}
+
+
+def test_affine_augmentation_moves_the_mask_with_the_image(square_items):
+    from monai.transforms import RandAffined
+
+    spec = build_method("supervised", 2, 1, 2, segmenter_kwargs=TINY_UNET)
+    pre = make_preprocessing(
+        "train",
+        2,
+        spatial_size=[SIZE, SIZE],
+        flip_prob=0.0,
+        augmentation="affine",
+        method_transforms=spec.train_transforms,
+    )
+    affine = [t for t in pre.flatten().transforms if isinstance(t, RandAffined)]
+    assert len(affine) == 1 and set(affine[0].keys) == {"image", "mask"}
+    pos = next(it for it in square_items if it["label"] == 1)
+    gt = torch.as_tensor(np.asarray(nib.load(pos["mask"]).dataobj), dtype=torch.float32)
+    moved = 0
+    for seed in range(8):
+        pre.set_random_state(seed)
+        out = pre(dict(pos))
+        mask, image = out["mask"][0].as_tensor(), out["image"][0].as_tensor()
+        assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}  # nearest: still binary
+        # the bright square is still where the (moved) mask is
+        assert image[mask > 0].mean() > image[mask == 0].mean() + 0.3
+        moved += int(not torch.equal(mask, gt))
+    assert 0 < moved < 8  # probability 0.5: some draws move it, some do not
+    assert not any(
+        isinstance(t, RandAffined) for t in make_preprocessing("train", 2, augmentation="none").transforms
+    )
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        make_preprocessing("train", 2, augmentation="elastic")
+    with pytest.raises(ValueError, match="'train' stage only"):
+        make_preprocessing("validate", 2, augmentation="affine")
 
 
 def test_a_lesion_image_without_mask_is_an_error_for_mask_training(tmp_path):
@@ -270,7 +306,7 @@ def test_bounds_build_through_the_bundle_config(method):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     # the classifier's network arguments of a shared configuration do not apply to the bounds
-    parser.update({"method": method, "network_kwargs": DENSE_KWARGS})
+    parser.update({"method": method, "network_kwargs": NET_KWARGS})
     spec = parser.get_parsed_content("wsol_method")
     assert spec.name == method and parser.get_parsed_content("network_def") is spec.net
     pre = parser.get_parsed_content("train#preprocessing")
@@ -310,7 +346,7 @@ def test_bundle_trains_and_evaluates_the_bounds(method, options, tmp_path):
         "num_workers": 0,
         "method": method,
         "method_options": options,
-        "network_kwargs": DENSE_KWARGS,
+        "network_kwargs": NET_KWARGS,
     }
     runner = BundleRunner()
     model = runner.train(tmp_path / "run", overrides)

@@ -83,17 +83,16 @@ def test_train_outputs_run_folder_and_model(trained):
     assert (run / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
     assert (run / "checkpoints" / "model.pt").is_file()
     config = json.loads((run / "config.json").read_text())
-    assert (
-        config["method"] == "sfs2" and config["method_options"] == {} and config["backbone"] == "densenet121"
-    )
+    assert config["method"] == "cam" and config["method_options"] == {} and config["backbone"] == "cnn"
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "epoch" and {"val_dice", "val_auc", "val_acc", "val_loss"} <= set(header)
     # the exported model is a plain state_dict that loads with weights_only=True into the bundle's network
     from monai_wsol.methods import build_method
 
     state = torch.load(trained["bundle_root"] / "models" / "model.pt", weights_only=True)
-    net = build_method("sfs2", 2, 1, 2).net  # two dual-suppression blocks
-    assert sum("plugin" in k for k in state) > 0
+    # the default: the 7-convolution plain CNN with top-k pooling, no plug-in
+    net = build_method("cam", 2, 1, 2, backbone="cnn", net_kwargs=config["network_kwargs"]).net
+    assert "backbone.conv7.conv.weight" in state and not any("plugin" in k for k in state)
     net.load_state_dict(state)  # strict: every key matches
 
 

@@ -28,6 +28,7 @@ MODEL_KEYS = (
     "spacing",
     "orientation",
     "intensity_percentiles",
+    "intensity_clip",
     "cam_class",
     "bundle_root",
     "dataset_dir",
@@ -73,9 +74,7 @@ def test_default_bundle_root_is_the_folder_of_configs(tmp_path):
 def test_every_registry_method_builds_in_the_bundle(method):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
-    parser.update(
-        {"method": method, "network_kwargs": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}}
-    )
+    parser.update({"method": method, "network_kwargs": {"channels": [4, 8], "stages": [1, 1]}})
     spec = parser.get_parsed_content("wsol_method")
     assert spec.name == method
     assert parser.get_parsed_content("network_def") is spec.net
@@ -85,7 +84,7 @@ def test_inference_config_parses_without_monai_label():
     # the MONAI Label keys (inferer, post_transforms) need only MONAI: every key resolves in this environment
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    parser["network_kwargs"] = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}
+    parser["network_kwargs"] = {"channels": [4, 8], "stages": [1, 1]}
     for key in ("inferer", "post_transforms", "preprocessing", "postprocessing", "network_def"):
         assert parser.get_parsed_content(key) is not None, key
     assert type(parser.get_parsed_content("inferer")).__name__ == "LocalizationInferer"
@@ -99,9 +98,7 @@ def test_evaluate_runs_the_methods_extractor(method):
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
-    parser.update(
-        {"method": method, "network_kwargs": {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}}
-    )
+    parser.update({"method": method, "network_kwargs": {"channels": [4, 8], "stages": [1, 1]}})
     extractor = parser.get_parsed_content("evaluator#extractor")
     expected = GradCAMExtractor if method.startswith("gradcam") else ForwardCAM
     assert isinstance(extractor, expected)

@@ -98,6 +98,9 @@ class Run:
 def _overrides(models: dict[int, Path], spatial_dims: int = 2, **extra) -> dict:
     return {
         "ckpt_path": str(models[spatial_dims]),
+        # a compact DenseNet with two blocks (a minimum input size above 4 px, for the too-small row)
+        "method": "sfs2",
+        "backbone": "densenet121",
         "network_kwargs": NET_KWARGS,
         "spatial_dims": spatial_dims,
         "amp": False,

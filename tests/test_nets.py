@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -13,6 +15,7 @@ from monai_wsol.networks.blocks import registry as registry_module
 from monai_wsol.networks.nets import (
     CAMVGG16,
     CAMDenseNet121,
+    CAMPlainCNN,
     load_plain_state_dict,
     resolve_class_idx,
 )
@@ -101,6 +104,7 @@ def test_densenet_positions_and_low_stride():
         lambda plugin: CAMVGG16(3, 5, plugin=plugin, positions="two"),
         lambda plugin: CAMDenseNet121(2, 3, 5, plugin=plugin, positions="two", low_stride=True, **TINY),
         lambda plugin: CAMDenseNet121(3, 1, 5, plugin=plugin, positions="two", **TINY),
+        lambda plugin: CAMPlainCNN(2, 1, 3, channels=(8, 16), stages=(1, 2), plugin=plugin, positions="two"),
     ],
 )
 def test_plain_checkpoint_loads_after_insertion(make, identity_plugin):
@@ -118,9 +122,11 @@ def test_plain_checkpoint_loads_after_insertion(make, identity_plugin):
     for key, value in state.items():
         assert torch.equal(sfs.state_dict()[key], value), key
     # backbone layers before the first plug-in compute the same outputs
-    first_anchor = {"CAMVGG16": "backbone.22", "CAMDenseNet121": "backbone.transition3.relu"}[
-        type(plain).__name__
-    ]
+    first_anchor = {
+        "CAMVGG16": "backbone.22",
+        "CAMDenseNet121": "backbone.transition3.relu",
+        "CAMPlainCNN": "backbone.conv2",
+    }[type(plain).__name__]
     torch.testing.assert_close(_capture(sfs, first_anchor, x), _capture(plain, first_anchor, x))
 
     # with a parameter-free identity plug-in the whole network computes the same logits
@@ -188,6 +194,39 @@ def test_cam_equals_explicit_weighted_sum(spatial_dims):
         mode = "bilinear" if spatial_dims == 2 else "trilinear"
         assert up.shape == (3, 4, *size)
         torch.testing.assert_close(up, F.interpolate(cams, size=size, mode=mode, align_corners=False))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_plain_cnn_topk_pooling_pools_the_cam(spatial_dims):
+    torch.manual_seed(3)
+    net = CAMPlainCNN(spatial_dims, 1, 3, channels=(4, 8), stages=(1, 2), topk_fraction=0.1).eval()
+    assert net.feature_stride == 2 and net.pooling == "topk"
+    assert [n for n in net.backbone._modules] == ["conv1", "pool1", "conv2", "conv3"]
+    size = (20 if spatial_dims == 2 else 8,) * spatial_dims
+    x = torch.rand(2, 1, *size)
+    with torch.no_grad():
+        logits, cams = net.forward_cam(x, class_idx="all", upsample=False)
+    assert cams.shape == (2, 3, *(s // 2 for s in size))
+    flat = cams.flatten(2)
+    k = math.ceil(0.1 * flat.shape[2])
+    # the logit is the mean of the k largest CAM values plus the bias, not the CAM's mean
+    expected = flat.sort(dim=2, descending=True).values[..., :k].mean(2) + net.classifier.bias
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits, flat.mean(2) + net.classifier.bias, atol=1e-3)
+
+    avg = CAMPlainCNN(spatial_dims, 1, 3, channels=(4, 8), stages=(1, 2), pooling="avg").eval()
+    avg.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        logits_avg, cams_avg = avg.forward_cam(x, class_idx="all", upsample=False)
+    torch.testing.assert_close(cams_avg, cams)
+    torch.testing.assert_close(logits_avg, flat.mean(2) + net.classifier.bias, atol=1e-5, rtol=1e-5)
+
+    with pytest.raises(ValueError, match="pooling"):
+        CAMPlainCNN(2, 1, 2, pooling="max")
+    with pytest.raises(ValueError, match="topk_fraction"):
+        CAMPlainCNN(2, 1, 2, topk_fraction=0.0)
+    with pytest.raises(ValueError, match="same non-zero length"):
+        CAMPlainCNN(2, 1, 2, channels=(4,), stages=(1, 2))
 
 
 def test_bad_class_idx_and_input():

@@ -173,6 +173,9 @@ def test_benchmark_reads_the_bundle_evaluation(mask_dataset, tmp_path):
     )
     assert curves.scalars["MaxBoxAccV2"] == 100.0 and curves.scalars["Dice"] == 1.0
     assert curves.boxacc_v2.shape == (3, 1000) and curves.boxacc_v2.max() == 100.0
+    # the reported tau is where the Dice curve peaks: the first tau above 0 for a binary map (tau 0 keeps
+    # every pixel)
+    assert curves.dice[0] < 1.0 and curves.scalars["Dice_tau"] == curves.mask_thresholds[1]
 
 
 def test_evaluate_cli_scores_a_perfect_map_100(tmp_path):

@@ -147,3 +147,9 @@ def test_cli_and_argument_errors(tmp_path, mni152_available, capsys):
         generate(tmp_path, source="mri")
     with pytest.raises(ValueError, match="distractor_rate=1.5"):
         generate(tmp_path, distractor_rate=1.5)
+
+
+def test_a_split_too_small_for_an_anatomical_block_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"leaves none for \['test'\]"):
+        generate(tmp_path, n_train=2000, n_val=200, n_test=100)
+    assert not (tmp_path / "datalist.json").exists()

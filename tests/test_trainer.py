@@ -16,7 +16,7 @@ from monai.transforms import Compose, EnsureTyped, RandGaussianNoised
 
 from monai_wsol.engines import MethodTrainer, run_method_training
 from monai_wsol.methods import build_method
-from tests._bundle_helpers import TINY, TRAIN, make_tiny_data, run_workflow
+from tests._bundle_helpers import TINY, TINY_CNN, TRAIN, make_tiny_data, run_workflow
 
 TINY_NET = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1], "low_stride": True}
 
@@ -117,7 +117,7 @@ def test_bundle_trains_every_training_method(method, tmp_path):
         output_dir=str(tmp_path / "runs"),
         run_name="r",
         method=method,
-        network_kwargs=TINY_NET,
+        network_kwargs=TINY_CNN,  # the bundle's default backbone
         **{**TINY, "epochs": 1},
     )
     run = tmp_path / "runs" / "r"

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _bundle_helpers import TINY, TRAIN, make_tiny_data, run_cli, run_workflow
+from _bundle_helpers import TINY, TINY_CNN, TRAIN, make_tiny_data, run_cli, run_workflow
 from ignite.engine import Engine
 
 from monai_wsol.data import DatalistError, validate_datalist
@@ -41,7 +41,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 #: a compact DenseNet: these tests are about the workflow around the network, not about what it learns
-SMALL_NET = {"init_features": 8, "growth_rate": 4, "block_config": [1, 1]}
+SMALL_NET = TINY_CNN
 
 
 def _train(data_dir: Path, out: Path, run_name: str, **overrides) -> Path:

@@ -185,3 +185,41 @@ def test_nifti_round_trip_2d(radiograph_dcm, tmp_path):
     back = nib.load(out)
     np.testing.assert_allclose(back.affine, affine)
     np.testing.assert_array_equal(np.asarray(back.dataobj), crop)
+
+
+def _png_pixels(path):
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(path)[..., :3]
+
+
+def test_overlay_png_draws_cam_contour_and_boxes(tmp_path):
+    from monai_wsol.writers import overlay_slice, write_overlay_png
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 10.0, (48, 64)).astype(np.int16)  # 16-bit, any range
+    cam = np.zeros((48, 64), np.float32)
+    cam[10:20, 30:45] = 1.0
+    mask = cam > 0.5
+    plain = write_overlay_png(tmp_path / "plain.png", image, cam, np.zeros_like(mask), title="lesion")
+    drawn = write_overlay_png(tmp_path / "drawn.png", image, cam, mask, [[10, 30, 20, 45]], title="lesion")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drawn.png", "plain.png"]  # no temporary left
+    a, b = _png_pixels(plain), _png_pixels(drawn)
+    assert a.shape == b.shape and a.shape[1] > a.shape[0]  # two panels side by side
+    # the contour and the box change only the left panel
+    left, right = a.shape[1] // 2, slice(a.shape[1] // 2, None)
+    assert not np.allclose(a[:, :left], b[:, :left])
+    np.testing.assert_allclose(a[:, right], b[:, right])
+    # a CAM blended in changes the right panel
+    cold = write_overlay_png(tmp_path / "cold.png", image, np.zeros_like(cam), np.zeros_like(mask))
+    assert not np.allclose(_png_pixels(cold)[:, right], a[:, right])
+
+    # 3D: the slice where the CAM peaks, along the chosen axis
+    vol = np.zeros((8, 9, 10), np.float32)
+    cam3 = np.zeros_like(vol)
+    cam3[2, 3, 7] = 1.0
+    img2, cam2, mask2, index = overlay_slice(vol, cam3, vol > 0, axis=-1)
+    assert index == 7 and cam2.shape == (8, 9) and cam2[2, 3] == 1.0
+    assert overlay_slice(vol, cam3, vol > 0, axis=0)[3] == 2
+    with pytest.raises(ValueError, match="share a shape"):
+        overlay_slice(vol, cam3[:-1], vol > 0)

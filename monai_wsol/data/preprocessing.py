@@ -31,7 +31,9 @@ from monai.transforms import (
     EnsureTyped,
     Lambda,
     MapTransform,
+    RandAffined,
     RandFlipd,
+    RandScaleIntensityd,
     Resized,
     ScaleIntensityRangePercentilesd,
     SelectItemsd,
@@ -40,21 +42,75 @@ from monai.utils import ensure_tuple
 
 from monai_wsol.data.readers import make_load_transforms
 
-__all__ = ["STAGES", "NegativeMaskd", "make_preprocessing", "intensity_transform", "transforms_use_key"]
+__all__ = [
+    "AUGMENTATIONS",
+    "STAGES",
+    "NegativeMaskd",
+    "augmentation_transforms",
+    "make_preprocessing",
+    "intensity_transform",
+    "transforms_use_key",
+]
 
 STAGES: tuple[str, ...] = ("train", "validate", "evaluate", "infer")
+#: named training augmentations of :func:`augmentation_transforms`
+AUGMENTATIONS: tuple[str, ...] = ("none", "affine")
+
+
+def augmentation_transforms(
+    augmentation: str | Sequence[Callable] | None, keys: Sequence[str], spatial_dims: int
+) -> list[Callable]:
+    """The training augmentation: a name of :data:`AUGMENTATIONS` or a list of dictionary transforms.
+
+    - ``"none"`` (or ``None``): nothing beyond the random flip;
+    - ``"affine"``: MONAI's ``RandAffined`` (probability 0.5: in-plane rotation up to 15 degrees -- about
+      the last axis in 3D --, scaling by up to 10 %; no translation, which a convolutional classifier with
+      global pooling does not need; bilinear for the image, nearest for the mask, zeros outside) and
+      ``RandScaleIntensityd`` (probability 0.5, factor up to 10 %) on the image;
+    - a list: used as given (dictionary transforms; a method that trains on masks needs them applied to
+      ``"mask"`` too).
+
+    Args:
+        augmentation: see above.
+        keys: the image key, then the mask key when the training items carry one.
+        spatial_dims: 2 or 3.
+    """
+    if augmentation is None or (isinstance(augmentation, str) and augmentation == "none"):
+        return []
+    if isinstance(augmentation, str):
+        if augmentation != "affine":
+            raise ValueError(
+                f"unknown augmentation {augmentation!r}; valid names: {', '.join(AUGMENTATIONS)} "
+                "(or a list of dictionary transforms)."
+            )
+        angle = float(np.deg2rad(15.0))
+        rotate = (angle,) if spatial_dims == 2 else (0.0, 0.0, angle)
+        modes = ["bilinear", "nearest"][: len(keys)]
+        return [
+            RandAffined(
+                list(keys),
+                prob=0.5,
+                rotate_range=rotate,
+                scale_range=(0.1,) * spatial_dims,
+                mode=modes,
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys[0], factors=0.1, prob=0.5),
+        ]
+    return list(augmentation)
 
 
 def intensity_transform(
-    keys: str | Sequence[str] = "image", lower: float = 0.5, upper: float = 99.5
+    keys: str | Sequence[str] = "image", lower: float = 0.5, upper: float = 99.5, clip: bool = True
 ) -> ScaleIntensityRangePercentilesd:
-    """Per-channel percentile scaling of ``keys`` to [0, 1] (clipped)."""
+    """Per-channel percentile scaling of ``keys``: the ``lower`` / ``upper`` percentiles map to 0 / 1,
+    linearly; ``clip`` clips the result to [0, 1]."""
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(
             f"intensity percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}."
         )
     return ScaleIntensityRangePercentilesd(
-        keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+        keys, lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=bool(clip), channel_wise=True
     )
 
 
@@ -120,10 +176,12 @@ def make_preprocessing(
     spacing: Sequence[float] | float | None = None,
     orientation: str | None = None,
     intensity_percentiles: Sequence[float] = (0.5, 99.5),
+    intensity_clip: bool = True,
     flip_prob: float = 0.5,
     flip_axis: int | Sequence[int] | None = 0,
     method_transforms: Sequence[Callable] = (),
     with_mask: bool | None = None,
+    augmentation: str | Sequence[Callable] | None = None,
 ) -> Compose:
     """The preprocessing ``Compose`` of one stage (see the module docstring).
 
@@ -134,9 +192,17 @@ def make_preprocessing(
             grid; images of one batch must then share it).
         spacing, orientation: resampling and reorientation at load time (``None``: the file's own).
         intensity_percentiles: ``(lower, upper)`` percentiles mapped to 0 and 1.
+        intensity_clip: clip the scaled intensities to [0, 1]. With an upper percentile that a lesion can
+            reach (a bright lesion covers a few percent of an image), clipping and scaling by it make the
+            whole image's intensities depend on the lesion: a classifier can then detect the lesion from the
+            darkened rest of the image and its CAM points away from it. The bundle scales by a percentile
+            that normal tissue sets (``[0.5, 90]``) without clipping (docs/method.md, "Preprocessing").
         flip_prob, flip_axis: random flip of training images (``flip_prob=0`` disables it). Axis 0 is
             left-right for axial slices in RAS-like storage.
         method_transforms: the method's per-sample training transforms (``MethodSpec.train_transforms``).
+        augmentation: the ``"train"`` stage's augmentation after the flip, before the method's transforms:
+            a name (``"none"``, ``"affine"``) or a list of dictionary transforms
+            (:func:`augmentation_transforms`).
         with_mask: load the GT ``mask`` for the ``"train"`` stage (a method that trains on it);
             ``None`` (default): when a method transform acts on the ``"mask"`` key. The other stages are fixed
             (``"validate"`` / ``"evaluate"`` load it, ``"infer"`` does not).
@@ -166,7 +232,7 @@ def make_preprocessing(
     ]
     if negatives_without_mask:
         xforms.append(NegativeMaskd("mask"))
-    xforms.append(intensity_transform("image", *intensity_percentiles))
+    xforms.append(intensity_transform("image", *intensity_percentiles, clip=intensity_clip))
     if spatial_size is not None and stage in ("train", "validate"):
         modes = ["bilinear", "nearest"] if with_mask else ["bilinear"]
         if spatial_dims == 3:
@@ -175,9 +241,10 @@ def make_preprocessing(
     if stage == "train":
         if flip_prob > 0 and flip_axis is not None:
             xforms.append(RandFlipd(keys, prob=flip_prob, spatial_axis=flip_axis))
+        xforms.extend(augmentation_transforms(augmentation, keys, spatial_dims))
         xforms.extend(method_transforms)
-    elif method_transforms:
-        raise ValueError("method_transforms apply to the 'train' stage only.")
+    elif method_transforms or augmentation_transforms(augmentation, keys, spatial_dims):
+        raise ValueError("method_transforms and augmentation apply to the 'train' stage only.")
     if stage == "infer":
         xforms.append(EnsureTyped("image", dtype=torch.float32))
         return Compose(xforms)

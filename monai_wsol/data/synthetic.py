@@ -232,6 +232,13 @@ def _layout(src: SourceVolume, mode: str, counts: Sequence[int], depth: int, gap
         for b, k in enumerate(_assign_blocks(n_blocks, weights)):
             # the last `gap` slices of each block are dropped so that blocks never touch
             slabs[SPLITS[k]].append((int(edges[b]), int(edges[b + 1]) - gap))
+        empty = [s for s, c in zip(SPLITS, counts, strict=True) if c > 0 and not slabs[s]]
+        if empty:
+            raise ValueError(
+                f"2D layout: the {n_blocks} anatomical blocks are shared in proportion to the split sizes "
+                f"{dict(zip(SPLITS, counts, strict=True))}, which leaves none for {empty}; make those splits "
+                "larger relative to the others (e.g. 2000 / 200 / 200 works)"
+            )
     else:
         total = z1 - z0 - 2 * gap
         sizes = np.maximum(np.round(total * np.asarray(weights) / np.sum(weights)).astype(int), depth)

@@ -144,6 +144,8 @@ def split_curves(
         dice = np.asarray(ro["dice_curve"], dtype=np.float64)
         iou = np.asarray(ro["iou_curve"], dtype=np.float64)
         scalars.update(Dice=float(ro["dice"]), IoU=float(ro["iou"]), PxAP=float(pxap.aggregate()["PxAP"]))
+        # the mask threshold of the best Dice: what a validation split hands to inference as its tau
+        scalars["Dice_tau"] = float(mask_taus[int(np.argmax(dice))])
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
     is_lesion = (labels == lesion_class).float()
     scalars["AUC"] = (

@@ -288,6 +288,9 @@ class LocalizationWriter:
     - ``<stem>_seg.dcm``: a DICOM-SEG of the mask referencing the source series/instance, when the input was
       DICOM and ``write_dicom_seg`` is on (referencing the instances actually used when a corrupt one was left
       out, see :class:`~monai_wsol.data.readers.DicomSeriesReader`);
+    - ``<stem>_overlay.png``: when ``write_overlay`` is on, the image with the mask contour and the boxes
+      beside the CAM blended on it (3D: the axial slice where the CAM peaks;
+      :func:`monai_wsol.writers.write_overlay_png`), titled with the predicted class and its probability;
     - ``<stem>_localization.json``: class probabilities, predicted class, boxes (MONAI ``StandardMode``, voxel
       and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`) and the other files' paths.
 
@@ -303,6 +306,7 @@ class LocalizationWriter:
         output_dir: output folder.
         class_names: optional names of the classes, in logit order.
         write_dicom_seg: write a DICOM-SEG for DICOM inputs.
+        write_overlay: write an overlay PNG per input (needs matplotlib, the ``viz`` extra).
         image_key, pred_key, cam_key, mask_key, box_key, world_box_key, score_key: keys of the decollated
             evaluator output (``pred`` holds probabilities when the postprocessing applied a softmax; logits
             are converted with a softmax otherwise, see ``pred_is_prob``).
@@ -315,6 +319,7 @@ class LocalizationWriter:
         output_dir: str | os.PathLike,
         class_names: Sequence[str] | None = None,
         write_dicom_seg: bool = True,
+        write_overlay: bool = False,
         image_key: str = CommonKeys.IMAGE,
         pred_key: str = CommonKeys.PRED,
         cam_key: str = "cam",
@@ -328,6 +333,7 @@ class LocalizationWriter:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names) if class_names is not None else None
         self.write_dicom_seg = bool(write_dicom_seg)
+        self.write_overlay = bool(write_overlay)
         self.image_key, self.pred_key, self.cam_key, self.mask_key = image_key, pred_key, cam_key, mask_key
         self.box_key, self.world_box_key, self.score_key = box_key, world_box_key, score_key
         self.pred_is_prob = bool(pred_is_prob)
@@ -429,6 +435,10 @@ class LocalizationWriter:
         boxes = (
             np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
         )
+        if self.write_overlay:
+            target = self.output_dir / f"{stem}_overlay.png"
+            written.append(self._overlay(item, cam, mask, boxes, probs_list, target))
+            files["overlay"] = str(target)
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
         extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
@@ -450,6 +460,29 @@ class LocalizationWriter:
             )
         )
         return prediction_row(json_path)
+
+    def _overlay(
+        self,
+        item: dict,
+        cam: np.ndarray,
+        mask: np.ndarray,
+        boxes: np.ndarray,
+        probs: list[float],
+        target: Path,
+    ) -> Path:
+        from monai_wsol.writers import overlay_slice, write_overlay_png
+
+        image = _plain(item[self.image_key]).detach().cpu().float().numpy()[0]
+        image2d, cam2d, mask2d, index = overlay_slice(image, cam, mask, axis=-1)
+        if index is None:
+            boxes2d = boxes[:, :4] if boxes.size else np.zeros((0, 4))
+        else:  # the 3D boxes that cross the shown slice, as 2D boxes of its first two axes
+            crossing = (boxes[:, 2] <= index) & (index < boxes[:, 5]) if boxes.size else np.zeros(0, bool)
+            boxes2d = boxes[crossing][:, [0, 1, 3, 4]] if boxes.size else np.zeros((0, 4))
+        names = self._names(len(probs))
+        best = int(np.argmax(probs))
+        title = f"{names[best]} (p = {probs[best]:.2f})" + (f", slice {index}" if index is not None else "")
+        return write_overlay_png(target, image2d, cam2d, mask2d, boxes2d, title=title)
 
     def _names(self, k: int) -> list[str]:
         if self.class_names is not None and len(self.class_names) != k:

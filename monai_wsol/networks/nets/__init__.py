@@ -12,6 +12,7 @@ from monai_wsol.networks.nets.bounds import (
 from monai_wsol.networks.nets.cam_classifier import CAMClassifier, ClassIndex, resolve_class_idx
 from monai_wsol.networks.nets.densenet import DENSENET_PRESETS, CAMDenseNet121
 from monai_wsol.networks.nets.insertion import insert_after, load_plain_state_dict, resolve_positions
+from monai_wsol.networks.nets.plain_cnn import POOLINGS, CAMPlainCNN
 from monai_wsol.networks.nets.vgg import CAMVGG16, VGG16_POSITIONS, VGG16_PRESETS
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "build_segmenter",
     "CAMClassifier",
     "CAMDenseNet121",
+    "CAMPlainCNN",
+    "POOLINGS",
     "CAMVGG16",
     "ClassIndex",
     "insert_after",
