@@ -156,6 +156,14 @@ def test_missing_shared_choice_is_a_clear_error(tiny, tmp_path):
         bench.run()
 
 
+def test_the_prior_trains_one_epoch_the_others_the_budget(tiny, tmp_path):
+    bench = Benchmark(
+        tmp_path, {"d": {"datalist": str(tiny)}}, ["prior", "cam"], image_size=32, train={"epochs": 7}
+    )
+    assert bench.bundle_overrides("d", "prior", 0, {})["epochs"] == 1
+    assert bench.bundle_overrides("d", "cam", 0, {})["epochs"] == 7
+
+
 def test_benchmark_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         Benchmark(tmp_path, {"d": {}}, ["nope"])

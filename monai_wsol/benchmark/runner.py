@@ -237,8 +237,12 @@ class Benchmark:
         """The bundle keys of one run: data, method, network, budget, seed."""
         backbone, net_kwargs = self.network(method)
         datalist = self.datalist(setting)
+        # the prior is fitted once on the training masks before the first epoch and has nothing to learn after
+        # it: more epochs would only repeat validation passes of the same map
+        budget = {"epochs": 1} if self.base_method(method) == "prior" else {}
         return {
             **self.train,
+            **budget,
             "dataset_dir": str(datalist.parent),
             "datalist": str(datalist),
             "spatial_dims": 2,

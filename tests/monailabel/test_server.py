@@ -239,7 +239,7 @@ def test_info_lists_the_models(server):
     assert {MODEL, f"{MODEL}_cam"} <= set(info["models"])
     model = info["models"][MODEL]
     assert model["labels"] == {"lesion": 1}
-    assert model["config"]["tau"] == 0.5 and model["config"]["box_mode"][0] == "all"
+    assert model["config"]["tau"] == 0.7 and model["config"]["box_mode"][0] == "all"
 
 
 def test_nifti_volume(server, volume):
