@@ -252,6 +252,31 @@ def test_write_results(bench, tmp_path):
     assert (csv_path.read_bytes(), md_path.read_bytes()) == before
 
 
+def test_results_read_every_method_against_ceiling_and_floor(bench, tmp_path):
+    out = tmp_path / "bench"
+    shutil.copytree(bench, out)
+    assert "share of the fully supervised ceiling" not in write_results(out)[1].read_text()  # no ceiling run
+    for method, scale in (("supervised", 2.0), ("prior", 0.5)):  # ceiling: twice cam's, floor: half of it
+        for seed in SEEDS:
+            src = json.loads((out / "runs" / "default" / "cam" / f"seed{seed}" / "result.json").read_text())
+            src["method"] = method
+            src["test"] = {k: v * scale for k, v in src["test"].items()}
+            atomic_write_json(out / "runs" / "default" / method / f"seed{seed}" / "result.json", src)
+    md = write_results(out)[1].read_text()
+    default = md[: md.index("## Setting `distractor`")]
+    assert "share of the fully supervised ceiling's mean (`supervised`)" in default
+    assert "| method | MaxBoxAccV2 % of ceiling | MaxBoxAccV2 - floor | Dice % of ceiling |" in default
+    cam_v2 = _expected("default", "cam", "MaxBoxAccV2").mean()
+    cam_dice = _expected("default", "cam", "Dice").mean()
+    # cam: half the ceiling, and its lead over the floor is half its own mean
+    assert f"| cam | 50 | +{cam_v2 / 2:.2f} | 50 | +{cam_dice / 2:.3f} |" in default
+    sfs2 = _expected("default", "sfs2", "MaxBoxAccV2").mean()
+    assert f"| sfs2 | {100 * sfs2 / (2 * cam_v2):.0f} | {sfs2 - cam_v2 / 2:+.2f} |" in default
+    # the bounds are not rows of their own table; the distractor setting has no ceiling run
+    assert "| supervised | " not in default[default.index("share of the fully supervised") :].split("###")[0]
+    assert "share of the fully supervised ceiling" not in md[md.index("## Setting `distractor`") :]
+
+
 def test_write_results_atomic(bench, tmp_path, monkeypatch):
     out = tmp_path / "bench"
     shutil.copytree(bench, out)

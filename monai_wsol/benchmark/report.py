@@ -408,6 +408,36 @@ def _summary_table(
     return _md_table(["method", *metrics, "train s"], rows)
 
 
+#: The bounds every WSOL figure is read against, and the localization metrics read as a share of the ceiling.
+CEILING, FLOOR = "supervised", "prior"
+BOUND_METRICS: tuple[str, ...] = ("MaxBoxAccV2", "Dice", "PxAP")
+
+
+def _bounds_table(summary: list[dict], methods: list[str], metrics: Sequence[str]) -> list[str]:
+    """Each WSOL method's mean localization as a percentage of the ceiling's mean, and its lead over the floor's
+    mean (in the metric's unit); empty when the ceiling was not run."""
+    cell = {(s["method"], s["metric"]): s["mean"] for s in summary}
+    shown = [m for m in BOUND_METRICS if m in metrics]
+    if CEILING not in methods or not shown:
+        return []
+    header = ["method"]
+    for metric in shown:
+        header += [f"{metric} % of ceiling"] + ([f"{metric} - floor"] if FLOOR in methods else [])
+    rows = []
+    for method in methods:
+        if method in (CEILING, FLOOR):
+            continue
+        row = [method]
+        for metric in shown:
+            ceiling, value = cell[CEILING, metric], cell[method, metric]
+            share = 100.0 * value / ceiling if math.isfinite(ceiling) and ceiling > 0 else math.nan
+            row.append(_fmt(share, 0))
+            if FLOOR in methods:
+                row.append(f"{value - cell[FLOOR, metric]:+.{_decimals(metric)}f}")
+        rows.append(row)
+    return _md_table(header, rows)
+
+
 def _paired_table(tests: list[dict], reference: str) -> list[str]:
     rows = []
     for t in tests:
@@ -474,6 +504,16 @@ def _markdown(
         lines += [f"## Setting `{setting}` ({len(seeds)} seeds: {', '.join(map(str, seeds))})", ""]
         summary = summarize(runs, (*metrics, "train_seconds"), order)
         lines += _summary_table(summary, methods, metrics, len(seeds)) + [""]
+        bounds = _bounds_table(summary, methods, metrics)
+        if bounds:
+            lines += [
+                f"Against the bounds: the mean as a share of the fully supervised ceiling's mean (`{CEILING}`)"
+                + (f", and its difference from the data-free floor's (`{FLOOR}`)" if FLOOR in methods else "")
+                + ".",
+                "",
+                *bounds,
+                "",
+            ]
         for ref in [reference] if isinstance(reference, str) else list(reference):
             if ref not in methods:
                 lines += [f"(`{ref}` was not run in this setting: no paired test.)", ""]
