@@ -414,8 +414,8 @@ BOUND_METRICS: tuple[str, ...] = ("MaxBoxAccV2", "Dice", "PxAP")
 
 
 def _bounds_table(summary: list[dict], methods: list[str], metrics: Sequence[str]) -> list[str]:
-    """Each WSOL method's mean localization as a percentage of the ceiling's mean, and its lead over the floor's
-    mean (in the metric's unit); empty when the ceiling was not run."""
+    """Each WSOL method's mean localization as a percentage of the ceiling's mean, and its lead over the
+    floor's mean (in the metric's unit); empty when the ceiling was not run."""
     cell = {(s["method"], s["metric"]): s["mean"] for s in summary}
     shown = [m for m in BOUND_METRICS if m in metrics]
     if CEILING not in methods or not shown:
@@ -507,7 +507,8 @@ def _markdown(
         bounds = _bounds_table(summary, methods, metrics)
         if bounds:
             lines += [
-                f"Against the bounds: the mean as a share of the fully supervised ceiling's mean (`{CEILING}`)"
+                "Against the bounds: the mean as a share of the fully supervised ceiling's mean "
+                f"(`{CEILING}`)"
                 + (f", and its difference from the data-free floor's (`{FLOOR}`)" if FLOOR in methods else "")
                 + ".",
                 "",
