@@ -144,7 +144,8 @@ def untrained_bundle(tmp_path_factory) -> Path:
 def test_task_request_params(untrained_bundle):
     task = WSOLInferTask(str(untrained_bundle), {})
     assert task.labels == {"lesion": 1} and task.dimension == 3
-    assert task.request_params({}) == {"tau": 0.5, "box_mode": "all", "min_size": 0.0, "output": "mask"}
+    # the defaults are the bundle's (inference.json's tau: 0.7)
+    assert task.request_params({}) == {"tau": 0.7, "box_mode": "all", "min_size": 0.0, "output": "mask"}
     # MONAI Label starts every request from the task config, where choices are lists
     assert task.request_params(task.config())["box_mode"] == "all"
     got = task.request_params({"tau": "0.25", "box_mode": "largest", "min_size": 3, "output": "cam"})

@@ -353,4 +353,4 @@ def test_stock_monaibundle_app(work, bundle, volume):
     with running_server(work, app, *conf) as url:
         img = nib.load(volume)
         label, params = parse(infer(url, volume))
-        check_localization(label, params, img.shape, img.affine, tau=0.5)
+        check_localization(label, params, img.shape, img.affine, tau=0.7)  # the bundle's tau
