@@ -459,7 +459,9 @@ def _paired_table(tests: list[dict], reference: str) -> list[str]:
 
 def _hyper_lines(runs: list[dict], methods: list[str]) -> list[str]:
     """The shared set-up once, then each method's own options; one line when every seed chose the same."""
-    shared = {k: v for k, v in runs[0]["hyperparameters"].items() if k != "options"}
+    # the model file is each run's own (and a post-hoc method's is its base run's): not a hyperparameter
+    per_run = ("options", "model")
+    shared = {k: v for k, v in runs[0]["hyperparameters"].items() if k not in per_run}
     lines = [f"Shared by every run: `{json.dumps(shared, sort_keys=True, default=str)}`", ""]
     rows = []
     for method in methods:
@@ -468,9 +470,16 @@ def _hyper_lines(runs: list[dict], methods: list[str]) -> list[str]:
             json.dumps(r["hyperparameters"].get("options", {}), sort_keys=True, default=str) for r in mine
         ]
         for r in mine:
-            other = {k: v for k, v in r["hyperparameters"].items() if k != "options"}
+            other = {k: v for k, v in r["hyperparameters"].items() if k not in per_run}
             if other != shared:
-                texts = [json.dumps(x["hyperparameters"], sort_keys=True, default=str) for x in mine]
+                texts = [
+                    json.dumps(
+                        {k: v for k, v in x["hyperparameters"].items() if k != "model"},
+                        sort_keys=True,
+                        default=str,
+                    )
+                    for x in mine
+                ]
                 break
         if len(set(texts)) == 1:
             rows.append([method, "all", f"`{texts[0]}`"])
