@@ -102,7 +102,15 @@ def test_evaluate_runs_the_methods_extractor(method):
     extractor = parser.get_parsed_content("evaluator#extractor")
     expected = GradCAMExtractor if method.startswith("gradcam") else ForwardCAM
     assert isinstance(extractor, expected)
-    assert extractor is parser.get_parsed_content("wsol_method").extractor
+    # the method's own extractor with the bundle's flip TTA (left-right, chosen on validation)
+    method_extractor = parser.get_parsed_content("wsol_method").extractor
+    assert type(extractor) is type(method_extractor) and method_extractor.flip_axes == ()
+    assert extractor.flip_axes == (0,)
+    parser["tta_flip_axes"] = []
+    assert (
+        parser.get_parsed_content("evaluator#extractor", lazy=False)
+        is parser.get_parsed_content("wsol_method").extractor
+    )
     assert parser.get("evaluator#batch_keys") == ["mask", "boxes"]
     assert parser.get("evaluator#_target_") == "monai_wsol.engines.CAMEvaluator"
     if method == "gradcampp":
