@@ -223,3 +223,26 @@ def test_overlay_png_draws_cam_contour_and_boxes(tmp_path):
     assert overlay_slice(vol, cam3, vol > 0, axis=0)[3] == 2
     with pytest.raises(ValueError, match="share a shape"):
         overlay_slice(vol, cam3[:-1], vol > 0)
+
+
+def test_localization_writer_adds_the_overlay_to_an_inputs_files(tmp_path):
+    from monai.data import MetaTensor
+
+    from monai_wsol.engines import LocalizationWriter
+
+    image = MetaTensor(torch.rand(1, 24, 20), meta={"filename_or_obj": str(tmp_path / "slice.nii.gz")})
+    cam = torch.zeros(1, 24, 20)
+    cam[0, 5:10, 6:12] = 1.0
+    item = {
+        "image": image,
+        "prob": torch.tensor([0.2, 0.8]),
+        "cam": cam,
+        "pred_mask": cam > 0.5,
+        "pred_boxes": torch.tensor([[5, 6, 10, 12]]),
+    }
+    names = ["no_lesion", "lesion"]
+    row = LocalizationWriter(tmp_path / "on", names, write_overlay=True, pred_key="prob").write_item(item)
+    overlay = tmp_path / "on" / "slice_overlay.png"
+    assert row["files"]["overlay"] == str(overlay) and overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    off = LocalizationWriter(tmp_path / "off", names, pred_key="prob").write_item(item)
+    assert "overlay" not in off["files"] and not list((tmp_path / "off").glob("*.png"))

@@ -238,12 +238,13 @@ def make_preprocessing(
         if spatial_dims == 3:
             modes = ["trilinear" if m == "bilinear" else m for m in modes]
         xforms.append(Resized(keys, spatial_size=list(spatial_size), mode=modes))
+    augment = augmentation_transforms(augmentation, keys, spatial_dims)
     if stage == "train":
         if flip_prob > 0 and flip_axis is not None:
             xforms.append(RandFlipd(keys, prob=flip_prob, spatial_axis=flip_axis))
-        xforms.extend(augmentation_transforms(augmentation, keys, spatial_dims))
+        xforms.extend(augment)
         xforms.extend(method_transforms)
-    elif method_transforms or augmentation_transforms(augmentation, keys, spatial_dims):
+    elif method_transforms or augment:
         raise ValueError("method_transforms and augmentation apply to the 'train' stage only.")
     if stage == "infer":
         xforms.append(EnsureTyped("image", dtype=torch.float32))

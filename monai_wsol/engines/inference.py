@@ -444,6 +444,8 @@ class LocalizationWriter:
         extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
         if "dicom_seg" in files:
             extra["seg_file"] = files["dicom_seg"]
+        if "overlay" in files:
+            extra["overlay_file"] = files["overlay"]
         json_path = localization_path(self.output_dir, stem)
         written.append(
             write_boxes_json(
@@ -523,6 +525,8 @@ def prediction_row(json_path: str | os.PathLike) -> dict:
     files = {"cam": doc["cam_file"], "mask": doc["mask_file"]}
     if doc.get("seg_file"):
         files["dicom_seg"] = doc["seg_file"]
+    if doc.get("overlay_file"):
+        files["overlay"] = doc["overlay_file"]
     files["json"] = str(path)
     return {
         "image": doc["image"],

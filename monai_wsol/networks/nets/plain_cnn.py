@@ -3,6 +3,7 @@ pooling of the class maps (2D and 3D)."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -118,6 +119,6 @@ class CAMPlainCNN(CAMClassifier):
         b, c = feats.shape[:2]
         flat = feats.reshape(b, c, -1)
         cams = torch.einsum("kc,bcn->bkn", self.classifier.weight.to(flat.dtype), flat)  # (B, K, n)
-        k = max(1, int(-(-self.topk_fraction * flat.shape[2] // 1)))  # ceil
+        k = max(1, math.ceil(self.topk_fraction * flat.shape[2]))
         pooled = cams.topk(k, dim=2).values.mean(dim=2)
         return pooled + self.classifier.bias.to(pooled.dtype)
