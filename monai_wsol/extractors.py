@@ -19,8 +19,9 @@ every caller (method registry, benchmark, ignite evaluator, MONAI Label inferer)
 
 Subclasses only compute ``(logits, raw maps)``: :class:`ForwardCAM` (the net's in-graph ``forward_cam``: CAM
 nets, ACoL, any net with that method) and :class:`GradCAMExtractor` (Grad-CAM / Grad-CAM++ of
-``monai.visualize``). :func:`get_extractor` builds one by name (``"cam"``, ``"gradcam"``, ``"gradcampp"``)
-so that configs can name it::
+``monai.visualize``). :class:`SliceBySliceExtractor` runs any of them through a volume with a 2D net (one map
+volume, normalised as a whole). :func:`get_extractor` builds one by name (``"cam"``, ``"gradcam"``,
+``"gradcampp"``) so that configs can name it::
 
     extractor = get_extractor("gradcampp")
     logits, maps = extractor(net, images, class_idx=labels)  # (B, K), (B, 1, *spatial) in [0, 1]
@@ -51,8 +52,10 @@ __all__ = [
     "ClassSelection",
     "ForwardCAM",
     "GradCAMExtractor",
+    "SliceBySliceExtractor",
     "available_extractors",
     "get_extractor",
+    "inference_extractor",
     "normalize_maps",
     "preserved_module_state",
     "resolve_class_selection",
@@ -383,6 +386,133 @@ class GradCAMExtractor(CAMExtractor):
         return hooked.logits, maps
 
 
+class SliceBySliceExtractor(CAMExtractor):
+    """A 2D net's extractor run through volumes slice by slice: one CAM volume, one class score per volume.
+
+    A volume ``(B, C, X, Y, Z)`` is cut along ``slice_axis`` (an array axis of the volume; ``-1``/``2`` is
+    the slice axis of NIfTI files and of MONAI's DICOM series reader) into 2D slices, which go through the
+    wrapped extractor ``slice_batch`` at a time. Each slice's raw map is upsampled to the slice and the maps
+    are stacked back along ``slice_axis``; the volume's map is then min-max normalised **as a whole**, so a
+    slice without a lesion keeps low values instead of being stretched to [0, 1] on its own. The volume's
+    logits are those of its slice with the highest probability of ``positive_class`` (a volume holds a lesion
+    when one of its slices does). Flip test-time augmentation is the wrapped extractor's, along the axes of
+    the slice. A 2D batch ``(B, C, X, Y)`` goes to the wrapped extractor unchanged.
+
+    Args:
+        extractor: the 2D extractor (an instance or a name of :func:`get_extractor`); its own ``normalize``
+            is not used.
+        slice_axis: the volume's array axis the slices are cut along (0, 1, 2, or -1 for the last).
+        positive_class: the lesion class, whose per-slice probability picks the slice that gives the volume's
+            logits.
+        slice_batch: slices per call of the wrapped extractor (bounds memory).
+        normalize: see :class:`CAMExtractor`.
+
+    Volumes need a class per sample (an ``int`` or per-sample indices): the predicted class of a volume is
+    only known once every slice has run, so ``class_idx=None`` is refused for them.
+    """
+
+    def __init__(
+        self,
+        extractor: CAMExtractor | str = "cam",
+        slice_axis: int = -1,
+        positive_class: int = 1,
+        slice_batch: int = 16,
+        normalize: bool = True,
+    ) -> None:
+        inner = get_extractor(extractor)
+        super().__init__(normalize=normalize)
+        if isinstance(slice_axis, bool) or slice_axis not in (-1, 0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1, 2 or -1 (a volume's array axis), got {slice_axis!r}.")
+        if isinstance(positive_class, bool) or not isinstance(positive_class, int) or positive_class < 0:
+            raise ValueError(
+                f"positive_class must be a non-negative int class index, got {positive_class!r}."
+            )
+        if isinstance(slice_batch, bool) or not isinstance(slice_batch, int) or slice_batch < 1:
+            raise ValueError(f"slice_batch must be a positive int, got {slice_batch!r}.")
+        self.slice_axis = int(slice_axis) % 3
+        self.positive_class = positive_class
+        self.slice_batch = slice_batch
+        # the slices' maps are normalised together, over the volume, so the wrapped extractor returns them raw
+        self.slice_extractor = copy.copy(inner)
+        self.slice_extractor.normalize = False
+        self.needs_grad = inner.needs_grad  # type: ignore[misc]
+        self.flip_axes = inner.flip_axes
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.slice_extractor!r}, slice_axis={self.slice_axis}, "
+            f"positive_class={self.positive_class}, slice_batch={self.slice_batch}, "
+            f"normalize={self.normalize})"
+        )
+
+    def with_flip_axes(self, flip_axes: Sequence[int]) -> SliceBySliceExtractor:
+        """A copy whose slices run with flip test-time augmentation along ``flip_axes`` (slice axes)."""
+        out = copy.copy(self)
+        out.slice_extractor = self.slice_extractor.with_flip_axes(flip_axes)
+        out.flip_axes = out.slice_extractor.flip_axes
+        return out
+
+    def __call__(
+        self, net: nn.Module, x: torch.Tensor, class_idx: ClassSelection = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, K), maps (B, 1, *spatial))`` of a 2D batch or of volumes; see the class docstring."""
+        logits, maps, _ = self.extract(net, x, class_idx)
+        return logits, maps
+
+    def extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: ClassSelection = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As :meth:`__call__`, plus the per-slice logits ``(B, S, K)`` of volumes (``None`` for a 2D batch),
+        ``S`` slices along ``slice_axis``."""
+        x_plain = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+        if x_plain.ndim == 4:
+            logits, maps = self.slice_extractor(net, x, class_idx)
+            return logits, (normalize_maps(maps) if self.normalize else maps), None
+        if x_plain.ndim != 5:
+            raise ValueError(
+                f"{type(self).__name__}: x must be a 2D batch (B, C, X, Y) or volumes (B, C, X, Y, Z), "
+                f"got shape {tuple(x_plain.shape)}."
+            )
+        batch = x_plain.shape[0]
+        classes = resolve_class_selection(class_idx, batch)
+        if classes is None:
+            raise ValueError(
+                f"{type(self).__name__}: a volume's predicted class is known only after all its slices; give "
+                "the class whose maps to compute (an int, e.g. the lesion class, or one index per volume)."
+            )
+        # (B, C, X, Y, Z) -> (B * S, C, *in-plane), slice-major within each volume
+        moved = x_plain.movedim(self.slice_axis + 2, 1)
+        n_slices, in_plane = moved.shape[1], tuple(moved.shape[3:])
+        slices = moved.reshape(batch * n_slices, x_plain.shape[1], *in_plane)
+        slice_classes = classes.to(x_plain.device).repeat_interleave(n_slices)
+        logits_parts, map_parts = [], []
+        for start in range(0, batch * n_slices, self.slice_batch):
+            stop = start + self.slice_batch
+            logits, maps = self.slice_extractor(net, slices[start:stop], slice_classes[start:stop])
+            logits_parts.append(logits)
+            map_parts.append(maps)
+        slice_logits = torch.cat(logits_parts).reshape(batch, n_slices, -1)  # (B, S, K)
+        if self.positive_class >= slice_logits.shape[-1]:
+            raise ValueError(
+                f"{type(self).__name__}: positive_class={self.positive_class} for a net with "
+                f"{slice_logits.shape[-1]} classes."
+            )
+        maps = torch.cat(map_parts).reshape(batch, n_slices, 1, *in_plane).movedim(1, self.slice_axis + 2)
+        best = torch.softmax(slice_logits, dim=-1)[..., self.positive_class].argmax(dim=1)  # (B,)
+        logits = slice_logits[torch.arange(batch, device=slice_logits.device), best]
+        if self.normalize:
+            maps = normalize_maps(maps)
+        if isinstance(x, MetaTensor):
+            maps = MetaTensor(maps)
+            maps.copy_meta_from(x)
+        return logits, maps, slice_logits
+
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.slice_extractor._extract(net, x, class_idx)
+
+
 #: extractor name -> factory (keyword arguments: ``normalize``, and ``layer_name`` for the Grad-CAMs)
 EXTRACTORS: dict[str, Callable[..., CAMExtractor]] = {
     "cam": ForwardCAM,
@@ -408,3 +538,31 @@ def get_extractor(extractor: str | CAMExtractor = "cam", **kwargs: Any) -> CAMEx
             f"unknown CAM extractor {extractor!r}; valid extractors: {', '.join(available_extractors())}."
         )
     return EXTRACTORS[extractor](**kwargs)
+
+
+def inference_extractor(
+    extractor: str | CAMExtractor = "cam",
+    flip_axes: Sequence[int] = (),
+    spatial_dims: int = 2,
+    slice_axis: int | None = None,
+    positive_class: int | str = 1,
+    slice_batch: int = 16,
+) -> CAMExtractor:
+    """The extractor of the bundle's inference and evaluation: ``extractor`` (e.g. a method's) with flip
+    test-time augmentation along ``flip_axes`` (none when empty), wrapped in a :class:`SliceBySliceExtractor`
+    along ``slice_axis`` for a 2D net (``spatial_dims=2``) unless ``slice_axis`` is ``None``.
+
+    ``positive_class`` is the lesion class that picks a volume's slice (a class-selection name such as
+    ``"label"`` or ``"pred"`` falls back to class 1, the lesion class of a present/absent classifier).
+    """
+    out = get_extractor(extractor)
+    if flip_axes:
+        out = out.with_flip_axes(flip_axes)
+    if spatial_dims == 2 and slice_axis is not None:
+        positive = (
+            positive_class if isinstance(positive_class, int) and not isinstance(positive_class, bool) else 1
+        )
+        out = SliceBySliceExtractor(
+            out, slice_axis=slice_axis, positive_class=positive, slice_batch=slice_batch
+        )
+    return out

@@ -94,19 +94,24 @@ def test_inference_config_parses_without_monai_label():
 def test_evaluate_runs_the_methods_extractor(method):
     # evaluate.json overrides inference.json: its evaluator must keep the method's extractor (Grad-CAM maps
     # for the post-hoc methods, not the in-graph CAM)
-    from monai_wsol.extractors import ForwardCAM, GradCAMExtractor
+    from monai_wsol.extractors import ForwardCAM, GradCAMExtractor, SliceBySliceExtractor
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
     parser.update({"method": method, "network_kwargs": {"channels": [4, 8], "stages": [1, 1]}})
-    extractor = parser.get_parsed_content("evaluator#extractor")
+    wrapper = parser.get_parsed_content("evaluator#extractor")
+    # a 2D model runs volumes slice by slice along the bundle's slice axis, picking slices by the lesion class
+    assert isinstance(wrapper, SliceBySliceExtractor)
+    assert (wrapper.slice_axis, wrapper.positive_class) == (2, parser.get_parsed_content("cam_class"))
+    extractor = wrapper.slice_extractor
     expected = GradCAMExtractor if method.startswith("gradcam") else ForwardCAM
     assert isinstance(extractor, expected)
     # the method's own extractor with the bundle's flip TTA (left-right, chosen on validation)
     method_extractor = parser.get_parsed_content("wsol_method").extractor
     assert type(extractor) is type(method_extractor) and method_extractor.flip_axes == ()
-    assert extractor.flip_axes == (0,)
+    assert extractor.flip_axes == wrapper.flip_axes == (0,)
     parser["tta_flip_axes"] = []
+    parser["slice_axis"] = "none"
     assert (
         parser.get_parsed_content("evaluator#extractor", lazy=False)
         is parser.get_parsed_content("wsol_method").extractor
@@ -132,12 +137,24 @@ def test_training_preprocessing_is_cached_up_to_the_first_random_transform():
         assert "Resized" in names, (stage, names)
 
 
-def test_input_checks_guard_the_bundle_dataset_not_monai_labels_pre_transforms():
-    # MONAI Label runs "preprocessing" as its pre-transforms and a 2D bundle slice by slice through volumes:
-    # the input checks (which refuse a volume for a 2D model) belong to the bundle's own dataset only
+def test_input_checks_are_part_of_the_preprocessing_every_path_runs():
+    # MONAI Label runs "preprocessing" as its pre-transforms, the bundle's dataset runs it too: one set of
+    # input checks, which let volumes through to a 2D model run slice by slice
+    from monai_wsol.data.input_checks import InputChecksd
+
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    names = [type(t).__name__ for t in parser.get_parsed_content("preprocessing").flatten().transforms]
-    assert "InputChecksd" not in names
-    guarded = parser.get_parsed_content("dataset#transform").flatten().transforms
-    assert "InputChecksd" in [type(t).__name__ for t in guarded]
+    checks = [
+        t
+        for t in parser.get_parsed_content("preprocessing").flatten().transforms
+        if isinstance(t, InputChecksd)
+    ]
+    assert len(checks) == 1 and checks[0].slice_axis == 2 and checks[0].spatial_dims == 2
+    assert parser.get_parsed_content("dataset#transform") is parser.get_parsed_content("preprocessing")
+    parser["spatial_dims"] = 3
+    checks = [t for t in parser.get_parsed_content("preprocessing", lazy=False).flatten().transforms]
+    assert [t.slice_axis for t in checks if isinstance(t, InputChecksd)] == [None]
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
+    names = [type(t).__name__ for t in parser.get_parsed_content("dataset#transform").flatten().transforms]
+    assert names.count("InputChecksd") == 1

@@ -17,6 +17,7 @@ from monai_wsol.extractors import (
     CAMExtractor,
     ForwardCAM,
     GradCAMExtractor,
+    SliceBySliceExtractor,
     available_extractors,
     get_extractor,
     normalize_maps,
@@ -437,3 +438,61 @@ def test_flip_tta_averages_the_flipped_back_maps(name, spatial_dims):
             get_extractor(name).with_flip_axes((2,))(net, x, 1)
     with pytest.raises(ValueError, match="distinct"):
         ForwardCAM(flip_axes=(0, 0))
+
+
+# ------------------------------------------------------------------------------------ 2D nets through volumes
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_slice_by_slice_equals_the_slices_as_a_batch(name, slice_axis):
+    net = _mixed_state_net(2)
+    x = torch.rand(2, 1, 20, 24, 28)
+    before = _snapshot(net)
+    extractor = SliceBySliceExtractor(name, slice_axis=slice_axis, positive_class=1, slice_batch=7)
+    logits, maps, slice_logits = extractor.extract(net, x, 2)
+    _assert_same_state(before, _snapshot(net))
+    assert maps.shape == (2, 1, 20, 24, 28)
+    plain = get_extractor(name, normalize=False)
+    for b in range(2):
+        slices = x[b].movedim(slice_axis + 1, 0)  # (S, C, *in-plane)
+        ref_logits, ref_maps = plain(net, slices, 2)
+        torch.testing.assert_close(slice_logits[b], ref_logits, rtol=1e-4, atol=1e-5)
+        # one normalisation over the whole volume, not per slice
+        volume = ref_maps[:, 0].movedim(0, slice_axis)[None, None]
+        torch.testing.assert_close(maps[b : b + 1], normalize_maps(volume), rtol=1e-4, atol=1e-5)
+        best = int(torch.softmax(ref_logits, -1)[:, 1].argmax())  # the slice most likely to be positive
+        torch.testing.assert_close(logits[b], ref_logits[best], rtol=1e-4, atol=1e-5)
+    assert torch.equal(extractor(net, x, 2)[1], maps)
+
+
+def test_slice_by_slice_flips_slices_and_passes_2d_batches_through():
+    net = _mixed_state_net(2)
+    volume = MetaTensor(torch.rand(1, 1, 24, 20, 6), affine=torch.diag(torch.tensor([0.5, 0.7, 3.0, 1.0])))
+    tta = SliceBySliceExtractor(ForwardCAM(), slice_axis=-1).with_flip_axes((0,))
+    assert tta.flip_axes == (0,) and tta.slice_extractor.flip_axes == (0,)
+    _, maps = tta(net, volume, 1)
+    # the map of each slice is the flip-averaged map of that slice, normalised over the volume
+    slices = volume.as_tensor()[0].movedim(-1, 0)
+    ref = ForwardCAM(normalize=False, flip_axes=(0,))(net, slices, 1)[1]
+    torch.testing.assert_close(maps.as_tensor(), normalize_maps(ref[:, 0].movedim(0, -1)[None, None]))
+    assert isinstance(maps, MetaTensor) and torch.equal(maps.affine, volume.affine)
+    # a 2D batch: the wrapped extractor's maps
+    x = torch.rand(3, 1, 32, 32)
+    got = SliceBySliceExtractor("cam")(net, x, 1)
+    want = ForwardCAM()(net, x, 1)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    assert SliceBySliceExtractor("cam").extract(net, x, 1)[2] is None
+
+
+def test_slice_by_slice_refusals():
+    net = _mixed_state_net(2)
+    with pytest.raises(ValueError, match="predicted class is known only after"):
+        SliceBySliceExtractor()(net, torch.rand(1, 1, 16, 16, 3), None)
+    with pytest.raises(ValueError, match="positive_class=3"):
+        SliceBySliceExtractor(positive_class=3)(net, torch.rand(1, 1, 16, 16, 3), 0)
+    with pytest.raises(ValueError, match="slice_axis"):
+        SliceBySliceExtractor(slice_axis=3)
+    with pytest.raises(ValueError, match="slice_batch"):
+        SliceBySliceExtractor(slice_batch=0)
+    with pytest.raises(ValueError, match="volumes"):
+        SliceBySliceExtractor()(net, torch.rand(1, 1, 16), 0)

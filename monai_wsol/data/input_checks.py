@@ -3,10 +3,11 @@
 :class:`InputChecksd` refuses (with an :class:`InputCheckError` naming the input) what the network cannot
 take, or takes it in the documented way:
 
-- **spatial dims**: a 3D volume given to a 2D model is refused, naming the 3D configuration
-  (``configs/train_3d.json``; inference then runs with ``--spatial_dims 3`` and that model); a 2D image given
-  to a 3D model likewise. A volume with a single slice (X, Y, 1) is a 2D image: the slice axis is dropped
-  (affine kept for the remaining axes).
+- **spatial dims**: a 3D volume given to a 2D model goes through it slice by slice when ``slice_axis`` is
+  set (:class:`monai_wsol.extractors.SliceBySliceExtractor`), and is refused otherwise, naming both ways (a
+  slice axis, or a 3D model trained with ``configs/train_3d.json``); a 2D image given to a 3D model is
+  refused. A volume with a single slice (X, Y, 1) is a 2D image: the slice axis is dropped (affine kept for
+  the remaining axes).
 - **channels**: a colour photograph (PNG/JPEG/TIFF/BMP, RGB or RGBA, or gray + alpha) given to a
   one-channel model is converted to grayscale with the ITU-R 601 luma weights (PIL's ``"L"``; alpha is
   dropped) and a warning; any other channel mismatch is refused.
@@ -14,7 +15,8 @@ take, or takes it in the documented way:
   scaling and the CAM would turn a single NaN into a map of NaN, and replacing them would localise on
   invented values: fix the file (e.g. ``numpy.nan_to_num``) and run it again.
 - **size**: an image smaller than the network's minimum input (``min_size`` voxels along every spatial
-  axis, see :func:`monai_wsol.engines.batch.min_input_size`) is refused, with the minimum; it is not padded,
+  axis the network sees, i.e. in-plane for a volume run slice by slice; see
+  :func:`monai_wsol.engines.batch.min_input_size`) is refused, with the minimum; it is not padded,
   since the map of a padded image is mostly the map of the padding.
 
 :func:`insert_after_loading` places the checks right after the loading transforms of a preprocessing
@@ -67,6 +69,8 @@ class InputChecksd(MapTransform):
         spatial_dims: the network's spatial dims (2 or 3).
         in_channels: the network's input channels.
         min_size: the smallest input the network takes along each spatial axis (``None``: not checked).
+        slice_axis: for a 2D model, the array axis a volume is cut along to run slice by slice (0, 1, 2 or
+            -1 for the last); ``None`` refuses volumes.
         allow_missing_keys: skip keys absent from the data.
 
     Raises:
@@ -79,6 +83,7 @@ class InputChecksd(MapTransform):
         spatial_dims: int,
         in_channels: int = 1,
         min_size: int | None = None,
+        slice_axis: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -87,6 +92,9 @@ class InputChecksd(MapTransform):
         self.spatial_dims = int(spatial_dims)
         self.in_channels = int(in_channels)
         self.min_size = None if min_size is None else int(min_size)
+        if slice_axis is not None and (isinstance(slice_axis, bool) or slice_axis not in (-1, 0, 1, 2)):
+            raise ValueError(f"slice_axis must be 0, 1, 2, -1 or None, got {slice_axis!r}.")
+        self.slice_axis = None if slice_axis is None else int(slice_axis) % 3
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -109,10 +117,18 @@ class InputChecksd(MapTransform):
                 )
         img = self._check_channels(img, source)
         spatial = tuple(img.shape[1:])
-        if self.min_size is not None and min(spatial) < self.min_size:
+        seen = spatial  # the axes the network sees: in-plane ones for a volume run slice by slice
+        if len(spatial) > self.spatial_dims:
+            seen = tuple(s for i, s in enumerate(spatial) if i != self.slice_axis)
+        if self.min_size is not None and min(seen) < self.min_size:
+            where = (
+                "each axis"
+                if seen == spatial
+                else f"each in-plane axis (slices along axis {self.slice_axis})"
+            )
             raise InputCheckError(
                 f"{source}: the image is {_shape(spatial)} voxels, below the network's minimum input of "
-                f"{self.min_size} voxels along each axis; use a larger image or resample it (the spacing key)"
+                f"{self.min_size} voxels along {where}; use a larger image or resample it (the spacing key)"
             )
         return img
 
@@ -123,10 +139,13 @@ class InputChecksd(MapTransform):
         if self.spatial_dims == 2 and len(spatial) == 3 and spatial[2] == 1:
             return _drop_last_axis(img)
         if self.spatial_dims == 2 and len(spatial) == 3:
+            if self.slice_axis is not None:
+                return img
             raise InputCheckError(
-                f"{source}: a 3D volume ({_shape(spatial)} voxels) cannot go to this 2D model "
-                f"(slice-by-slice inference is not available); use a 3D model: train one with {CONFIG_3D}, "
-                "then run inference with --spatial_dims 3 --ckpt_path <that model.pt>"
+                f"{source}: a 3D volume ({_shape(spatial)} voxels) cannot go to this 2D model with "
+                "slice_axis none; run it slice by slice (--slice_axis 2, the slice axis of NIfTI files and "
+                f"DICOM series), or use a 3D model: train one with {CONFIG_3D}, then run inference with "
+                "--spatial_dims 3 --ckpt_path <that model.pt>"
             )
         if self.spatial_dims == 3 and len(spatial) == 2:
             raise InputCheckError(

@@ -64,6 +64,7 @@ __all__ = [
     "list_inputs",
     "localization_path",
     "min_input_size",
+    "as_slice_axis",
     "record_from_exception",
 ]
 
@@ -152,6 +153,10 @@ class InputsFailed(SystemExit):
         self.failures = list(failures)
 
 
+#: ``slice_axis`` values that turn slice-by-slice inference off
+_NO_AXIS = frozenset({"none", "null", "off", "false", "no"})
+
+
 def as_flag(value: Any, key: str) -> bool:
     """A config flag as a ``bool``: ``True``/``False``, 0/1, or (from the command line, where
     ``--fail_fast false`` arrives as the string ``"false"``) true/false, yes/no, on/off, 1/0."""
@@ -162,6 +167,23 @@ def as_flag(value: Any, key: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def as_slice_axis(value: Any, spatial_dims: int = 2) -> int | None:
+    """The ``slice_axis`` setting of a 2D model: the volume axis (0, 1, 2; -1 is 2) a volume runs slice by
+    slice along, or ``None`` (volumes refused) for ``None``/``"none"``/``"off"``/``false`` (the command line
+    cannot pass a null: MONAI's ``run`` drops ``None`` overrides). Always ``None`` for a 3D model."""
+    if spatial_dims == 3:
+        return None
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _NO_AXIS):
+        return None
+    try:
+        axis = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        axis = None
+    if axis is None or axis not in (-1, 0, 1, 2) or (isinstance(value, float) and value != axis):
+        raise ValueError(f"slice_axis must be 0, 1, 2 (or -1, the last) or none, got {value!r}")
+    return axis % 3
 
 
 def image_stem(path: str | os.PathLike) -> str:
@@ -270,21 +292,25 @@ def list_inputs(
     split: str = "test",
     base_dir: str | os.PathLike | None = None,
     spatial_dims: int = 2,
+    slice_axis: int | None = None,
 ) -> list[dict]:
     """The inputs of a folder (or datalist split), one item ``{"image": path}`` each; what cannot be run
     carries a ``PROBLEM_KEY`` entry ``{"status", "stage", "reason"}`` instead of raising.
 
     Folder: each file with an image ending (:data:`IMAGE_SUFFIXES`) is one image; each sub-folder holding
-    DICOM files is one series; loose DICOM files are one series when ``spatial_dims`` is 3, one image each
-    when it is 2. Skipped with a note: files that are no image (``.txt``, ``.DS_Store``, a ``DICOMDIR``),
-    sub-folders without DICOM files. Failed: a missing input folder, a folder without any image.
+    DICOM files is one series. Loose DICOM files (directly in the folder) are one series when ``spatial_dims``
+    is 3; with a 2D model they are one series when the model runs volumes slice by slice (``slice_axis`` set)
+    and they are the instances of a single series with several of them (a series folder given as
+    ``input_dir``), else one image each (e.g. radiographs). Skipped with a note: files that are no image
+    (``.txt``, ``.DS_Store``, a ``DICOMDIR``), sub-folders without DICOM files. Failed: a missing input
+    folder, a folder without any image.
 
     Datalist: the split's ``image`` paths (relative to ``base_dir``, default the datalist's folder), not
     opened here: each is read (and its problems recorded) when it is loaded. A datalist that cannot be read
     is one failed input.
     """
     if input_dir:
-        return _folder_inputs(Path(input_dir), spatial_dims)
+        return _folder_inputs(Path(input_dir), spatial_dims, slice_axis)
     if datalist is None:
         raise ValueError("inference needs input_dir (a folder of images) or datalist (a datalist JSON).")
     return _datalist_inputs(Path(datalist), split, base_dir)
@@ -294,7 +320,20 @@ def _problem(path: str | os.PathLike, status: str, stage: str, reason: str) -> d
     return {"image": str(path), PROBLEM_KEY: {"status": status, "stage": stage, "reason": reason}}
 
 
-def _folder_inputs(root: Path, spatial_dims: int) -> list[dict]:
+def _one_multi_instance_series(folder: Path) -> bool:
+    """Whether the DICOM images directly in ``folder`` are two or more distinct instances (SOPInstanceUIDs)
+    of one series (copies of one instance are no series)."""
+    from monai_wsol.data.readers import scan_dicom_folder
+
+    scan = scan_dicom_folder(folder)
+    if len(scan.series) != 1:
+        return False
+    uids = [str(getattr(ds, "SOPInstanceUID", "")) for ds in scan.datasets.values()]
+    return len(uids) > 1 and len(set(uids)) == len(uids)
+
+
+def _folder_inputs(root: Path, spatial_dims: int, slice_axis: int | None) -> list[dict]:
+    """The items of :func:`list_inputs` for a folder."""
     from pydicom.misc import is_dicom
 
     if not root.is_dir():
@@ -318,7 +357,8 @@ def _folder_inputs(root: Path, spatial_dims: int) -> list[dict]:
         else:
             items.append(_problem(p, "skipped", "list", "not an image file"))
     if loose_dicom:
-        items += [{"image": str(root)}] if spatial_dims == 3 else [{"image": f} for f in loose_dicom]
+        one_series = spatial_dims == 3 or (slice_axis is not None and _one_multi_instance_series(root))
+        items += [{"image": str(root)}] if one_series else [{"image": f} for f in loose_dicom]
     if not any(PROBLEM_KEY not in item for item in items):
         reason = (
             f"the input folder holds no image ({', '.join(IMAGE_SUFFIXES)}) or DICOM series"

@@ -257,6 +257,7 @@ def inference_items(
     split: str = "test",
     base_dir: str | os.PathLike | None = None,
     spatial_dims: int = 2,
+    slice_axis: int | None = None,
 ) -> list[dict]:
     """The images of a folder or datalist, as :func:`~monai_wsol.engines.batch.list_inputs` lists them, but
     strict: the first input that cannot be run raises (for callers that want all or nothing; the bundle's
@@ -268,7 +269,9 @@ def inference_items(
     """
     if not input_dir and datalist is None:
         raise ValueError("inference needs input_dir (a folder of images) or datalist (a datalist JSON).")
-    items = list_inputs(input_dir, datalist, split, base_dir=base_dir, spatial_dims=spatial_dims)
+    items = list_inputs(
+        input_dir, datalist, split, base_dir=base_dir, spatial_dims=spatial_dims, slice_axis=slice_axis
+    )
     for item in items:
         problem = item.get(PROBLEM_KEY)
         if problem is not None and problem.get("status") != "skipped":

@@ -2,14 +2,15 @@
 
 MONAI Label's ``BasicInferTask.run_inferer`` calls ``inferer(image[None], network)`` once and decollates a
 dictionary output, so :class:`LocalizationInferer` returns ``{"pred": logits, "cam": map}`` from a single
-forward pass (``forward_cam``, through :class:`monai_wsol.extractors.ForwardCAM`, as
-:class:`monai_wsol.engines.CAMInferer`).
+forward pass of the bundle's CAM extractor (by default ``forward_cam``, through
+:class:`monai_wsol.extractors.ForwardCAM`, as :class:`monai_wsol.engines.CAMInferer`).
 
 Viewers (3D Slicer, OHIF) always send volumes. A 2D network given a 3D volume ``(B, C, X, Y, Z)`` runs slice
-by slice along the last array axis (the slice axis of NIfTI files and of MONAI's DICOM series); the raw CAMs
-of all slices are normalised **together**, so a slice without a lesion keeps low values instead of being
-stretched to [0, 1] on its own, and the volume's class probabilities are those of the slice most likely to
-hold the lesion (a volume holds a lesion when one of its slices does).
+by slice (:class:`monai_wsol.extractors.SliceBySliceExtractor`, as the bundle's inference), by default along
+the last array axis (the slice axis of NIfTI files and of MONAI's DICOM series); the raw CAMs of all slices
+are normalised **together**, so a slice without a lesion keeps low values instead of being stretched to
+[0, 1] on its own, and the volume's class probabilities are those of the slice most likely to hold the lesion
+(a volume holds a lesion when one of its slices does).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from monai_wsol.engines.inference import unwrap_network
-from monai_wsol.extractors import ForwardCAM, normalize_maps
+from monai_wsol.extractors import CAMExtractor, SliceBySliceExtractor, get_extractor
 
 __all__ = ["LocalizationInferer", "InputShapeError"]
 
@@ -31,10 +32,14 @@ class InputShapeError(ValueError):
 
 
 class LocalizationInferer(Inferer):
-    """``network.forward_cam`` -> ``{pred_key: logits (B, K), cam_key: CAM (B, 1, *spatial) in [0, 1]}``.
+    """``extractor(network)`` -> ``{pred_key: logits (B, K), cam_key: CAM (B, 1, *spatial) in [0, 1]}``.
 
     Args:
         cam_class: the class whose activation map is the lesion map (the bundle's ``cam_class``).
+        extractor: the CAM extractor (an instance or a name of :func:`monai_wsol.extractors.get_extractor`,
+            e.g. the bundle method's, with its flip test-time augmentation); default ``"cam"``.
+        slice_axis: the volume axis a 2D network runs along (see
+            :class:`~monai_wsol.extractors.SliceBySliceExtractor`).
         slice_batch: slices per forward pass when a 2D network runs through a 3D volume (bounds memory).
         pred_key, cam_key: output keys.
         slice_key: output key of the per-slice logits ``(B, Z, K)`` of a volume run slice by slice (absent
@@ -47,6 +52,8 @@ class LocalizationInferer(Inferer):
     def __init__(
         self,
         cam_class: int = 1,
+        extractor: CAMExtractor | str = "cam",
+        slice_axis: int = -1,
         slice_batch: int = 16,
         pred_key: str = "pred",
         cam_key: str = "cam",
@@ -55,14 +62,12 @@ class LocalizationInferer(Inferer):
         super().__init__()
         if isinstance(cam_class, bool) or not isinstance(cam_class, int) or cam_class < 0:
             raise ValueError(f"cam_class must be a non-negative int class index, got {cam_class!r}.")
-        if isinstance(slice_batch, bool) or not isinstance(slice_batch, int) or slice_batch < 1:
-            raise ValueError(f"slice_batch must be a positive int, got {slice_batch!r}.")
         self.cam_class = cam_class
-        self.slice_batch = slice_batch
         self.pred_key, self.cam_key, self.slice_key = pred_key, cam_key, slice_key
-        self._extractor = ForwardCAM()
-        # slices of a volume are normalised together afterwards, so their maps are extracted raw
-        self._slice_extractor = ForwardCAM(normalize=False)
+        self._extractor = get_extractor(extractor)
+        self._slice_extractor = SliceBySliceExtractor(
+            self._extractor, slice_axis=slice_axis, positive_class=cam_class, slice_batch=slice_batch
+        )
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> dict:
         net = unwrap_network(network)
@@ -83,8 +88,7 @@ class LocalizationInferer(Inferer):
             logits, cams = self._extractor(net, x, self.cam_class)
             out = {self.pred_key: logits}
         elif sd == 2 and x.ndim == 5:
-            logits, cams, slice_logits = self._slice_by_slice(x, net)
-            cams = normalize_maps(cams)
+            logits, cams, slice_logits = self._slice_extractor.extract(net, x, self.cam_class)
             out = {self.pred_key: logits}
             if self.slice_key is not None:
                 out[self.slice_key] = slice_logits
@@ -96,26 +100,3 @@ class LocalizationInferer(Inferer):
             )
         out[self.cam_key] = cams
         return out
-
-    def _slice_by_slice(
-        self, x: torch.Tensor, network: torch.nn.Module
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, X, Y, Z) -> volume logits (B, K), raw CAM (B, 1, X, Y, Z), slice logits (B, Z, K).
-
-        ``network`` is the unwrapped 2D network.
-        """
-        b, c, *xy, z = x.shape
-        slices = x.permute(0, 4, 1, 2, 3).reshape(b * z, c, *xy)  # (B*Z, C, X, Y), slice-major per volume
-        logits_parts, cam_parts = [], []
-        for start in range(0, b * z, self.slice_batch):
-            logits, cams = self._slice_extractor(
-                network, slices[start : start + self.slice_batch], self.cam_class
-            )
-            logits_parts.append(logits)
-            cam_parts.append(cams)
-        slice_logits = torch.cat(logits_parts).reshape(b, z, -1)  # (B, Z, K)
-        cams = torch.cat(cam_parts).reshape(b, z, 1, *xy).permute(0, 2, 3, 4, 1)  # (B, 1, X, Y, Z)
-        # the volume's class scores: the slice most likely to hold the lesion class
-        best = torch.softmax(slice_logits, dim=-1)[..., self.cam_class].argmax(dim=1)  # (B,)
-        logits = slice_logits[torch.arange(b, device=slice_logits.device), best]
-        return logits, cams, slice_logits

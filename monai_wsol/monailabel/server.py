@@ -26,6 +26,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.utils.others.generic import strtobool
 
 from monai_wsol import __version__
+from monai_wsol.data.input_checks import InputCheckError
 from monai_wsol.data.readers import ImageReadError
 from monai_wsol.monailabel.inferer import InputShapeError
 from monai_wsol.monailabel.task import InvalidRequestError, UnsupportedImageError, WSOLInferTask
@@ -131,7 +132,7 @@ def client_error(error: BaseException) -> tuple[int | None, BaseException]:
         seen.add(id(e))
         if isinstance(e, UnsupportedImageError):
             return 415, e
-        if isinstance(e, (InvalidRequestError, ImageReadError, InputShapeError)):
+        if isinstance(e, (InvalidRequestError, ImageReadError, InputShapeError, InputCheckError)):
             return 400, e
         e = e.__cause__ or e.__context__
     return None, error

@@ -25,6 +25,7 @@ pytest.importorskip(
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.data import MetaTensor  # noqa: E402
 
+from monai_wsol.data.input_checks import InputCheckError  # noqa: E402
 from monai_wsol.data.readers import ImageReadError  # noqa: E402
 from monai_wsol.monailabel import InputShapeError, LocalizationInferer, LocalizationResultd, UnpackDictd  # noqa: E402
 from monai_wsol.monailabel.server import client_error, parse_bundles  # noqa: E402
@@ -221,6 +222,7 @@ def test_client_errors_are_found_through_compose_wrapping():
     assert status == 400 and "cannot read" in str(cause)
     assert client_error(UnsupportedImageError("x"))[0] == 415
     assert client_error(InputShapeError("x"))[0] == 400
+    assert client_error(InputCheckError("x"))[0] == 400
     assert client_error(KeyError("bug"))[0] is None
 
 

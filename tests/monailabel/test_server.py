@@ -317,7 +317,20 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, volume, work)
     rgb = io.BytesIO()
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(rgb, format="PNG")
     rgb_answer = infer(server, ("photo.png", rgb.getvalue()))
-    assert rgb_answer.status_code == 400 and "channel" in rgb_answer.json()["detail"]
+    # as in the bundle's inference: a colour photograph is converted to grayscale, and answered
+    assert rgb_answer.status_code == 200, rgb_answer.text
+    # what the bundle's inference refuses gets the same reason, as a 400
+    nan_volume = nib.load(volume)
+    values = np.asarray(nan_volume.dataobj, dtype=np.float32)
+    values[:2, :3] = np.nan
+    nan_path = work / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(values, nan_volume.affine), nan_path)
+    nan_answer = infer(server, nan_path)
+    assert nan_answer.status_code == 400 and "voxels are not finite" in nan_answer.json()["detail"]
+    tiny_path = work / "tiny.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((3, 3), np.float32), np.eye(4)), tiny_path)
+    tiny_answer = infer(server, tiny_path)
+    assert tiny_answer.status_code == 400 and "minimum input" in tiny_answer.json()["detail"]
     not_stored = requests.post(f"{server}/infer/{MODEL}", params={"image": "no_such_image"}, timeout=TIMEOUT)
     assert not_stored.status_code == 400 and "no image" in not_stored.json()["detail"]
     # still serving
