@@ -160,7 +160,14 @@ def test_bad_studies_cost_one_line_each_and_the_others_complete(tmp_path, archiv
 def test_an_archive_that_is_down_is_one_failed_study(tmp_path, model, capfd):
     rc, console = infer("http://127.0.0.1:9", "1.2.3", tmp_path / "out", model, capfd)
     assert rc == 1
-    _one_line(console, "failed", "studies/1.2.3", "(fetch)", "the archive is up")
+    _one_line(
+        console,
+        "failed",
+        "studies/1.2.3",
+        "(fetch)",
+        "cannot connect to http://127.0.0.1:9/dicom-web",
+        "that it is up",
+    )
     assert not list((tmp_path / "out").glob("*.nii.gz"))
 
 

@@ -708,7 +708,9 @@ class InputLog:
         if c.failed:
             total = self.total if self.total is not None else len(self.records)
             others = c.done + c.resumed
-            written = f"the outputs of the {others} other(s) are written" if others else "nothing was written"
+            written = (
+                f"the outputs of the {others} other(s) are written" if others else "no other input completed"
+            )
             raise InputsFailed(
                 f"{self.name}: {c.failed} of {total} input(s) failed, listed in {self.failures_path} "
                 f"(log: {self.log_path}); {written}",

@@ -147,8 +147,10 @@ def dicomweb_inputs(
         try:
             found = client.search_for_series(study_instance_uid=study)
         except Exception as e:
-            reason = f"the archive did not list the study's series ({short_error(e)}); check dicomweb_url"
-            items.append(_problem(source, "failed", "fetch", f"{reason} and that the archive is up"))
+            reason = f"the archive did not list the study's series ({_archive_error(e, url)})"
+            items.append(
+                _problem(source, "failed", "fetch", f"{reason}; check dicomweb_url and that it is up")
+            )
             continue
         images = []
         for series in found:
@@ -176,7 +178,7 @@ def dicomweb_inputs(
             try:
                 count = _fetch_series(client, study, series, folder)
             except Exception as e:
-                reason = f"series {series} of study {study} could not be retrieved ({short_error(e)})"
+                reason = f"series {series} of study {study} could not be retrieved ({_archive_error(e, url)})"
                 items.append(_problem(str(folder), "failed", "fetch", reason))
                 continue
             logger.info(
@@ -281,7 +283,7 @@ class DicomWebStore:
             response = self.client.store_instances([seg], study_instance_uid=study)
         except Exception as e:
             raise ArchiveError(
-                f"STOW-RS of {Path(seg_file).name} into study {study} failed: {short_error(e)}"
+                f"STOW-RS of {Path(seg_file).name} into study {study} failed: {_archive_error(e, self.url)}"
             ) from e
         failed = getattr(response, "FailedSOPSequence", None) if response is not None else None
         if failed:
@@ -333,6 +335,20 @@ class DicomWebStore:
     def _report(self, engine: Engine) -> None:
         if self.stored:
             logger.info("dicomweb: %d result object(s) stored in %s", len(self.stored), self.url)
+
+
+def _archive_error(e: BaseException, url: str) -> str:
+    """One line for an error of a DICOMweb request (a refused connection says so instead of urllib3's
+    nested repr)."""
+    import requests
+
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect to {url}"
+    if isinstance(e, requests.Timeout):
+        return f"{url} did not answer in time"
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        return f"HTTP {e.response.status_code} {e.response.reason} from {e.response.url}"
+    return short_error(e)
 
 
 def _store_reason(e: BaseException) -> str:
