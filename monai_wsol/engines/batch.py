@@ -229,7 +229,7 @@ def completed_output(output_dir: str | os.PathLike, stem: str, source: str) -> P
         return None
     if not isinstance(doc, dict) or doc.get("image") != str(source):
         return None
-    files = [doc.get(k) for k in ("cam_file", "mask_file", "seg_file") if k in doc]
+    files = [doc.get(k) for k in ("cam_file", "mask_file", "seg_file", "overlay_sc_file") if k in doc]
     return path if all(isinstance(f, str) and Path(f).is_file() for f in files) else None
 
 

@@ -7,15 +7,17 @@ The bundle's ``inference`` with ``dicomweb_url`` and ``study_uid`` set:
    series folder as one input, so the run treats it as any DICOM series folder (one volume, slice by slice for
    a 2D model; the input checks; the DICOM-SEG on the source instances). What cannot be run is one record, not
    an error: an archive that does not answer or a study it does not hold fail that study at ``fetch``;
-   non-image series (SEG, SR, PR, KO, DOC, RT objects: e.g. the results of an earlier run) are skipped with a
-   note; a study with no image series fails. Series whose results are already stored are not fetched again
+   non-image series (SEG, SR, PR, KO, DOC, RT objects) and the results of an earlier run (series
+   descriptions starting with ``"monai_wsol "``, e.g. the overlay Secondary Capture) are skipped with a note;
+   a study with no image series fails. Series whose results are already stored are not fetched again
    (``<series>_stored.json`` in ``output_dir``).
 2. :class:`DicomWebStore` (a handler after :class:`~monai_wsol.engines.LocalizationWriter`) stores each done
-   series' DICOM-SEG back into its study (STOW-RS), checks that the archive then lists it (QIDO-RS: an archive
-   may answer a STOW with success and drop the object), and writes ``<series>_stored.json`` (atomically),
-   listing the SOP instances stored. A refused or failed store fails that input at
-   ``store`` (the local outputs stay); a re-run stores it without inferring again (its local outputs are
-   complete) and skips the series already stored.
+   series' DICOM objects (the DICOM-SEG, and the overlay Secondary Capture with ``write_dicom_overlay``) back
+   into its study in one STOW-RS, checks that the archive then lists each (QIDO-RS: an archive may answer a
+   STOW with success and drop an object), and writes ``<series>_stored.json`` (atomically), listing the SOP
+   instances stored. A refused or failed store fails that input at ``store`` (the local outputs stay); a
+   re-run stores it without inferring again (its local outputs are complete) and skips the series already
+   stored.
 
 The archive is reached with ``dicomweb-client`` (``pip install dicomweb-client``, the ``dicomweb`` extra).
 """
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 NON_IMAGE_MODALITIES = frozenset(
     {"SEG", "SR", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "OT_PDF", "PLAN"}
 )
+#: the series descriptions of this package's outputs (DICOM-SEG, overlay Secondary Capture) start with it
+OWN_SERIES_PREFIX = "monai_wsol "
 #: per-series marker in ``output_dir``: the results of that series are stored in the archive
 STORED_SUFFIX = "_stored.json"
 #: the DICOM attribute tags QIDO-RS answers with (hexadecimal keys of the DICOM JSON model)
@@ -157,6 +161,11 @@ def dicomweb_inputs(
             uid, modality = _value(series, _SERIES_UID), _value(series, _MODALITY).upper()
             if modality in NON_IMAGE_MODALITIES:
                 what = f"a {modality} series, not an image series"
+                items.append(_problem(f"{source}/series/{uid}", "skipped", "fetch", what))
+            elif _value(series, _SERIES_DESCRIPTION).startswith(OWN_SERIES_PREFIX):
+                what = (
+                    f"results of an earlier run ({_value(series, _SERIES_DESCRIPTION)}), not a source series"
+                )
                 items.append(_problem(f"{source}/series/{uid}", "skipped", "fetch", what))
             elif uid:
                 images.append(uid)
@@ -273,51 +282,56 @@ class DicomWebStore:
         import pydicom
 
         doc = json.loads(Path(str(record.output)).read_text(encoding="utf-8"))
-        seg_file = doc.get("seg_file")
-        if not seg_file:
-            raise ArchiveError("no DICOM-SEG was written for this input (write_dicom_seg is off?)")
-        seg = pydicom.dcmread(seg_file)
-        study = str(seg.StudyInstanceUID)
+        files = [doc[k] for k in ("seg_file", "overlay_sc_file") if doc.get(k)]
+        if not files:
+            raise ArchiveError("no DICOM object was written for this input (write_dicom_seg is off?)")
+        objects = [pydicom.dcmread(f) for f in files]
+        study = str(objects[0].StudyInstanceUID)
+        names = ", ".join(Path(f).name for f in files)
         start = time.perf_counter()
         try:
-            response = self.client.store_instances([seg], study_instance_uid=study)
+            response = self.client.store_instances(objects, study_instance_uid=study)
         except Exception as e:
             raise ArchiveError(
-                f"STOW-RS of {Path(seg_file).name} into study {study} failed: {_archive_error(e, self.url)}"
+                f"STOW-RS of {names} into study {study} failed: {_archive_error(e, self.url)}"
             ) from e
         failed = getattr(response, "FailedSOPSequence", None) if response is not None else None
         if failed:
-            reasons = ", ".join(f"0x{int(getattr(f, 'FailureReason', 0)):04X}" for f in failed)
-            raise ArchiveError(
-                f"the archive refused {Path(seg_file).name} (SOP instance {seg.SOPInstanceUID}; failure "
-                f"reason {reasons}) in study {study}"
+            reasons = ", ".join(
+                f"{getattr(f, 'ReferencedSOPInstanceUID', '?')}: 0x{int(getattr(f, 'FailureReason', 0)):04X}"
+                for f in failed
             )
+            raise ArchiveError(f"the archive refused {names} in study {study} (failure reasons {reasons})")
         # an archive may accept a STOW and still drop the object (Orthanc's ReceivedInstanceFilter answers
         # success for what it filters out): it counts as stored only once the archive lists it
-        series_uid, sop_uid = str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID)
-        try:
-            held = self.client.search_for_instances(
-                study_instance_uid=study,
-                series_instance_uid=series_uid,
-                search_filters={"SOPInstanceUID": sop_uid},
-            )
-        except Exception as e:
-            raise ArchiveError(f"the archive did not confirm {Path(seg_file).name}: {short_error(e)}") from e
-        if not held:
-            raise ArchiveError(
-                f"the archive answered the STOW of {Path(seg_file).name} with success but does not hold SOP "
-                f"instance {sop_uid} in study {study} (refused or filtered out by the archive)"
-            )
+        for f, ds in zip(files, objects, strict=True):
+            sop_uid = str(ds.SOPInstanceUID)
+            try:
+                held = self.client.search_for_instances(
+                    study_instance_uid=study,
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    search_filters={"SOPInstanceUID": sop_uid},
+                )
+            except Exception as e:
+                raise ArchiveError(
+                    f"the archive did not confirm {Path(f).name}: {_archive_error(e, self.url)}"
+                ) from e
+            if not held:
+                raise ArchiveError(
+                    f"the archive answered the STOW of {Path(f).name} with success but does not hold SOP "
+                    f"instance {sop_uid} in study {study} (refused or filtered out by the archive)"
+                )
         entry = {
             "input": record.input,
             "study": study,
             "series": series,
             "stored": [
                 {
-                    "file": Path(seg_file).name,
-                    "sop_class": str(seg.SOPClassUID),
-                    "sop_instance": str(seg.SOPInstanceUID),
+                    "file": Path(f).name,
+                    "sop_class": str(ds.SOPClassUID),
+                    "sop_instance": str(ds.SOPInstanceUID),
                 }
+                for f, ds in zip(files, objects, strict=True)
             ],
             "archive": self.url,
         }
@@ -325,7 +339,7 @@ class DicomWebStore:
         self.stored.append(entry)
         logger.info(
             "stored: %s -> study %s (%s) in %.1f s",
-            Path(seg_file).name,
+            names,
             study,
             self.url,
             time.perf_counter() - start,

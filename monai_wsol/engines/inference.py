@@ -294,6 +294,10 @@ class LocalizationWriter:
     - ``<stem>_overlay.png``: when ``write_overlay`` is on, the image with the mask contour and the boxes
       beside the CAM blended on it (3D: the axial slice where the CAM peaks;
       :func:`monai_wsol.writers.write_overlay_png`), titled with the predicted class and its probability;
+    - ``<stem>_overlay_sc.dcm``: when ``write_dicom_overlay`` is on and the input is DICOM, the same view
+      as a DICOM Secondary Capture in the source's study (:mod:`monai_wsol.writers.dicom_sc`), for viewers
+      that cannot show a DICOM-SEG: the CAM blended on the image, the mask outline and the boxes, on the
+      slice where the CAM peaks, referencing that slice's instance;
     - ``<stem>_localization.json``: class probabilities, predicted class, boxes (MONAI ``StandardMode``, voxel
       and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`) and the other files' paths.
 
@@ -310,6 +314,7 @@ class LocalizationWriter:
         class_names: optional names of the classes, in logit order.
         write_dicom_seg: write a DICOM-SEG for DICOM inputs.
         write_overlay: write an overlay PNG per input (needs matplotlib, the ``viz`` extra).
+        write_dicom_overlay: write the overlay as a DICOM Secondary Capture for DICOM inputs.
         image_key, pred_key, cam_key, mask_key, box_key, world_box_key, score_key: keys of the decollated
             evaluator output (``pred`` holds probabilities when the postprocessing applied a softmax; logits
             are converted with a softmax otherwise, see ``pred_is_prob``).
@@ -323,6 +328,7 @@ class LocalizationWriter:
         class_names: Sequence[str] | None = None,
         write_dicom_seg: bool = True,
         write_overlay: bool = False,
+        write_dicom_overlay: bool = False,
         image_key: str = CommonKeys.IMAGE,
         pred_key: str = CommonKeys.PRED,
         cam_key: str = "cam",
@@ -337,6 +343,7 @@ class LocalizationWriter:
         self.class_names = list(class_names) if class_names is not None else None
         self.write_dicom_seg = bool(write_dicom_seg)
         self.write_overlay = bool(write_overlay)
+        self.write_dicom_overlay = bool(write_dicom_overlay)
         self.image_key, self.pred_key, self.cam_key, self.mask_key = image_key, pred_key, cam_key, mask_key
         self.box_key, self.world_box_key, self.score_key = box_key, world_box_key, score_key
         self.pred_is_prob = bool(pred_is_prob)
@@ -418,12 +425,12 @@ class LocalizationWriter:
             target = self.output_dir / f"{stem}_{name}.nii.gz"
             written.append(write_nifti(array, affine, target))
             files[name] = str(target)
-        dicom = _dicom_source(source) if self.write_dicom_seg else None
-        if dicom is not None:
+        dicom = _dicom_source(source) if (self.write_dicom_seg or self.write_dicom_overlay) else None
+        used = str(meta.get("dicom_source_files") or "")
+        reference: Any = used.splitlines() if used else dicom
+        if dicom is not None and self.write_dicom_seg:
             from monai_wsol.writers import write_dicom_seg
 
-            used = str(meta.get("dicom_source_files") or "")
-            reference: Any = used.splitlines() if used else dicom
             target = self.output_dir / f"{stem}_seg.dcm"
             try:
                 written.append(write_dicom_seg(mask, reference, target))
@@ -442,6 +449,16 @@ class LocalizationWriter:
             target = self.output_dir / f"{stem}_overlay.png"
             written.append(self._overlay(item, cam, mask, boxes, probs_list, target))
             files["overlay"] = str(target)
+        if dicom is not None and self.write_dicom_overlay:
+            target = self.output_dir / f"{stem}_overlay_sc.dcm"
+            try:
+                written.append(self._overlay_sc(item, cam, mask, boxes, probs_list, reference, target))
+            except Exception as e:  # highdicom raises many types for headers it cannot derive from
+                raise OutputWriteError(
+                    f"{source}: cannot write its DICOM overlay ({short_error(e)}); "
+                    "write_dicom_overlay=false skips it"
+                ) from e
+            files["dicom_overlay"] = str(target)
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
         extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
@@ -449,6 +466,8 @@ class LocalizationWriter:
             extra["seg_file"] = files["dicom_seg"]
         if "overlay" in files:
             extra["overlay_file"] = files["overlay"]
+        if "dicom_overlay" in files:
+            extra["overlay_sc_file"] = files["dicom_overlay"]
         json_path = localization_path(self.output_dir, stem)
         written.append(
             write_boxes_json(
@@ -475,7 +494,35 @@ class LocalizationWriter:
         probs: list[float],
         target: Path,
     ) -> Path:
-        from monai_wsol.writers import overlay_slice, write_overlay_png
+        from monai_wsol.writers import write_overlay_png
+
+        image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
+        return write_overlay_png(target, image2d, cam2d, mask2d, boxes2d, title=self._caption(probs, index))
+
+    def _overlay_sc(
+        self,
+        item: dict,
+        cam: np.ndarray,
+        mask: np.ndarray,
+        boxes: np.ndarray,
+        probs: list[float],
+        reference: Any,
+        target: Path,
+    ) -> Path:
+        from monai_wsol.writers import source_instances
+        from monai_wsol.writers.dicom_sc import overlay_rgb, write_overlay_sc
+
+        image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
+        # the instances in MONAI's z order (the SEG writer's mapping): the shown slice's own instance
+        instance = source_instances(reference)[0 if index is None else index]
+        picture = overlay_rgb(image2d, cam2d, mask2d, boxes2d)
+        return write_overlay_sc(picture, instance.filename, target, caption=self._caption(probs, index))
+
+    def _overlay_view(
+        self, item: dict, cam: np.ndarray, mask: np.ndarray, boxes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int | None]:
+        """The shown slice (the CAM's peak slice of a volume): image, CAM, mask, 2D boxes, slice index."""
+        from monai_wsol.writers import overlay_slice
 
         image = _plain(item[self.image_key]).detach().cpu().float().numpy()[0]
         image2d, cam2d, mask2d, index = overlay_slice(image, cam, mask, axis=-1)
@@ -484,10 +531,12 @@ class LocalizationWriter:
         else:  # the 3D boxes that cross the shown slice, as 2D boxes of its first two axes
             crossing = (boxes[:, 2] <= index) & (index < boxes[:, 5]) if boxes.size else np.zeros(0, bool)
             boxes2d = boxes[crossing][:, [0, 1, 3, 4]] if boxes.size else np.zeros((0, 4))
+        return image2d, cam2d, mask2d, boxes2d, index
+
+    def _caption(self, probs: list[float], index: int | None) -> str:
         names = self._names(len(probs))
         best = int(np.argmax(probs))
-        title = f"{names[best]} (p = {probs[best]:.2f})" + (f", slice {index}" if index is not None else "")
-        return write_overlay_png(target, image2d, cam2d, mask2d, boxes2d, title=title)
+        return f"{names[best]} (p = {probs[best]:.2f})" + (f", slice {index}" if index is not None else "")
 
     def _names(self, k: int) -> list[str]:
         if self.class_names is not None and len(self.class_names) != k:
