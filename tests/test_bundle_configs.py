@@ -9,12 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from monai_wsol.engines import default_bundle_root
 from monai_wsol.methods import available_methods
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
 #: the keys that describe the trained model: training and inference must agree on them
 MODEL_KEYS = (
     "spatial_dims",
@@ -158,3 +160,22 @@ def test_input_checks_are_part_of_the_preprocessing_every_path_runs():
     parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")])
     names = [type(t).__name__ for t in parser.get_parsed_content("dataset#transform").flatten().transforms]
     assert names.count("InputChecksd") == 1
+
+
+def test_the_3d_training_override_builds_a_model_inference_loads(tmp_path):
+    # configs/train_3d.json changes the dimensions, not the network: inference with --spatial_dims 3 (what
+    # the input checks tell users of volumes) must load the model it trains
+    train = ConfigParser()
+    train.read_config([str(CONFIGS / "train.json"), str(REPO / "configs" / "train_3d.json")])
+    net = train.get_parsed_content("network_def")
+    assert net.spatial_dims == 3
+    size = train.get_parsed_content("spatial_size")
+    logits, maps = net.forward_cam(torch.rand(1, 1, *size), class_idx=1)
+    assert logits.shape == (1, 2) and maps.ndim == 5
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    infer = ConfigParser()
+    infer.read_config(str(CONFIGS / "inference.json"))
+    infer["spatial_dims"] = 3
+    loaded = infer.get_parsed_content("network_def")
+    loaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert infer.get_parsed_content("volume_slice_axis") is None
