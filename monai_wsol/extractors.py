@@ -20,8 +20,9 @@ every caller (method registry, benchmark, ignite evaluator, MONAI Label inferer)
 Subclasses only compute ``(logits, raw maps)``: :class:`ForwardCAM` (the net's in-graph ``forward_cam``: CAM
 nets, ACoL, any net with that method) and :class:`GradCAMExtractor` (Grad-CAM / Grad-CAM++ of
 ``monai.visualize``). :class:`SliceBySliceExtractor` runs any of them through a volume with a 2D net (one map
-volume, normalised as a whole). :func:`get_extractor` builds one by name (``"cam"``, ``"gradcam"``,
-``"gradcampp"``) so that configs can name it::
+volume, normalised as a whole) and :class:`SlidingWindowExtractor` through a volume larger than its input
+(MONAI's sliding windows, the raw maps stitched, then normalised once). :func:`get_extractor` builds one by
+name (``"cam"``, ``"gradcam"``, ``"gradcampp"``) so that configs can name it::
 
     extractor = get_extractor("gradcampp")
     logits, maps = extractor(net, images, class_idx=labels)  # (B, K), (B, 1, *spatial) in [0, 1]
@@ -53,6 +54,7 @@ __all__ = [
     "ForwardCAM",
     "GradCAMExtractor",
     "SliceBySliceExtractor",
+    "SlidingWindowExtractor",
     "available_extractors",
     "get_extractor",
     "inference_extractor",
@@ -513,6 +515,139 @@ class SliceBySliceExtractor(CAMExtractor):
         return self.slice_extractor._extract(net, x, class_idx)
 
 
+class SlidingWindowExtractor(CAMExtractor):
+    """A 3D net's extractor over a volume larger than its input: MONAI's sliding windows, one CAM volume.
+
+    Each window (``roi_size``, overlapping by ``overlap``) goes through the wrapped extractor, whose **raw**
+    map (upsampled to the window) is stitched by :func:`monai.inferers.sliding_window_inference` with MONAI's
+    importance weighting (``mode``: ``"gaussian"`` weights window centres over their borders, where the
+    receptive field is cut; ``"constant"`` averages); the stitched volume is then min-max normalised once, so
+    the maps of different windows keep their relative scale (the raw CAM of one net is one linear read-out of
+    its features, comparable across windows). The volume's logits are those of its window with the highest
+    probability of ``positive_class`` (a volume holds a lesion when one of its windows does). A volume no
+    larger than ``roi_size`` along every axis goes to the wrapped extractor unchanged (MONAI would pad it).
+
+    Args:
+        extractor: the extractor of one window (an instance or a name of :func:`get_extractor`).
+        roi_size: the window size (the net's training input size is the natural choice).
+        overlap: the windows' overlap, a fraction of ``roi_size``.
+        mode: ``"gaussian"`` or ``"constant"`` (MONAI's ``BlendMode``).
+        sw_batch_size: windows per call of the wrapped extractor.
+        positive_class: the lesion class, whose per-window probability picks the window that gives the
+            volume's logits.
+        normalize: see :class:`CAMExtractor`.
+
+    The windows run volume by volume, so per-window logits stay with their volume; as for
+    :class:`SliceBySliceExtractor`, ``class_idx=None`` is refused for volumes larger than ``roi_size``.
+    """
+
+    def __init__(
+        self,
+        extractor: CAMExtractor | str = "cam",
+        roi_size: Sequence[int] | int = 96,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        sw_batch_size: int = 1,
+        positive_class: int = 1,
+        normalize: bool = True,
+    ) -> None:
+        inner = get_extractor(extractor)
+        super().__init__(normalize=normalize)
+        if mode not in ("gaussian", "constant"):
+            raise ValueError(f"mode must be 'gaussian' or 'constant', got {mode!r}.")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
+        if isinstance(positive_class, bool) or not isinstance(positive_class, int) or positive_class < 0:
+            raise ValueError(
+                f"positive_class must be a non-negative int class index, got {positive_class!r}."
+            )
+        self.roi_size = roi_size
+        self.overlap, self.mode, self.sw_batch_size = float(overlap), mode, int(sw_batch_size)
+        self.positive_class = positive_class
+        self.window_extractor = copy.copy(inner)
+        self.window_extractor.normalize = False
+        self.needs_grad = inner.needs_grad  # type: ignore[misc]
+        self.flip_axes = inner.flip_axes
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.window_extractor!r}, roi_size={self.roi_size}, "
+            f"overlap={self.overlap}, mode={self.mode!r}, positive_class={self.positive_class}, "
+            f"normalize={self.normalize})"
+        )
+
+    def with_flip_axes(self, flip_axes: Sequence[int]) -> SlidingWindowExtractor:
+        """A copy whose windows run with flip test-time augmentation along ``flip_axes``."""
+        out = copy.copy(self)
+        out.window_extractor = self.window_extractor.with_flip_axes(flip_axes)
+        out.flip_axes = out.window_extractor.flip_axes
+        return out
+
+    def _roi(self, spatial_dims: int) -> tuple[int, ...]:
+        roi = (self.roi_size,) * spatial_dims if isinstance(self.roi_size, int) else tuple(self.roi_size)
+        if len(roi) != spatial_dims or any(int(r) < 1 for r in roi):
+            raise ValueError(f"roi_size {self.roi_size} for an input with {spatial_dims} spatial dims.")
+        return tuple(int(r) for r in roi)
+
+    def __call__(
+        self, net: nn.Module, x: torch.Tensor, class_idx: ClassSelection = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, K), maps (B, 1, *spatial))``; see the class docstring."""
+        from monai.inferers import sliding_window_inference
+
+        x_plain = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+        roi = self._roi(x_plain.ndim - 2)
+        if all(s <= r for s, r in zip(x_plain.shape[2:], roi, strict=True)):
+            logits, maps = self.window_extractor(net, x_plain, class_idx)
+            return self._finish(logits, maps, x)
+        batch = x_plain.shape[0]
+        classes = resolve_class_selection(class_idx, batch)
+        if classes is None:
+            raise ValueError(
+                f"{type(self).__name__}: a volume's predicted class is known only after all its windows; "
+                "give the class whose maps to compute (an int, e.g. the lesion class, or one per volume)."
+            )
+        logits_out, maps_out = [], []
+        for b in range(batch):
+            window_logits: list[torch.Tensor] = []
+
+            def predictor(windows: torch.Tensor, _b: int = b, _logits: list = window_logits) -> torch.Tensor:
+                cls = classes[_b : _b + 1].expand(windows.shape[0]).to(windows.device)
+                logits, maps = self.window_extractor(net, windows, cls)
+                _logits.append(logits)
+                return maps
+
+            stitched = sliding_window_inference(
+                x_plain[b : b + 1], roi, self.sw_batch_size, predictor, overlap=self.overlap, mode=self.mode
+            )
+            all_logits = torch.cat(window_logits)  # (windows, K)
+            if self.positive_class >= all_logits.shape[-1]:
+                raise ValueError(
+                    f"{type(self).__name__}: positive_class={self.positive_class} for a net with "
+                    f"{all_logits.shape[-1]} classes."
+                )
+            best = int(torch.softmax(all_logits, dim=-1)[:, self.positive_class].argmax())
+            logits_out.append(all_logits[best : best + 1])
+            maps_out.append(stitched.as_tensor() if isinstance(stitched, MetaTensor) else stitched)
+        return self._finish(torch.cat(logits_out), torch.cat(maps_out).float(), x)
+
+    def _finish(
+        self, logits: torch.Tensor, maps: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = maps.as_tensor() if isinstance(maps, MetaTensor) else maps
+        if self.normalize:
+            maps = normalize_maps(maps)
+        if isinstance(x, MetaTensor):
+            maps = MetaTensor(maps)
+            maps.copy_meta_from(x)
+        return logits, maps
+
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.window_extractor._extract(net, x, class_idx)
+
+
 #: extractor name -> factory (keyword arguments: ``normalize``, and ``layer_name`` for the Grad-CAMs)
 EXTRACTORS: dict[str, Callable[..., CAMExtractor]] = {
     "cam": ForwardCAM,
@@ -547,10 +682,13 @@ def inference_extractor(
     slice_axis: int | None = None,
     positive_class: int | str = 1,
     slice_batch: int = 16,
+    roi_size: Sequence[int] | int | None = None,
+    overlap: float = 0.25,
 ) -> CAMExtractor:
     """The extractor of the bundle's inference and evaluation: ``extractor`` (e.g. a method's) with flip
     test-time augmentation along ``flip_axes`` (none when empty), wrapped in a :class:`SliceBySliceExtractor`
-    along ``slice_axis`` for a 2D net (``spatial_dims=2``) unless ``slice_axis`` is ``None``.
+    along ``slice_axis`` for a 2D net (``spatial_dims=2``) unless ``slice_axis`` is ``None``, or in a
+    :class:`SlidingWindowExtractor` of ``roi_size`` windows for a 3D net when ``roi_size`` is given.
 
     ``positive_class`` is the lesion class that picks a volume's slice (a class-selection name such as
     ``"label"`` or ``"pred"`` falls back to class 1, the lesion class of a present/absent classifier).
@@ -558,11 +696,13 @@ def inference_extractor(
     out = get_extractor(extractor)
     if flip_axes:
         out = out.with_flip_axes(flip_axes)
+    positive = (
+        positive_class if isinstance(positive_class, int) and not isinstance(positive_class, bool) else 1
+    )
     if spatial_dims == 2 and slice_axis is not None:
-        positive = (
-            positive_class if isinstance(positive_class, int) and not isinstance(positive_class, bool) else 1
-        )
         out = SliceBySliceExtractor(
             out, slice_axis=slice_axis, positive_class=positive, slice_batch=slice_batch
         )
+    elif spatial_dims == 3 and roi_size is not None:
+        out = SlidingWindowExtractor(out, roi_size=roi_size, overlap=overlap, positive_class=positive)
     return out

@@ -179,3 +179,16 @@ def test_the_3d_training_override_builds_a_model_inference_loads(tmp_path):
     loaded = infer.get_parsed_content("network_def")
     loaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     assert infer.get_parsed_content("volume_slice_axis") is None
+
+
+def test_a_3d_model_runs_large_volumes_in_sliding_windows():
+    from monai_wsol.extractors import SlidingWindowExtractor
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"spatial_dims": 3, "sw_roi_size": [48, 48, 48], "sw_overlap": 0.5})
+    extractor = parser.get_parsed_content("cam_extractor")
+    assert isinstance(extractor, SlidingWindowExtractor)
+    assert (extractor.roi_size, extractor.overlap, extractor.flip_axes) == ([48, 48, 48], 0.5, (0,))
+    parser["sw_roi_size"] = None
+    assert not isinstance(parser.get_parsed_content("cam_extractor", lazy=False), SlidingWindowExtractor)

@@ -18,6 +18,7 @@ from monai_wsol.extractors import (
     ForwardCAM,
     GradCAMExtractor,
     SliceBySliceExtractor,
+    SlidingWindowExtractor,
     available_extractors,
     get_extractor,
     normalize_maps,
@@ -496,3 +497,50 @@ def test_slice_by_slice_refusals():
         SliceBySliceExtractor(slice_batch=0)
     with pytest.raises(ValueError, match="volumes"):
         SliceBySliceExtractor()(net, torch.rand(1, 1, 16), 0)
+
+
+# ------------------------------------------------------------------------------ 3D nets over larger volumes
+def test_sliding_window_tiles_stitch_the_raw_window_maps():
+    net = _mixed_state_net(3)
+    x = torch.rand(1, 1, 32, 32, 16)
+    before = _snapshot(net)
+    # non-overlapping windows that tile the volume, averaged: the stitched map is each window's own raw map
+    tiled = SlidingWindowExtractor(
+        "cam", roi_size=(16, 16, 16), overlap=0.0, mode="constant", positive_class=1
+    )
+    logits, maps = tiled(net, x, 1)
+    _assert_same_state(before, _snapshot(net))
+    raw = get_extractor("cam", normalize=False)
+    expected = torch.zeros(1, 1, 32, 32, 16)
+    window_logits = []
+    for i in (0, 16):
+        for j in (0, 16):
+            lg, mp = raw(net, x[:, :, i : i + 16, j : j + 16], 1)
+            expected[:, :, i : i + 16, j : j + 16] = mp
+            window_logits.append(lg)
+    torch.testing.assert_close(maps, normalize_maps(expected), rtol=1e-4, atol=1e-5)
+    window_logits = torch.cat(window_logits)
+    best = int(torch.softmax(window_logits, -1)[:, 1].argmax())  # the window most likely to be positive
+    torch.testing.assert_close(logits[0], window_logits[best], rtol=1e-4, atol=1e-5)
+
+
+def test_sliding_window_gaussian_blend_keeps_the_grid_and_small_volumes_pass_through():
+    net = _mixed_state_net(3)
+    volume = MetaTensor(torch.rand(2, 1, 40, 24, 24), affine=torch.diag(torch.tensor([0.7, 0.7, 2.0, 1.0])))
+    extractor = SlidingWindowExtractor("cam", roi_size=16, overlap=0.5, positive_class=1).with_flip_axes((0,))
+    logits, maps = extractor(net, volume, torch.tensor([1, 2]))
+    assert logits.shape == (2, 3) and maps.shape == (2, 1, 40, 24, 24)
+    _assert_normalised(maps.as_tensor(), (2, 1, 40, 24, 24))
+    assert isinstance(maps, MetaTensor) and torch.equal(maps.affine, volume.affine)
+    # each volume on its own gives the same (the windows of one volume never mix with another's)
+    alone = extractor(net, volume[1:].as_tensor(), 2)[1]
+    torch.testing.assert_close(maps[1:].as_tensor(), alone, rtol=1e-4, atol=1e-5)
+    # a volume within one window: the wrapped extractor's maps
+    small = torch.rand(1, 1, 16, 16, 16)
+    torch.testing.assert_close(extractor(net, small, 1)[1], ForwardCAM(flip_axes=(0,))(net, small, 1)[1])
+    with pytest.raises(ValueError, match="predicted class is known only after"):
+        extractor(net, volume, None)
+    with pytest.raises(ValueError, match="mode"):
+        SlidingWindowExtractor(mode="max")
+    with pytest.raises(ValueError, match="roi_size"):
+        SlidingWindowExtractor(roi_size=(16, 16))(net, volume, 1)

@@ -849,3 +849,21 @@ def test_strict_listing_raises_on_the_first_problem(tmp_path):
         == listed
         == [str(good / "a.nii.gz"), str(good / "b.nii.gz")]
     )
+
+
+def test_3d_model_over_a_larger_oblique_volume_in_sliding_windows(tmp_path, models, capfd):
+    rotation = np.array([[np.cos(0.4), -np.sin(0.4), 0.0], [np.sin(0.4), np.cos(0.4), 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.9, 1.1, 3.0])
+    affine[:3, 3] = [12.0, -30.0, 5.5]
+    array = np.random.default_rng(5).normal(0.0, 1.0, (40, 36, 30)).astype(np.float32)
+    array[20:26, 8:14, 4:9] += 5.0
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(array, affine), tmp_path / "in" / "ct.nii.gz")
+    run = infer(tmp_path / "in", tmp_path / "out", models, capfd, spatial_dims=3, sw_roi_size=[24, 24, 24])
+    assert run.rc == 0, run.console[-3000:]
+    cam = nib.load(tmp_path / "out" / "ct_cam.nii.gz")
+    assert cam.shape == array.shape
+    np.testing.assert_allclose(cam.affine, affine, atol=1e-5)
+    doc = json.loads((tmp_path / "out" / "ct_localization.json").read_text())
+    assert doc["spatial_dims"] == 3 and all(len(b["voxel"]) == 6 for b in doc["boxes"])
