@@ -240,10 +240,17 @@ class CAMExtractor(ABC):
                 passes.append((logits, maps.flip(dims) if dims else maps))
         logits = torch.stack([p[0] for p in passes]).mean(0) if len(passes) > 1 else passes[0][0]
         maps = torch.stack([p[1] for p in passes]).mean(0) if len(passes) > 1 else passes[0][1]
+        return self._finish(logits, maps, x)
+
+    def _finish(
+        self, logits: torch.Tensor, maps: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalise the maps (when ``normalize``) and give them ``x``'s metadata when it is a ``MetaTensor``
+        (the batch's affines and ``is_batch``, so that decollation gives each map its image's)."""
+        maps = maps.as_tensor() if isinstance(maps, MetaTensor) else maps
         if self.normalize:
             maps = normalize_maps(maps)
         if isinstance(x, MetaTensor):
-            # the batch's metadata (affines, is_batch), so that decollation gives each map its image's
             maps = MetaTensor(maps)
             maps.copy_meta_from(x)
         return logits, maps
@@ -388,7 +395,57 @@ class GradCAMExtractor(CAMExtractor):
         return hooked.logits, maps
 
 
-class SliceBySliceExtractor(CAMExtractor):
+class _PartwiseExtractor(CAMExtractor):
+    """Base of the extractors that run a wrapped extractor over parts of a volume (slices, windows) and
+    assemble one map: the wrapped extractor's raw copy (``part_extractor``, whose own ``normalize`` is not
+    used, since the parts' maps are normalised together), its flip axes and autograd need, the lesion class
+    whose most probable part gives the volume's logits."""
+
+    def __init__(self, extractor: CAMExtractor | str, positive_class: int, normalize: bool) -> None:
+        inner = get_extractor(extractor)
+        super().__init__(normalize=normalize)
+        if isinstance(positive_class, bool) or not isinstance(positive_class, int) or positive_class < 0:
+            raise ValueError(
+                f"positive_class must be a non-negative int class index, got {positive_class!r}."
+            )
+        self.positive_class = positive_class
+        self.part_extractor = copy.copy(inner)
+        self.part_extractor.normalize = False
+        self.needs_grad = inner.needs_grad  # type: ignore[misc]
+        self.flip_axes = inner.flip_axes
+
+    def with_flip_axes(self, flip_axes: Sequence[int]) -> _PartwiseExtractor:
+        """A copy whose parts run with flip test-time augmentation along ``flip_axes`` (axes of a part)."""
+        out = copy.copy(self)
+        out.part_extractor = self.part_extractor.with_flip_axes(flip_axes)
+        out.flip_axes = out.part_extractor.flip_axes
+        return out
+
+    def _classes(self, class_idx: ClassSelection, batch: int, part: str) -> torch.Tensor:
+        classes = resolve_class_selection(class_idx, batch)
+        if classes is None:
+            raise ValueError(
+                f"{type(self).__name__}: a volume's predicted class is known only after all its {part}; "
+                "give the class whose maps to compute (an int, e.g. the lesion class, or one per volume)."
+            )
+        return classes
+
+    def _most_positive(self, part_logits: torch.Tensor) -> torch.Tensor:
+        """``(B, P, K)`` logits of each volume's parts -> ``(B,)`` index of the part most likely positive."""
+        if self.positive_class >= part_logits.shape[-1]:
+            raise ValueError(
+                f"{type(self).__name__}: positive_class={self.positive_class} for a net with "
+                f"{part_logits.shape[-1]} classes."
+            )
+        return torch.softmax(part_logits, dim=-1)[..., self.positive_class].argmax(dim=1)
+
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.part_extractor._extract(net, x, class_idx)
+
+
+class SliceBySliceExtractor(_PartwiseExtractor):
     """A 2D net's extractor run through volumes slice by slice: one CAM volume, one class score per volume.
 
     A volume ``(B, C, X, Y, Z)`` is cut along ``slice_axis`` (an array axis of the volume; ``-1``/``2`` is
@@ -421,38 +478,20 @@ class SliceBySliceExtractor(CAMExtractor):
         slice_batch: int = 16,
         normalize: bool = True,
     ) -> None:
-        inner = get_extractor(extractor)
-        super().__init__(normalize=normalize)
+        super().__init__(extractor, positive_class, normalize)
         if isinstance(slice_axis, bool) or slice_axis not in (-1, 0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1, 2 or -1 (a volume's array axis), got {slice_axis!r}.")
-        if isinstance(positive_class, bool) or not isinstance(positive_class, int) or positive_class < 0:
-            raise ValueError(
-                f"positive_class must be a non-negative int class index, got {positive_class!r}."
-            )
         if isinstance(slice_batch, bool) or not isinstance(slice_batch, int) or slice_batch < 1:
             raise ValueError(f"slice_batch must be a positive int, got {slice_batch!r}.")
         self.slice_axis = int(slice_axis) % 3
-        self.positive_class = positive_class
         self.slice_batch = slice_batch
-        # the slices' maps are normalised together, over the volume, so the wrapped extractor returns them raw
-        self.slice_extractor = copy.copy(inner)
-        self.slice_extractor.normalize = False
-        self.needs_grad = inner.needs_grad  # type: ignore[misc]
-        self.flip_axes = inner.flip_axes
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.slice_extractor!r}, slice_axis={self.slice_axis}, "
+            f"{type(self).__name__}({self.part_extractor!r}, slice_axis={self.slice_axis}, "
             f"positive_class={self.positive_class}, slice_batch={self.slice_batch}, "
             f"normalize={self.normalize})"
         )
-
-    def with_flip_axes(self, flip_axes: Sequence[int]) -> SliceBySliceExtractor:
-        """A copy whose slices run with flip test-time augmentation along ``flip_axes`` (slice axes)."""
-        out = copy.copy(self)
-        out.slice_extractor = self.slice_extractor.with_flip_axes(flip_axes)
-        out.flip_axes = out.slice_extractor.flip_axes
-        return out
 
     def __call__(
         self, net: nn.Module, x: torch.Tensor, class_idx: ClassSelection = None
@@ -468,20 +507,14 @@ class SliceBySliceExtractor(CAMExtractor):
         ``S`` slices along ``slice_axis``."""
         x_plain = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
         if x_plain.ndim == 4:
-            logits, maps = self.slice_extractor(net, x, class_idx)
-            return logits, (normalize_maps(maps) if self.normalize else maps), None
+            return (*self._finish(*self.part_extractor(net, x_plain, class_idx), x), None)
         if x_plain.ndim != 5:
             raise ValueError(
                 f"{type(self).__name__}: x must be a 2D batch (B, C, X, Y) or volumes (B, C, X, Y, Z), "
                 f"got shape {tuple(x_plain.shape)}."
             )
         batch = x_plain.shape[0]
-        classes = resolve_class_selection(class_idx, batch)
-        if classes is None:
-            raise ValueError(
-                f"{type(self).__name__}: a volume's predicted class is known only after all its slices; give "
-                "the class whose maps to compute (an int, e.g. the lesion class, or one index per volume)."
-            )
+        classes = self._classes(class_idx, batch, "slices")
         # (B, C, X, Y, Z) -> (B * S, C, *in-plane), slice-major within each volume
         moved = x_plain.movedim(self.slice_axis + 2, 1)
         n_slices, in_plane = moved.shape[1], tuple(moved.shape[3:])
@@ -490,32 +523,17 @@ class SliceBySliceExtractor(CAMExtractor):
         logits_parts, map_parts = [], []
         for start in range(0, batch * n_slices, self.slice_batch):
             stop = start + self.slice_batch
-            logits, maps = self.slice_extractor(net, slices[start:stop], slice_classes[start:stop])
+            logits, maps = self.part_extractor(net, slices[start:stop], slice_classes[start:stop])
             logits_parts.append(logits)
             map_parts.append(maps)
         slice_logits = torch.cat(logits_parts).reshape(batch, n_slices, -1)  # (B, S, K)
-        if self.positive_class >= slice_logits.shape[-1]:
-            raise ValueError(
-                f"{type(self).__name__}: positive_class={self.positive_class} for a net with "
-                f"{slice_logits.shape[-1]} classes."
-            )
-        maps = torch.cat(map_parts).reshape(batch, n_slices, 1, *in_plane).movedim(1, self.slice_axis + 2)
-        best = torch.softmax(slice_logits, dim=-1)[..., self.positive_class].argmax(dim=1)  # (B,)
+        best = self._most_positive(slice_logits)
         logits = slice_logits[torch.arange(batch, device=slice_logits.device), best]
-        if self.normalize:
-            maps = normalize_maps(maps)
-        if isinstance(x, MetaTensor):
-            maps = MetaTensor(maps)
-            maps.copy_meta_from(x)
-        return logits, maps, slice_logits
-
-    def _extract(
-        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.slice_extractor._extract(net, x, class_idx)
+        maps = torch.cat(map_parts).reshape(batch, n_slices, 1, *in_plane).movedim(1, self.slice_axis + 2)
+        return (*self._finish(logits, maps, x), slice_logits)
 
 
-class SlidingWindowExtractor(CAMExtractor):
+class SlidingWindowExtractor(_PartwiseExtractor):
     """A 3D net's extractor over a volume larger than its input: MONAI's sliding windows, one CAM volume.
 
     Each window (``roi_size``, overlapping by ``overlap``) goes through the wrapped extractor, whose **raw**
@@ -551,37 +569,20 @@ class SlidingWindowExtractor(CAMExtractor):
         positive_class: int = 1,
         normalize: bool = True,
     ) -> None:
-        inner = get_extractor(extractor)
-        super().__init__(normalize=normalize)
+        super().__init__(extractor, positive_class, normalize)
         if mode not in ("gaussian", "constant"):
             raise ValueError(f"mode must be 'gaussian' or 'constant', got {mode!r}.")
         if not 0.0 <= float(overlap) < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap!r}.")
-        if isinstance(positive_class, bool) or not isinstance(positive_class, int) or positive_class < 0:
-            raise ValueError(
-                f"positive_class must be a non-negative int class index, got {positive_class!r}."
-            )
         self.roi_size = roi_size
         self.overlap, self.mode, self.sw_batch_size = float(overlap), mode, int(sw_batch_size)
-        self.positive_class = positive_class
-        self.window_extractor = copy.copy(inner)
-        self.window_extractor.normalize = False
-        self.needs_grad = inner.needs_grad  # type: ignore[misc]
-        self.flip_axes = inner.flip_axes
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.window_extractor!r}, roi_size={self.roi_size}, "
+            f"{type(self).__name__}({self.part_extractor!r}, roi_size={self.roi_size}, "
             f"overlap={self.overlap}, mode={self.mode!r}, positive_class={self.positive_class}, "
             f"normalize={self.normalize})"
         )
-
-    def with_flip_axes(self, flip_axes: Sequence[int]) -> SlidingWindowExtractor:
-        """A copy whose windows run with flip test-time augmentation along ``flip_axes``."""
-        out = copy.copy(self)
-        out.window_extractor = self.window_extractor.with_flip_axes(flip_axes)
-        out.flip_axes = out.window_extractor.flip_axes
-        return out
 
     def _roi(self, spatial_dims: int) -> tuple[int, ...]:
         roi = (self.roi_size,) * spatial_dims if isinstance(self.roi_size, int) else tuple(self.roi_size)
@@ -598,22 +599,17 @@ class SlidingWindowExtractor(CAMExtractor):
         x_plain = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
         roi = self._roi(x_plain.ndim - 2)
         if all(s <= r for s, r in zip(x_plain.shape[2:], roi, strict=True)):
-            logits, maps = self.window_extractor(net, x_plain, class_idx)
+            logits, maps = self.part_extractor(net, x_plain, class_idx)
             return self._finish(logits, maps, x)
         batch = x_plain.shape[0]
-        classes = resolve_class_selection(class_idx, batch)
-        if classes is None:
-            raise ValueError(
-                f"{type(self).__name__}: a volume's predicted class is known only after all its windows; "
-                "give the class whose maps to compute (an int, e.g. the lesion class, or one per volume)."
-            )
+        classes = self._classes(class_idx, batch, "windows")
         logits_out, maps_out = [], []
         for b in range(batch):
             window_logits: list[torch.Tensor] = []
 
             def predictor(windows: torch.Tensor, _b: int = b, _logits: list = window_logits) -> torch.Tensor:
                 cls = classes[_b : _b + 1].expand(windows.shape[0]).to(windows.device)
-                logits, maps = self.window_extractor(net, windows, cls)
+                logits, maps = self.part_extractor(net, windows, cls)
                 _logits.append(logits)
                 return maps
 
@@ -621,31 +617,10 @@ class SlidingWindowExtractor(CAMExtractor):
                 x_plain[b : b + 1], roi, self.sw_batch_size, predictor, overlap=self.overlap, mode=self.mode
             )
             all_logits = torch.cat(window_logits)  # (windows, K)
-            if self.positive_class >= all_logits.shape[-1]:
-                raise ValueError(
-                    f"{type(self).__name__}: positive_class={self.positive_class} for a net with "
-                    f"{all_logits.shape[-1]} classes."
-                )
-            best = int(torch.softmax(all_logits, dim=-1)[:, self.positive_class].argmax())
+            best = int(self._most_positive(all_logits[None])[0])
             logits_out.append(all_logits[best : best + 1])
             maps_out.append(stitched.as_tensor() if isinstance(stitched, MetaTensor) else stitched)
         return self._finish(torch.cat(logits_out), torch.cat(maps_out).float(), x)
-
-    def _finish(
-        self, logits: torch.Tensor, maps: torch.Tensor, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = maps.as_tensor() if isinstance(maps, MetaTensor) else maps
-        if self.normalize:
-            maps = normalize_maps(maps)
-        if isinstance(x, MetaTensor):
-            maps = MetaTensor(maps)
-            maps.copy_meta_from(x)
-        return logits, maps
-
-    def _extract(
-        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.window_extractor._extract(net, x, class_idx)
 
 
 #: extractor name -> factory (keyword arguments: ``normalize``, and ``layer_name`` for the Grad-CAMs)

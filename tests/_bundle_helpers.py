@@ -42,6 +42,20 @@ def run_workflow(run_id: str, config_file: str | list[str], **overrides) -> None
     )
 
 
+def run_inference_captured(capfd, **overrides) -> tuple[int, str]:
+    """``run inference`` in this process as the command line would end it: ``(exit status, console text)``
+    (an ``InputsFailed``/``SystemExit`` message is printed as the interpreter prints it)."""
+    capfd.readouterr()
+    rc = 0
+    try:
+        run_workflow("inference", INFERENCE, **overrides)
+    except SystemExit as e:
+        rc = 1 if isinstance(e.code, str) else int(e.code or 0)
+        print(e.code, file=sys.stderr)
+    captured = capfd.readouterr()
+    return rc, captured.out + captured.err
+
+
 def run_cli(args: list[str], timeout: float = 600, **env) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repository root; the output is kept for assertion messages."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
+from _servers import free_port, serving
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -24,12 +22,6 @@ function ReceivedInstanceFilter(dicom, origin, info)
    return dicom.Modality ~= 'SEG'
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def need_orthanc() -> None:
@@ -47,7 +39,7 @@ def orthanc(folder: Path, lua: str | None = None) -> Iterator[str]:
     """Start Orthanc storing under ``folder``; yield its base URL (``http://127.0.0.1:<port>``); stop it."""
     need_orthanc()
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     config = {
         "Name": "monai_wsol-tests",
         "StorageDirectory": str(folder / "storage"),
@@ -63,28 +55,11 @@ def orthanc(folder: Path, lua: str | None = None) -> Iterator[str]:
         (folder / "filter.lua").write_text(lua)
         config["LuaScripts"] = [str(folder / "filter.lua")]
     (folder / "orthanc.json").write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")
-    proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/system", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not start:\n{(folder / 'orthanc.log').read_text()[-3000:]}")
-            time.sleep(0.2)
+    with serving(
+        [ORTHANC, str(folder / "orthanc.json")], f"{url}/system", folder / "orthanc.log", timeout=30
+    ):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def upload(url: str, files: Sequence[Path]) -> None:

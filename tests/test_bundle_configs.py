@@ -105,7 +105,7 @@ def test_evaluate_runs_the_methods_extractor(method):
     # a 2D model runs volumes slice by slice along the bundle's slice axis, picking slices by the lesion class
     assert isinstance(wrapper, SliceBySliceExtractor)
     assert (wrapper.slice_axis, wrapper.positive_class) == (2, parser.get_parsed_content("cam_class"))
-    extractor = wrapper.slice_extractor
+    extractor = wrapper.part_extractor
     expected = GradCAMExtractor if method.startswith("gradcam") else ForwardCAM
     assert isinstance(extractor, expected)
     # the method's own extractor with the bundle's flip TTA (left-right, chosen on validation)

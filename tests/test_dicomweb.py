@@ -3,7 +3,6 @@ semantics over studies (a bad study is one line, a re-run skips what is stored, 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from _bundle_helpers import INFERENCE, TINY_CNN, run_workflow
+from _bundle_helpers import TINY_CNN, run_inference_captured
 from _orthanc import DROP_SEG_LUA, orthanc, upload
 
 from monai_wsol.engines.dicomweb import dicomweb_client, parse_study_uids, stored_marker
@@ -62,26 +61,17 @@ def archive(tmp_path_factory, series_files, rt_plan_in_study):
 
 
 def infer(url: str, study: str, out_dir: Path, model: Path, capfd, **extra) -> tuple[int, str]:
-    capfd.readouterr()
-    rc = 0
-    try:
-        run_workflow(
-            "inference",
-            INFERENCE,
-            dicomweb_url=f"{url}/dicom-web",
-            study_uid=study,
-            output_dir=str(out_dir),
-            ckpt_path=str(model),
-            network_kwargs=TINY_CNN,
-            amp=False,
-            progress=False,
-            **extra,
-        )
-    except SystemExit as e:
-        rc = 1 if isinstance(e.code, str) else int(e.code or 0)
-        print(e.code, file=sys.stderr)
-    captured = capfd.readouterr()
-    return rc, captured.out + captured.err
+    return run_inference_captured(
+        capfd,
+        dicomweb_url=f"{url}/dicom-web",
+        study_uid=study,
+        output_dir=str(out_dir),
+        ckpt_path=str(model),
+        network_kwargs=TINY_CNN,
+        amp=False,
+        progress=False,
+        **extra,
+    )
 
 
 def _segs(url: str, study: str) -> list[pydicom.Dataset]:

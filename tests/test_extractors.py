@@ -469,7 +469,7 @@ def test_slice_by_slice_flips_slices_and_passes_2d_batches_through():
     net = _mixed_state_net(2)
     volume = MetaTensor(torch.rand(1, 1, 24, 20, 6), affine=torch.diag(torch.tensor([0.5, 0.7, 3.0, 1.0])))
     tta = SliceBySliceExtractor(ForwardCAM(), slice_axis=-1).with_flip_axes((0,))
-    assert tta.flip_axes == (0,) and tta.slice_extractor.flip_axes == (0,)
+    assert tta.flip_axes == (0,) and tta.part_extractor.flip_axes == (0,)
     _, maps = tta(net, volume, 1)
     # the map of each slice is the flip-averaged map of that slice, normalised over the volume
     slices = volume.as_tensor()[0].movedim(-1, 0)

@@ -27,7 +27,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from _bundle_helpers import CONFIGS, INFERENCE, REPO, run_workflow
+from _bundle_helpers import CONFIGS, INFERENCE, REPO, run_inference_captured, run_workflow
 from PIL import Image
 
 from monai_wsol.data.input_checks import InputCheckError, InputChecksd
@@ -112,21 +112,10 @@ def _overrides(models: dict[int, Path], spatial_dims: int = 2, **extra) -> dict:
 
 def infer(in_dir: Path, out_dir: Path, models: dict[int, Path], capfd, spatial_dims: int = 2, **extra) -> Run:
     """``python -m monai.bundle run inference`` in this process; the exit status is the ``SystemExit``'s."""
-    capfd.readouterr()
-    rc = 0
-    try:
-        run_workflow(
-            "inference",
-            INFERENCE,
-            input_dir=str(in_dir),
-            output_dir=str(out_dir),
-            **_overrides(models, spatial_dims, **extra),
-        )
-    except SystemExit as e:
-        rc = 1 if isinstance(e.code, str) else int(e.code or 0)
-        print(e.code, file=sys.stderr)  # what the interpreter prints for an uncaught SystemExit
-    captured = capfd.readouterr()
-    return Run(rc, captured.out + captured.err, in_dir, out_dir)
+    rc, console = run_inference_captured(
+        capfd, input_dir=str(in_dir), output_dir=str(out_dir), **_overrides(models, spatial_dims, **extra)
+    )
+    return Run(rc, console, in_dir, out_dir)
 
 
 def _cli_args(in_dir: Path, out_dir: Path, models: dict[int, Path], **extra) -> list[str]:

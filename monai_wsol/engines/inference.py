@@ -17,9 +17,10 @@ there instead of stopping the run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -432,13 +433,8 @@ class LocalizationWriter:
             from monai_wsol.writers import write_dicom_seg
 
             target = self.output_dir / f"{stem}_seg.dcm"
-            try:
+            with _dicom_write(source, "DICOM-SEG", "write_dicom_seg"):
                 written.append(write_dicom_seg(mask, reference, target))
-            except Exception as e:  # highdicom raises many types for headers a SEG cannot reference
-                raise OutputWriteError(
-                    f"{source}: cannot write its DICOM-SEG ({short_error(e)}); its DICOM header "
-                    "lacks what a SEG references (write_dicom_seg=false skips DICOM-SEGs)"
-                ) from e
             files["dicom_seg"] = str(target)
         spatial_dims = cam.ndim
         boxes = item.get(self.box_key)
@@ -451,13 +447,8 @@ class LocalizationWriter:
             files["overlay"] = str(target)
         if dicom is not None and self.write_dicom_overlay:
             target = self.output_dir / f"{stem}_overlay_sc.dcm"
-            try:
+            with _dicom_write(source, "DICOM overlay (Secondary Capture)", "write_dicom_overlay"):
                 written.append(self._overlay_sc(item, cam, mask, boxes, probs_list, reference, target))
-            except Exception as e:  # highdicom raises many types for headers it cannot derive from
-                raise OutputWriteError(
-                    f"{source}: cannot write its DICOM overlay ({short_error(e)}); "
-                    "write_dicom_overlay=false skips it"
-                ) from e
             files["dicom_overlay"] = str(target)
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
@@ -562,6 +553,20 @@ class LocalizationWriter:
         ]
         write_rows(self.output_dir, "predictions", self.rows, csv_rows=flat)
         logger.info(f"Wrote {len(self.rows)} localizations to {self.output_dir}")
+
+
+@contextlib.contextmanager
+def _dicom_write(source: str, what: str, flag: str) -> Iterator[None]:
+    """Re-raise an error of writing a DICOM object derived from ``source`` as an :class:`OutputWriteError`
+    that names the input and the flag that skips the object (highdicom raises many types for headers it
+    cannot derive from)."""
+    try:
+        yield
+    except Exception as e:
+        raise OutputWriteError(
+            f"{source}: cannot write its {what} ({short_error(e)}); its DICOM header lacks what that object "
+            f"references ({flag}=false skips it)"
+        ) from e
 
 
 def prediction_row(json_path: str | os.PathLike) -> dict:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,18 +37,13 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from _bundle_helpers import CONFIGS, TINY, make_tiny_data, run_workflow  # noqa: E402
+from _servers import free_port, serving  # noqa: E402
 
 MODEL = "monai_wsol"
 TIMEOUT = 120  # seconds, every request
 START_TIMEOUT = 240
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +78,7 @@ def running_server(work: Path, app: Path, *conf: str):
 
     Yields its URL; always stops it.
     """
-    port = _free_port()
+    port = free_port()
     # what the `monailabel` script runs, with this interpreter (the script takes `python` from PATH)
     cmd = [
         sys.executable,
@@ -102,32 +95,9 @@ def running_server(work: Path, app: Path, *conf: str):
         str(port),
         *conf,
     ]
-    log_path = work / f"server_{app.name}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up after {START_TIMEOUT} s:\n{_tail(log_path)}")
-            time.sleep(1)
+    with serving(cmd, f"{url}/info/", work / f"server_{app.name}.log", START_TIMEOUT, cwd=work):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +110,6 @@ def server(work: Path, bundle: Path):
     shutil.copytree(Path(app_pkg.__file__).parent, app, ignore=shutil.ignore_patterns("__pycache__"))
     with running_server(work, app, "--conf", "bundle", str(bundle), "--conf", "models", MODEL) as url:
         yield url
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    return path.read_bytes()[-n:].decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
