@@ -197,6 +197,102 @@ def test_a_dropped_store_fails_the_input_and_a_rerun_stores_it(
         assert len(_segs(url, study_uid)) == 1 and stored_marker(out, series_uid).is_file()
 
 
+class _FaultyProxy:
+    """An HTTP proxy in front of the archive that answers 500 to the GET requests whose path starts with
+    ``fail_prefix`` (``None``: forward everything): an archive failing in the middle of a batch."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        import requests
+
+        self.fail_prefix: str | None = None
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self, method: str) -> None:
+                if method == "GET" and proxy.fail_prefix and self.path.startswith(proxy.fail_prefix):
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = (
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    if method == "POST"
+                    else None
+                )
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                resp = requests.request(method, target + self.path, headers=headers, data=body, timeout=60)
+                self.send_response(resp.status_code)
+                for key, value in resp.headers.items():
+                    if key.lower() not in (
+                        "transfer-encoding",
+                        "content-length",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(resp.content)))
+                self.end_headers()
+                self.wfile.write(resp.content)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self._forward("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._forward("POST")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_an_archive_failing_mid_batch_fails_that_study_and_a_rerun_completes_it(
+    tmp_path, series_files, study_uid, model, capfd
+):
+    from pydicom.data import get_testdata_file
+
+    ct_file = get_testdata_file("CT_small.dcm", download=False)
+    if ct_file is None:
+        pytest.skip("CT_small.dcm is not in the installed pydicom-data")
+    ct = pydicom.dcmread(ct_file, stop_before_pixels=True)
+    assert float(ct.RescaleIntercept) == -1024.0  # a CT stored with a rescale to Hounsfield units
+    out = tmp_path / "out"
+    with orthanc(tmp_path / "archive") as url:
+        upload(url, [*series_files, Path(ct_file)])
+        proxy = _FaultyProxy(url)
+        try:
+            # the MR series' retrieval (WADO-RS) answers 500, after its study was listed (QIDO-RS)
+            proxy.fail_prefix = f"/dicom-web/studies/{study_uid}/series/"
+            rc, console = infer(proxy.url, f"{study_uid},{ct.StudyInstanceUID}", out, model, capfd)
+        finally:
+            proxy.close()
+        assert rc == 1
+        _one_line(console, "failed", "(fetch)", "could not be retrieved", "HTTP 500")
+        assert "1 done" in console and "1 failed" in console
+        assert len(_segs(url, str(ct.StudyInstanceUID))) == 1 and _segs(url, study_uid) == []
+        assert not (out / "dicomweb" / study_uid).exists() or not any(
+            (out / "dicomweb" / study_uid).iterdir()
+        )
+        # the re-run completes the failed study and skips the one stored
+        rc, console = infer(url, f"{study_uid},{ct.StudyInstanceUID}", out, model, capfd)
+        assert rc == 0, console[-3000:]
+        assert "1 done" in console and "1 already complete" in console
+        assert len(_segs(url, study_uid)) == 1 and len(_segs(url, str(ct.StudyInstanceUID))) == 1
+
+
 def test_parse_study_uids(tmp_path):
     assert parse_study_uids("1.2.3") == ["1.2.3"]
     assert parse_study_uids(" 1.2.3 , 4.5 ,1.2.3") == ["1.2.3", "4.5"]
