@@ -373,6 +373,10 @@ def test_row_dicom_series_runs_slice_by_slice_through_the_2d_model(
     doc = json.loads((tmp_path / "out" / "mr_series_localization.json").read_text())
     assert doc["spatial_dims"] == 3 and all(len(b["voxel"]) == 6 for b in doc["boxes"])
     np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, cam.get_fdata() >= doc["tau"])
+    # each slice's lesion probability; the volume's is that of its most probable slice
+    assert len(doc["slice_probabilities"]) == 20
+    assert doc["class_probabilities"][1] == pytest.approx(max(doc["slice_probabilities"]), abs=1e-5)
+    assert "slice_probabilities" not in json.loads((tmp_path / "out" / "good0_localization.json").read_text())
     seg = pydicom.dcmread(doc["seg_file"])
     referenced = {
         r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence

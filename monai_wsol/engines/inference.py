@@ -48,9 +48,13 @@ from monai_wsol.engines.batch import (
     record_from_exception,
 )
 from monai_wsol.engines.handlers import is_main_process, write_rows
-from monai_wsol.extractors import CAMExtractor, ClassSelection, get_extractor
+from monai_wsol.extractors import CAMExtractor, ClassSelection, SliceBySliceExtractor, get_extractor
+
+#: evaluator output key of the per-slice logits ``(S, K)`` of a volume run slice by slice through a 2D model
+SLICE_PRED_KEY = "slice_pred"
 
 __all__ = [
+    "SLICE_PRED_KEY",
     "CAMInferer",
     "CAMEvaluator",
     "LocalizationWriter",
@@ -99,11 +103,16 @@ class CAMInferer(Inferer):
         *args: Any,
         labels: ClassSelection = None,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``inputs`` (B, C, *spatial) -> ``(logits, maps)``; ``labels`` (per-sample classes), when given,
-        replace ``class_idx`` for this call. Other arguments (a ``prepare_batch``'s network arguments) are
-        ignored."""
+    ) -> tuple[torch.Tensor, ...]:
+        """``inputs`` (B, C, *spatial) -> ``(logits, maps)``, plus the per-slice logits ``(B, S, K)`` of
+        volumes run slice by slice (:class:`~monai_wsol.extractors.SliceBySliceExtractor`); ``labels``
+        (per-sample classes), when given, replace ``class_idx`` for this call. Other arguments (a
+        ``prepare_batch``'s network arguments) are ignored."""
         class_idx = self.class_idx if labels is None else labels
+        if isinstance(self.extractor, SliceBySliceExtractor):
+            logits, maps, slice_logits = self.extractor.extract(unwrap_network(network), inputs, class_idx)
+            # a volume run slice by slice: its slices' logits too (PART_KEY of the evaluator's output)
+            return (logits, maps) if slice_logits is None else (logits, maps, slice_logits)
         return self.extractor(unwrap_network(network), inputs, class_idx)
 
 
@@ -192,9 +201,11 @@ class CAMEvaluator(SupervisedEvaluator):
         # runs on FORWARD_COMPLETED, i.e. before MONAI decollates and post-processes the output at
         # MODEL_COMPLETED
         output = engine.state.output
-        logits, maps = output[CommonKeys.PRED]
+        logits, maps, *parts = output[CommonKeys.PRED]
         output[CommonKeys.PRED] = _plain(logits)
         output[engine.cam_key] = maps
+        if parts:
+            output[SLICE_PRED_KEY] = _plain(parts[0])
         for key in engine.batch_keys:
             if key not in engine.state.batch:
                 raise KeyError(
@@ -300,7 +311,9 @@ class LocalizationWriter:
       that cannot show a DICOM-SEG: the CAM blended on the image, the mask outline and the boxes, on the
       slice where the CAM peaks, referencing that slice's instance;
     - ``<stem>_localization.json``: class probabilities, predicted class, boxes (MONAI ``StandardMode``, voxel
-      and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`) and the other files' paths.
+      and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`) and the other files' paths; for
+      a volume run slice by slice, ``slice_probabilities``: each slice's probability of the lesion class
+      (``extra["cam_class"]`` when an int, else class 1), in array order along the slice axis.
 
     Every file is written to a temporary name and renamed, and the JSON is written last: its presence marks
     the input complete (:func:`~monai_wsol.engines.batch.completed_output`), so a killed run leaves no input
@@ -453,6 +466,12 @@ class LocalizationWriter:
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
         extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
+        if item.get(SLICE_PRED_KEY) is not None:
+            # a volume run slice by slice: each slice's lesion probability (as the MONAI Label answer gives)
+            lesion = self.extra.get("cam_class")
+            lesion = lesion if isinstance(lesion, int) and not isinstance(lesion, bool) else 1
+            slice_probs = torch.softmax(_plain(torch.as_tensor(item[SLICE_PRED_KEY])).float(), dim=-1)
+            extra["slice_probabilities"] = [round(float(p), 6) for p in slice_probs[:, lesion].cpu()]
         if "dicom_seg" in files:
             extra["seg_file"] = files["dicom_seg"]
         if "overlay" in files:
