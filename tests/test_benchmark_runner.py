@@ -164,6 +164,22 @@ def test_the_prior_trains_one_epoch_the_others_the_budget(tiny, tmp_path):
     assert bench.bundle_overrides("d", "cam", 0, {})["epochs"] == 7
 
 
+def test_3d_runs_train_on_the_volumes_declared_grid(tmp_path):
+    # 3D crops are image_size x image_size x a depth the splits allow; training must see the grid that
+    # evaluation (on each image's own grid) sees, not a cube
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(
+        json.dumps({"image_size": [32, 32, 20], "training": [], "validation": [], "test": []})
+    )
+    bench = Benchmark(tmp_path, {"d": {"datalist": str(datalist)}}, ["cam"], image_size=32, spatial_dims=3)
+    overrides = bench.bundle_overrides("d", "cam", 0, {})
+    assert overrides["spatial_dims"] == 3 and overrides["spatial_size"] == [32, 32, 20]
+    plain = Benchmark(tmp_path, {"d": {"datalist": str(datalist)}}, ["cam"], image_size=32)
+    assert plain.bundle_overrides("d", "cam", 0, {})["spatial_size"] == [32, 32]
+    with pytest.raises(ValueError, match="spatial_dims"):
+        Benchmark(tmp_path, {"d": {}}, ["cam"], spatial_dims=4)
+
+
 def test_benchmark_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         Benchmark(tmp_path, {"d": {}}, ["nope"])

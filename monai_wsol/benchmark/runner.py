@@ -112,7 +112,8 @@ class Benchmark:
             report order; post-hoc methods (:data:`POSTHOC`) need their base method in the list.
         seeds: the seeds (>= 3 for the paired statistics to mean anything).
         data_root: where generated settings are written (``<data_root>/<setting>``; existing data is reused).
-        image_size: the side the images are resized to.
+        image_size: the side the images (2D) or volumes (3D) are resized to.
+        spatial_dims: 2 (slices) or 3 (volumes: the generator's ``mode="3d"``, the bundle's 3D network).
         backbone: ``"densenet121"`` or ``"vgg16"``; ``net_kwargs``: its extra arguments (e.g. a compact
             ``block_config``, ``low_stride``).
         method_options: method -> options applied to every run of it (e.g. ``{"sfs2": {"init": "random"}}``).
@@ -121,7 +122,7 @@ class Benchmark:
             keys of ``train.json``); ``threads`` sets torch's intra-op threads.
         bundle_root: the bundle whose workflows run (default: the one beside this package).
         box_step: tau step of the box curves (0.001, the protocol's).
-        num_examples: test images stored per first-seed run for the example grid.
+        num_examples: test images stored per first-seed run for the example grid (2D only).
         reference: the method(s) the paired tests compare against every other (default ``"sfs2"``).
         search_in: the setting whose validation split makes the ``search`` choices for every setting (saves
             the candidates' runs elsewhere); None: each setting chooses on its own validation split. It may be
@@ -155,7 +156,11 @@ class Benchmark:
         variants: Mapping[str, Mapping[str, Any]] | None = None,
         report: bool = True,
         bundle_root: str | Path | None = None,
+        spatial_dims: int = 2,
     ) -> None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"Benchmark: spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        self.spatial_dims = int(spatial_dims)
         self.bench_dir = Path(bench_dir)
         self.settings = {str(k): dict(v) for k, v in settings.items()}
         self.methods = [str(m) for m in methods]
@@ -221,7 +226,7 @@ class Benchmark:
         path = out / "datalist.json"
         if not path.exists():
             logger.info("generating the %r data set in %s", setting, out)
-            generate(out, **{"image_size": self.image_size, **opts})
+            generate(out, **{"image_size": self.image_size, "mode": f"{self.spatial_dims}d", **opts})
         return path
 
     # -- one run
@@ -245,8 +250,8 @@ class Benchmark:
             **budget,
             "dataset_dir": str(datalist.parent),
             "datalist": str(datalist),
-            "spatial_dims": 2,
-            "spatial_size": [self.image_size, self.image_size],
+            "spatial_dims": self.spatial_dims,
+            "spatial_size": self._spatial_size(datalist),
             "method": self.base_method(method),
             "method_options": to_jsonable(dict(options)),
             "backbone": backbone,
@@ -255,6 +260,16 @@ class Benchmark:
             "cam_class": _LESION,
             "num_workers": 0,
         }
+
+    def _spatial_size(self, datalist: Path) -> list[int]:
+        """The network's input size: ``image_size`` along every axis, except for 3D volumes whose datalist
+        declares their size (the generator's crops are ``image_size`` x ``image_size`` x a depth its splits
+        allow): that size, so training sees the grid that evaluation (on each image's own grid) sees."""
+        if self.spatial_dims == 3:
+            declared = json.loads(datalist.read_text()).get("image_size")
+            if isinstance(declared, list) and len(declared) == 3:
+                return [int(v) for v in declared]
+        return [self.image_size] * self.spatial_dims
 
     def run_one(
         self, setting: str, method: str, seed: int, options: Mapping[str, Any], candidate: int | None = None
@@ -281,7 +296,8 @@ class Benchmark:
             t0 = time.perf_counter()
             model = self.bundle.train(run_dir, overrides)
             seconds = time.perf_counter() - t0
-        examples_count = self.num_examples if seed == self.seeds[0] else 0
+        # the example grid draws 2D slices
+        examples_count = self.num_examples if seed == self.seeds[0] and self.spatial_dims == 2 else 0
         val = self.bundle.evaluate(model, "validation", run_dir / "eval", overrides, box_step=self.box_step)
         test = self.bundle.evaluate(
             model, "test", run_dir / "eval", overrides, num_examples=examples_count, box_step=self.box_step
