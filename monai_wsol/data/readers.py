@@ -375,6 +375,17 @@ class DicomSeriesReader(PydicomReader):
         if not datasets:
             f, reason = corrupt[0]
             raise ImageReadError(f"{folder}: no readable instance in this series (e.g. {f.name}: {reason})")
+        if not corrupt and len(datasets) > 1:
+            # MONAI stacks the instances in InstanceNumber order on one evenly spaced grid: a missing middle
+            # instance or mixed orientations would put every slice after it at a wrong position, silently
+            ordered = sorted(datasets, key=lambda d: int(getattr(d, "InstanceNumber", 0)))
+            problem = series_inconsistency(ordered)
+            if problem is not None:
+                raise ImageReadError(
+                    f"{folder}: the {len(datasets)} instances are no regular volume ({problem}); an instance "
+                    "missing from the middle of the series, or two series in one folder? give the whole "
+                    "series"
+                )
         self._series_folder, self._corrupt = folder, corrupt
         # the state PydicomReader.read leaves for get_data
         self.has_series = len(datasets) > 1
