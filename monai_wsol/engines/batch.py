@@ -65,6 +65,7 @@ __all__ = [
     "localization_path",
     "min_input_size",
     "as_slice_axis",
+    "problem_item",
     "record_from_exception",
 ]
 
@@ -316,7 +317,8 @@ def list_inputs(
     return _datalist_inputs(Path(datalist), split, base_dir)
 
 
-def _problem(path: str | os.PathLike, status: str, stage: str, reason: str) -> dict:
+def problem_item(path: str | os.PathLike, status: str, stage: str, reason: str) -> dict:
+    """An input item that is a record, not an image to load: ``{"image": path, PROBLEM_KEY: {...}}``."""
     return {"image": str(path), PROBLEM_KEY: {"status": status, "stage": stage, "reason": reason}}
 
 
@@ -339,7 +341,7 @@ def _folder_inputs(root: Path, spatial_dims: int, slice_axis: int | None) -> lis
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         reason = f"the input folder {what}; give input_dir a folder of images"
-        return [_problem(root, "failed", "list", reason)]
+        return [problem_item(root, "failed", "list", reason)]
     items: list[dict] = []
     loose_dicom: list[str] = []
     for p in sorted(root.iterdir()):
@@ -347,15 +349,15 @@ def _folder_inputs(root: Path, spatial_dims: int, slice_axis: int | None) -> lis
             if any(is_dicom(str(f)) for f in sorted(p.iterdir()) if f.is_file()):
                 items.append({"image": str(p)})
             else:
-                items.append(_problem(p, "skipped", "list", "a sub-folder without DICOM files"))
+                items.append(problem_item(p, "skipped", "list", "a sub-folder without DICOM files"))
         elif p.name.upper() == "DICOMDIR":
-            items.append(_problem(p, "skipped", "list", "a DICOMDIR (directory index), not an image"))
+            items.append(problem_item(p, "skipped", "list", "a DICOMDIR (directory index), not an image"))
         elif p.name.lower().endswith(".dcm") or (not p.name.lower().endswith(IMAGE_SUFFIXES) and is_dicom(p)):
             loose_dicom.append(str(p))
         elif p.name.lower().endswith(IMAGE_SUFFIXES):
             items.append({"image": str(p)})
         else:
-            items.append(_problem(p, "skipped", "list", "not an image file"))
+            items.append(problem_item(p, "skipped", "list", "not an image file"))
     if loose_dicom:
         one_series = spatial_dims == 3 or (slice_axis is not None and _one_multi_instance_series(root))
         items += [{"image": str(root)}] if one_series else [{"image": f} for f in loose_dicom]
@@ -365,7 +367,7 @@ def _folder_inputs(root: Path, spatial_dims: int, slice_axis: int | None) -> lis
             + (f" ({len(items)} other entries skipped)" if items else " (it is empty)")
             + "; check input_dir"
         )
-        items.append(_problem(root, "failed", "list", reason))
+        items.append(problem_item(root, "failed", "list", reason))
     return items
 
 
@@ -373,18 +375,20 @@ def _datalist_inputs(path: Path, split: str, base_dir: str | os.PathLike | None)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        return [_problem(path, "failed", "list", f"cannot read the datalist ({e})")]
+        return [problem_item(path, "failed", "list", f"cannot read the datalist ({e})")]
     entries = data.get(split) if isinstance(data, dict) else None
     if not isinstance(entries, list):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         reason = f"no list {split!r} in the datalist (top-level keys: {keys})"
-        return [_problem(path, "failed", "list", reason)]
+        return [problem_item(path, "failed", "list", reason)]
     base = Path(base_dir) if base_dir is not None else path.parent
     items: list[dict] = []
     for i, entry in enumerate(entries):
         image = entry.get("image") if isinstance(entry, dict) else None
         if not isinstance(image, str) or not image:
-            items.append(_problem(f"{path}:{split}[{i}]", "failed", "list", "the item has no 'image' path"))
+            items.append(
+                problem_item(f"{path}:{split}[{i}]", "failed", "list", "the item has no 'image' path")
+            )
             continue
         p = Path(image).expanduser()
         items.append({"image": str(p if p.is_absolute() else base / p)})

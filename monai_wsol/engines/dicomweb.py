@@ -36,7 +36,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from monai_wsol.data.readers import short_error
-from monai_wsol.engines.batch import PROBLEM_KEY, InputRecord, add_records, image_stem
+from monai_wsol.engines.batch import InputRecord, add_records, image_stem, problem_item
 from monai_wsol.engines.handlers import is_main_process
 from monai_wsol.io_utils import atomic_write_json
 
@@ -128,10 +128,6 @@ def _value(item: dict, tag: str) -> str:
     return str(values[0])
 
 
-def _problem(source: str, status: str, stage: str, reason: str) -> dict:
-    return {"image": source, PROBLEM_KEY: {"status": status, "stage": stage, "reason": reason}}
-
-
 def dicomweb_inputs(
     url: str,
     study_uid: str | Sequence[str],
@@ -153,7 +149,7 @@ def dicomweb_inputs(
         except Exception as e:
             reason = f"the archive did not list the study's series ({_archive_error(e, url)})"
             items.append(
-                _problem(source, "failed", "fetch", f"{reason}; check dicomweb_url and that it is up")
+                problem_item(source, "failed", "fetch", f"{reason}; check dicomweb_url and that it is up")
             )
             continue
         images = []
@@ -161,26 +157,26 @@ def dicomweb_inputs(
             uid, modality = _value(series, _SERIES_UID), _value(series, _MODALITY).upper()
             if modality in NON_IMAGE_MODALITIES:
                 what = f"a {modality} series, not an image series"
-                items.append(_problem(f"{source}/series/{uid}", "skipped", "fetch", what))
+                items.append(problem_item(f"{source}/series/{uid}", "skipped", "fetch", what))
             elif _value(series, _SERIES_DESCRIPTION).startswith(OWN_SERIES_PREFIX):
                 what = (
                     f"results of an earlier run ({_value(series, _SERIES_DESCRIPTION)}), not a source series"
                 )
-                items.append(_problem(f"{source}/series/{uid}", "skipped", "fetch", what))
+                items.append(problem_item(f"{source}/series/{uid}", "skipped", "fetch", what))
             elif uid:
                 images.append(uid)
         if not images:
             reason = (
                 "the study holds no image series" if found else "the archive holds no series of this study"
             )
-            items.append(_problem(source, "failed", "fetch", f"{reason}; check study_uid"))
+            items.append(problem_item(source, "failed", "fetch", f"{reason}; check study_uid"))
             continue
         for series in images:
             folder = cache / study / series
             if not overwrite and stored_marker(output_dir, series).is_file():
                 reason = f"results already stored in the archive ({stored_marker(output_dir, series).name})"
                 items.append(
-                    _problem(str(folder), "skipped", "resume", f"{reason}; overwrite=true redoes it")
+                    problem_item(str(folder), "skipped", "resume", f"{reason}; overwrite=true redoes it")
                 )
                 continue
             start = time.perf_counter()
@@ -188,7 +184,7 @@ def dicomweb_inputs(
                 count = _fetch_series(client, study, series, folder)
             except Exception as e:
                 reason = f"series {series} of study {study} could not be retrieved ({_archive_error(e, url)})"
-                items.append(_problem(str(folder), "failed", "fetch", reason))
+                items.append(problem_item(str(folder), "failed", "fetch", reason))
                 continue
             logger.info(
                 "fetched: series %s (%d instances) in %.1f s", series, count, time.perf_counter() - start

@@ -454,15 +454,26 @@ class LocalizationWriter:
         boxes = (
             np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
         )
-        if self.write_overlay:
-            target = self.output_dir / f"{stem}_overlay.png"
-            written.append(self._overlay(item, cam, mask, boxes, probs_list, target))
-            files["overlay"] = str(target)
-        if dicom is not None and self.write_dicom_overlay:
-            target = self.output_dir / f"{stem}_overlay_sc.dcm"
-            with _dicom_write(source, "DICOM overlay (Secondary Capture)", "write_dicom_overlay"):
-                written.append(self._overlay_sc(item, cam, mask, boxes, probs_list, reference, target))
-            files["dicom_overlay"] = str(target)
+        if self.write_overlay or (dicom is not None and self.write_dicom_overlay):
+            # one view for both pictures: the slice where the CAM peaks (the image itself in 2D)
+            image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
+            caption = self._caption(probs_list, index)
+            if self.write_overlay:
+                from monai_wsol.writers import write_overlay_png
+
+                target = self.output_dir / f"{stem}_overlay.png"
+                written.append(write_overlay_png(target, image2d, cam2d, mask2d, boxes2d, title=caption))
+                files["overlay"] = str(target)
+            if dicom is not None and self.write_dicom_overlay:
+                from monai_wsol.writers import overlay_rgb, source_instances, write_overlay_sc
+
+                target = self.output_dir / f"{stem}_overlay_sc.dcm"
+                with _dicom_write(source, "DICOM overlay (Secondary Capture)", "write_dicom_overlay"):
+                    # the instances in MONAI's z order (the SEG writer's mapping): the shown slice's own
+                    instance = source_instances(reference)[0 if index is None else index]
+                    picture = overlay_rgb(image2d, cam2d, mask2d, boxes2d)
+                    written.append(write_overlay_sc(picture, instance.filename, target, caption=caption))
+                files["dicom_overlay"] = str(target)
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
         extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
@@ -494,39 +505,6 @@ class LocalizationWriter:
             )
         )
         return prediction_row(json_path)
-
-    def _overlay(
-        self,
-        item: dict,
-        cam: np.ndarray,
-        mask: np.ndarray,
-        boxes: np.ndarray,
-        probs: list[float],
-        target: Path,
-    ) -> Path:
-        from monai_wsol.writers import write_overlay_png
-
-        image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
-        return write_overlay_png(target, image2d, cam2d, mask2d, boxes2d, title=self._caption(probs, index))
-
-    def _overlay_sc(
-        self,
-        item: dict,
-        cam: np.ndarray,
-        mask: np.ndarray,
-        boxes: np.ndarray,
-        probs: list[float],
-        reference: Any,
-        target: Path,
-    ) -> Path:
-        from monai_wsol.writers import source_instances
-        from monai_wsol.writers.dicom_sc import overlay_rgb, write_overlay_sc
-
-        image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
-        # the instances in MONAI's z order (the SEG writer's mapping): the shown slice's own instance
-        instance = source_instances(reference)[0 if index is None else index]
-        picture = overlay_rgb(image2d, cam2d, mask2d, boxes2d)
-        return write_overlay_sc(picture, instance.filename, target, caption=self._caption(probs, index))
 
     def _overlay_view(
         self, item: dict, cam: np.ndarray, mask: np.ndarray, boxes: np.ndarray
