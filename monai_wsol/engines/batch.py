@@ -44,6 +44,9 @@ from monai_wsol.data.input_checks import InputCheckError
 from monai_wsol.data.readers import ImageReadError, NotAnImageError
 from monai_wsol.io_utils import atomic_write_text
 
+#: the per-input JSON's keys of the DICOM objects written for a DICOM input, in the order they are stored
+DICOM_FILE_KEYS = ("seg_file", "parametric_map_file", "sr_file", "overlay_sc_file")
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "RECORD_KEY",
@@ -230,7 +233,7 @@ def completed_output(output_dir: str | os.PathLike, stem: str, source: str) -> P
         return None
     if not isinstance(doc, dict) or doc.get("image") != str(source):
         return None
-    files = [doc.get(k) for k in ("cam_file", "mask_file", "seg_file", "overlay_sc_file") if k in doc]
+    files = [doc.get(k) for k in ("cam_file", "mask_file", *DICOM_FILE_KEYS) if k in doc]
     return path if all(isinstance(f, str) and Path(f).is_file() for f in files) else None
 
 

@@ -12,7 +12,8 @@ The bundle's ``inference`` with ``dicomweb_url`` and ``study_uid`` set:
    a study with no image series fails. Series whose results are already stored are not fetched again
    (``<series>_stored.json`` in ``output_dir``).
 2. :class:`DicomWebStore` (a handler after :class:`~monai_wsol.engines.LocalizationWriter`) stores each done
-   series' DICOM objects (the DICOM-SEG, and the overlay Secondary Capture with ``write_dicom_overlay``) back
+   series' DICOM objects (the DICOM-SEG, the CAM's Parametric Map, the boxes' Structured Report and the
+   overlay Secondary Capture, each as its ``write_dicom_*`` flag says) back
    into its study in one STOW-RS, checks that the archive then lists each (QIDO-RS: an archive may answer a
    STOW with success and drop an object), and writes ``<series>_stored.json`` (atomically), listing the SOP
    instances stored. A refused or failed store fails that input at ``store`` (the local outputs stay); a
@@ -36,7 +37,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from monai_wsol.data.readers import short_error
-from monai_wsol.engines.batch import InputRecord, add_records, image_stem, problem_item
+from monai_wsol.engines.batch import DICOM_FILE_KEYS, InputRecord, add_records, image_stem, problem_item
 from monai_wsol.engines.handlers import is_main_process
 from monai_wsol.io_utils import atomic_write_json
 
@@ -48,6 +49,7 @@ __all__ = [
     "dicomweb_client",
     "dicomweb_inputs",
     "parse_study_uids",
+    "store_verified",
     "stored_marker",
 ]
 
@@ -274,49 +276,19 @@ class DicomWebStore:
         add_records(engine, out)
 
     def store(self, record: InputRecord, series: str) -> InputRecord:
-        """STOW-RS the DICOM-SEG of ``record``'s input into its study; write the stored marker."""
+        """STOW-RS the DICOM objects written for ``record``'s input into its study (:func:`store_verified`);
+        write the stored marker."""
         import pydicom
 
         doc = json.loads(Path(str(record.output)).read_text(encoding="utf-8"))
-        files = [doc[k] for k in ("seg_file", "overlay_sc_file") if doc.get(k)]
+        files = [doc[k] for k in DICOM_FILE_KEYS if doc.get(k)]
         if not files:
             raise ArchiveError("no DICOM object was written for this input (write_dicom_seg is off?)")
         objects = [pydicom.dcmread(f) for f in files]
         study = str(objects[0].StudyInstanceUID)
         names = ", ".join(Path(f).name for f in files)
         start = time.perf_counter()
-        try:
-            response = self.client.store_instances(objects, study_instance_uid=study)
-        except Exception as e:
-            raise ArchiveError(
-                f"STOW-RS of {names} into study {study} failed: {_archive_error(e, self.url)}"
-            ) from e
-        failed = getattr(response, "FailedSOPSequence", None) if response is not None else None
-        if failed:
-            reasons = ", ".join(
-                f"{getattr(f, 'ReferencedSOPInstanceUID', '?')}: 0x{int(getattr(f, 'FailureReason', 0)):04X}"
-                for f in failed
-            )
-            raise ArchiveError(f"the archive refused {names} in study {study} (failure reasons {reasons})")
-        # an archive may accept a STOW and still drop the object (Orthanc's ReceivedInstanceFilter answers
-        # success for what it filters out): it counts as stored only once the archive lists it
-        for f, ds in zip(files, objects, strict=True):
-            sop_uid = str(ds.SOPInstanceUID)
-            try:
-                held = self.client.search_for_instances(
-                    study_instance_uid=study,
-                    series_instance_uid=str(ds.SeriesInstanceUID),
-                    search_filters={"SOPInstanceUID": sop_uid},
-                )
-            except Exception as e:
-                raise ArchiveError(
-                    f"the archive did not confirm {Path(f).name}: {_archive_error(e, self.url)}"
-                ) from e
-            if not held:
-                raise ArchiveError(
-                    f"the archive answered the STOW of {Path(f).name} with success but does not hold SOP "
-                    f"instance {sop_uid} in study {study} (refused or filtered out by the archive)"
-                )
+        store_verified(self.client, self.url, objects, [Path(f).name for f in files])
         entry = {
             "input": record.input,
             "study": study,
@@ -345,6 +317,51 @@ class DicomWebStore:
     def _report(self, engine: Engine) -> None:
         if self.stored:
             logger.info("dicomweb: %d result object(s) stored in %s", len(self.stored), self.url)
+
+
+def store_verified(client: Any, url: str, objects: Sequence[Any], names: Sequence[str]) -> None:
+    """STOW-RS ``objects`` (pydicom datasets of one study) into the archive in one request, then check that
+    the archive lists each (QIDO-RS).
+
+    Args:
+        client: a ``dicomweb_client.DICOMwebClient`` (:func:`dicomweb_client`).
+        url: the archive's DICOMweb URL, for messages.
+        objects: the datasets to store.
+        names: a name for each dataset (its file name), for messages.
+
+    Raises:
+        ArchiveError: the request failed, the archive refused an object, or it does not hold one afterwards
+        (an archive may answer a STOW with success and drop the object: Orthanc's ``ReceivedInstanceFilter``
+        does), naming the objects, the study and the archive's answer.
+    """
+    study = str(objects[0].StudyInstanceUID)
+    listed = ", ".join(names)
+    try:
+        response = client.store_instances(list(objects), study_instance_uid=study)
+    except Exception as e:
+        raise ArchiveError(f"STOW-RS of {listed} into study {study} failed: {_archive_error(e, url)}") from e
+    failed = getattr(response, "FailedSOPSequence", None) if response is not None else None
+    if failed:
+        reasons = ", ".join(
+            f"{getattr(f, 'ReferencedSOPInstanceUID', '?')}: 0x{int(getattr(f, 'FailureReason', 0)):04X}"
+            for f in failed
+        )
+        raise ArchiveError(f"the archive refused {listed} in study {study} (failure reasons {reasons})")
+    for name, ds in zip(names, objects, strict=True):
+        sop_uid = str(ds.SOPInstanceUID)
+        try:
+            held = client.search_for_instances(
+                study_instance_uid=study,
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                search_filters={"SOPInstanceUID": sop_uid},
+            )
+        except Exception as e:
+            raise ArchiveError(f"the archive did not confirm {name}: {_archive_error(e, url)}") from e
+        if not held:
+            raise ArchiveError(
+                f"the archive answered the STOW of {name} with success but does not hold SOP "
+                f"instance {sop_uid} in study {study} (refused or filtered out by the archive)"
+            )
 
 
 def _archive_error(e: BaseException, url: str) -> str:

@@ -291,6 +291,16 @@ def inference_items(
     return [{"image": item["image"]} for item in items if PROBLEM_KEY not in item]
 
 
+#: (``files`` key of a prediction row, key of the per-input JSON) of each optional output
+_FILE_KEYS = (
+    ("dicom_seg", "seg_file"),
+    ("dicom_parametric_map", "parametric_map_file"),
+    ("dicom_sr", "sr_file"),
+    ("overlay", "overlay_file"),
+    ("dicom_overlay", "overlay_sc_file"),
+)
+
+
 class LocalizationWriter:
     """Write each image's localization (attach to the inference/evaluation evaluator,
     ``ITERATION_COMPLETED``).
@@ -306,6 +316,11 @@ class LocalizationWriter:
     - ``<stem>_overlay.png``: when ``write_overlay`` is on, the image with the mask contour and the boxes
       beside the CAM blended on it (3D: the axial slice where the CAM peaks;
       :func:`monai_wsol.writers.write_overlay_png`), titled with the predicted class and its probability;
+    - ``<stem>_pm.dcm``: the CAM as a DICOM Parametric Map on the source instances, when the input was DICOM
+      and ``write_dicom_parametric_map`` is on (:mod:`monai_wsol.writers.dicom_pm`);
+    - ``<stem>_sr.dcm``: the boxes as a DICOM Structured Report (TID 1500 measurements, a rectangle on each
+      instance a box spans), when the input was DICOM, ``write_dicom_sr`` is on and there is a box
+      (:mod:`monai_wsol.writers.dicom_sr`);
     - ``<stem>_overlay_sc.dcm``: when ``write_dicom_overlay`` is on and the input is DICOM, the same view
       as a DICOM Secondary Capture in the source's study (:mod:`monai_wsol.writers.dicom_sc`), for viewers
       that cannot show a DICOM-SEG: the CAM blended on the image, the mask outline and the boxes, on the
@@ -329,6 +344,8 @@ class LocalizationWriter:
         write_dicom_seg: write a DICOM-SEG for DICOM inputs.
         write_overlay: write an overlay PNG per input (needs matplotlib, the ``viz`` extra).
         write_dicom_overlay: write the overlay as a DICOM Secondary Capture for DICOM inputs.
+        write_dicom_parametric_map: write the CAM as a DICOM Parametric Map for DICOM inputs.
+        write_dicom_sr: write the boxes as a DICOM Structured Report for DICOM inputs.
         image_key, pred_key, cam_key, mask_key, box_key, world_box_key, score_key: keys of the decollated
             evaluator output (``pred`` holds probabilities when the postprocessing applied a softmax; logits
             are converted with a softmax otherwise, see ``pred_is_prob``).
@@ -343,6 +360,8 @@ class LocalizationWriter:
         write_dicom_seg: bool = True,
         write_overlay: bool = False,
         write_dicom_overlay: bool = False,
+        write_dicom_parametric_map: bool = False,
+        write_dicom_sr: bool = False,
         image_key: str = CommonKeys.IMAGE,
         pred_key: str = CommonKeys.PRED,
         cam_key: str = "cam",
@@ -358,6 +377,8 @@ class LocalizationWriter:
         self.write_dicom_seg = bool(write_dicom_seg)
         self.write_overlay = bool(write_overlay)
         self.write_dicom_overlay = bool(write_dicom_overlay)
+        self.write_dicom_parametric_map = bool(write_dicom_parametric_map)
+        self.write_dicom_sr = bool(write_dicom_sr)
         self.image_key, self.pred_key, self.cam_key, self.mask_key = image_key, pred_key, cam_key, mask_key
         self.box_key, self.world_box_key, self.score_key = box_key, world_box_key, score_key
         self.pred_is_prob = bool(pred_is_prob)
@@ -439,21 +460,54 @@ class LocalizationWriter:
             target = self.output_dir / f"{stem}_{name}.nii.gz"
             written.append(write_nifti(array, affine, target))
             files[name] = str(target)
-        dicom = _dicom_source(source) if (self.write_dicom_seg or self.write_dicom_overlay) else None
+        any_dicom = (
+            self.write_dicom_seg
+            or self.write_dicom_overlay
+            or self.write_dicom_parametric_map
+            or self.write_dicom_sr
+        )
+        dicom = _dicom_source(source) if any_dicom else None
         used = str(meta.get("dicom_source_files") or "")
         reference: Any = used.splitlines() if used else dicom
-        if dicom is not None and self.write_dicom_seg:
-            from monai_wsol.writers import write_dicom_seg
-
-            target = self.output_dir / f"{stem}_seg.dcm"
-            with _dicom_write(source, "DICOM-SEG", "write_dicom_seg"):
-                written.append(write_dicom_seg(mask, reference, target))
-            files["dicom_seg"] = str(target)
         spatial_dims = cam.ndim
         boxes = item.get(self.box_key)
         boxes = (
             np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
         )
+        if dicom is not None:
+            from monai_wsol.writers import write_dicom_parametric_map, write_dicom_seg, write_dicom_sr
+
+            objects = (
+                (
+                    "dicom_seg",
+                    "seg",
+                    "DICOM-SEG",
+                    "write_dicom_seg",
+                    lambda t: write_dicom_seg(mask, reference, t),
+                ),
+                (
+                    "dicom_parametric_map",
+                    "pm",
+                    "DICOM Parametric Map",
+                    "write_dicom_parametric_map",
+                    lambda t: write_dicom_parametric_map(cam, reference, t),
+                ),
+                (
+                    "dicom_sr",
+                    "sr",
+                    "DICOM Structured Report",
+                    "write_dicom_sr",
+                    lambda t: write_dicom_sr(boxes, reference, t, spatial_dims),
+                ),
+            )
+            for key, suffix, what, flag, write in objects:
+                if getattr(self, flag) and not (
+                    key == "dicom_sr" and len(boxes) == 0
+                ):  # no finding, no report
+                    target = self.output_dir / f"{stem}_{suffix}.dcm"
+                    with _dicom_write(source, what, flag):
+                        written.append(write(target))
+                    files[key] = str(target)
         if self.write_overlay or (dicom is not None and self.write_dicom_overlay):
             # one view for both pictures: the slice where the CAM peaks (the image itself in 2D)
             image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
@@ -483,12 +537,9 @@ class LocalizationWriter:
             lesion = lesion if isinstance(lesion, int) and not isinstance(lesion, bool) else 1
             slice_probs = torch.softmax(_plain(torch.as_tensor(item[SLICE_PRED_KEY])).float(), dim=-1)
             extra["slice_probabilities"] = [round(float(p), 6) for p in slice_probs[:, lesion].cpu()]
-        if "dicom_seg" in files:
-            extra["seg_file"] = files["dicom_seg"]
-        if "overlay" in files:
-            extra["overlay_file"] = files["overlay"]
-        if "dicom_overlay" in files:
-            extra["overlay_sc_file"] = files["dicom_overlay"]
+        for key, doc_key in _FILE_KEYS:
+            if key in files:
+                extra[doc_key] = files[key]
         json_path = localization_path(self.output_dir, stem)
         written.append(
             write_boxes_json(
@@ -577,10 +628,7 @@ def prediction_row(json_path: str | os.PathLike) -> dict:
     probs = [float(p) for p in doc["class_probabilities"]]
     names = doc.get("class_names") or [str(i) for i in range(len(probs))]
     files = {"cam": doc["cam_file"], "mask": doc["mask_file"]}
-    if doc.get("seg_file"):
-        files["dicom_seg"] = doc["seg_file"]
-    if doc.get("overlay_file"):
-        files["overlay"] = doc["overlay_file"]
+    files.update({key: doc[doc_key] for key, doc_key in _FILE_KEYS if doc.get(doc_key)})
     files["json"] = str(path)
     return {
         "image": doc["image"],

@@ -8,6 +8,10 @@ App options (``monailabel start_server --app <app> --studies <dir> --conf KEY VA
 - ``cam_model``: ``true`` (default) also serves ``<name>_cam``, the same network returning the CAM as label;
 - ``preload``: ``true`` loads the networks at start-up (MONAI Label's option).
 
+With ``--studies http://<archive>/dicom-web`` the images come from a DICOMweb archive (MONAI Label's
+``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``, default ``{"Modality": "CT"}``, says which series are listed) and a
+saved final label is stored back as a DICOM-SEG (:mod:`monai_wsol.monailabel.datastore`).
+
 Bad requests get 4xx instead of MONAI Label's 500: unknown model 404, unsupported upload format 415,
 unreadable image or invalid parameter 400; the message says what was wrong. Training and active learning are
 not offered (train with ``python -m monai.bundle run training``; see ``bundle/docs/README.md``).
@@ -96,6 +100,21 @@ class WSOLApp(MONAILabelApp):
                 infers[f"{name}_cam"] = WSOLInferTask(str(path), self.conf, output="cam")
             logger.info(f"+++ monai_wsol model '{name}' from {path}")
         return infers
+
+    def _init_dicomweb_datastore(self) -> Any:
+        """MONAI Label's DICOMweb datastore with final labels stored as highdicom DICOM-SEGs
+        (:class:`~monai_wsol.monailabel.datastore.WSOLDicomWebDatastore`)."""
+        from monai_wsol.monailabel.datastore import WSOLDicomWebDatastore
+
+        store = super()._init_dicomweb_datastore()
+        # the stock method builds the client (credentials, Google Cloud, URL prefixes) and the cache; only
+        # save_label differs, and the subclass adds no state, so the instance takes the subclass
+        store.__class__ = WSOLDicomWebDatastore
+        return store
+
+    def _download_dcmqi_tools(self) -> None:
+        """Nothing to download: labels become DICOM-SEGs through highdicom, not dcmqi's binaries (MONAI Label
+        fetches those from GitHub at start-up)."""
 
     def init_trainers(self) -> dict:
         return {}

@@ -2,11 +2,10 @@
 
 Axis conventions (the usual trap): MONAI's ``PydicomReader`` returns (x=column, y=row, z) with the slices in
 InstanceNumber order; highdicom wants ``(frames, rows, columns)`` with one frame per source instance, in the
-order of the ``source_images`` list. :func:`write_dicom_seg` sorts the source instances by InstanceNumber to
-map MONAI's z index to an instance, transposes each plane to (rows, columns), then orders instances and frames
-together along the slice normal. Empty frames are kept so that the SEG has one frame per source slice, and
-every per-frame functional group carries a ``SegmentIdentificationSequence`` so MONAI's ``PydicomReader``
-reads the SEG back (it refuses SEGs without it).
+order of the ``source_images`` list. :func:`~monai_wsol.writers.dicom_source.frames_on_source` makes that
+mapping (shared with the Parametric Map of the CAM). Empty frames are kept so that the SEG has one frame per
+source slice, and every per-frame functional group carries a ``SegmentIdentificationSequence`` so MONAI's
+``PydicomReader`` reads the SEG back (it refuses SEGs without it).
 """
 
 from __future__ import annotations
@@ -21,45 +20,14 @@ import torch
 
 from monai_wsol import __version__
 from monai_wsol.io_utils import atomic_path
+from monai_wsol.writers.dicom_source import (
+    frames_on_source,
+    import_highdicom,
+    require_frame_of_reference,
+    source_instances,
+)
 
-__all__ = ["write_dicom_seg", "source_instances"]
-
-
-def _import_highdicom():
-    try:
-        import highdicom as hd
-    except ImportError as e:
-        raise ImportError(
-            "write_dicom_seg needs highdicom (pip install 'monai_wsol[dicom]'); "
-            "pydicom-seg does not work with pydicom 3"
-        ) from e
-    return hd
-
-
-def source_instances(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list:
-    """Read the source DICOM instances (a series folder, one file, or a list of files), sorted by
-    InstanceNumber: the order of the z axis of MONAI's ``PydicomReader``."""
-    import pydicom
-
-    from monai_wsol.data.readers import dicom_series_files
-
-    if isinstance(source, (str, os.PathLike)):
-        files = dicom_series_files(source) if Path(source).is_dir() else [Path(source)]
-    else:
-        files = [Path(f) for f in source]
-    datasets = [pydicom.dcmread(f) for f in files]
-    uids = {ds.SeriesInstanceUID for ds in datasets}
-    if len(uids) > 1:
-        raise ValueError(
-            f"source_dicom_files: {len(uids)} series given ({sorted(uids)}); a SEG references one"
-        )
-    return sorted(datasets, key=lambda ds: int(getattr(ds, "InstanceNumber", 0)))
-
-
-def _slice_position(ds: Any) -> float:
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
+__all__ = ["write_dicom_seg"]
 
 
 def write_dicom_seg(
@@ -89,34 +57,11 @@ def write_dicom_seg(
     Raises:
         ImportError: highdicom missing. ValueError: the mask does not match the source geometry.
     """
-    hd = _import_highdicom()
+    hd = import_highdicom("write_dicom_seg")
     from pydicom.sr.codedict import codes
 
-    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    datasets = source_instances(source_dicom)
-    if (
-        array.ndim in (3, 4)
-        and array.shape[0] == 1
-        and array.ndim - 1 in (2, 3)
-        and array.shape[1:3]
-        == (
-            int(datasets[0].Columns),
-            int(datasets[0].Rows),
-        )
-    ):
-        array = array[0]  # drop MONAI's channel axis
-    if array.ndim == 2:
-        array = array[..., None]
-    expected = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
-    if array.shape != expected:
-        raise ValueError(
-            f"mask shape {array.shape} does not match the source series {source_dicom} "
-            f"(columns, rows, instances) = {expected}"
-        )
-    frames = np.ascontiguousarray((array != 0).transpose(2, 1, 0))  # (instances, rows, columns)
-    order = np.argsort([_slice_position(ds) for ds in datasets], kind="stable") if len(datasets) > 1 else [0]
-    datasets = [datasets[i] for i in order]
-    frames = frames[np.asarray(order)]
+    datasets, frames = frames_on_source(mask, source_instances(source_dicom), source_dicom)
+    frames = frames != 0
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=segment_label,
@@ -127,15 +72,7 @@ def write_dicom_seg(
             name=algorithm_name, version=__version__, family=codes.cid7162.ArtificialIntelligence
         ),
     )
-    missing = [
-        n
-        for n in ("FrameOfReferenceUID", "ImageOrientationPatient", "ImagePositionPatient")
-        if n not in datasets[0]
-    ]
-    if missing:  # highdicom's own message does not say which source is at fault
-        raise ValueError(
-            f"source_dicom {source_dicom}: {', '.join(missing)} missing, required to reference it from a SEG"
-        )
+    require_frame_of_reference(datasets, source_dicom, "a SEG")
     seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=frames.astype(np.uint8),

