@@ -170,13 +170,24 @@ def test_study_round_trip_stores_the_seg_on_the_source_series(
 
 
 @pytest.mark.slow
-def test_bad_studies_cost_one_line_each_and_the_others_complete(tmp_path, archive, study_uid, model, capfd):
+def test_bad_studies_cost_one_line_each_and_the_others_complete(
+    tmp_path, archive, study_uid, model, capfd, rt_plan_in_study
+):
+    # a study the archive holds with no image series in it: an RT plan alone
+    plan = pydicom.dcmread(rt_plan_in_study)
+    plan.StudyInstanceUID, plan.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    plan.save_as(tmp_path / "plan_only.dcm")
+    upload(archive, [tmp_path / "plan_only.dcm"])
     studies = tmp_path / "studies.txt"
-    studies.write_text(f"# research batch\n1.2.3.4.5\n{study_uid}\n")
+    studies.write_text(f"# research batch\n1.2.3.4.5\n{plan.StudyInstanceUID}\n{study_uid}\n")
     rc, console = infer(archive, str(studies), tmp_path / "out", model, capfd)
     assert rc == 1
     _one_line(console, "failed", "studies/1.2.3.4.5", "(fetch)", "no series of this study", "study_uid")
-    assert "1 failed" in console and "1 done" in console
+    _one_line(
+        console, "failed", f"studies/{plan.StudyInstanceUID}", "(fetch)", "the study holds no image series"
+    )
+    assert "2 failed" in console and "1 done" in console
     assert len(list((tmp_path / "out").glob("*_stored.json"))) == 1
 
 
@@ -219,8 +230,9 @@ def test_a_dropped_store_fails_the_input_and_a_rerun_stores_it(
 
 
 class _FaultyProxy:
-    """An HTTP proxy in front of the archive that answers 500 to the GET requests whose path starts with
-    ``fail_prefix`` (``None``: forward everything): an archive failing in the middle of a batch."""
+    """An HTTP proxy in front of the archive that answers ``fail_status`` (500) to the ``fail_method`` (GET)
+    requests whose path starts with ``fail_prefix`` (``None``: forward everything): an archive failing in the
+    middle of a batch, or refusing a store."""
 
     def __init__(self, target: str) -> None:
         import http.server
@@ -229,20 +241,25 @@ class _FaultyProxy:
         import requests
 
         self.fail_prefix: str | None = None
+        self.fail_method, self.fail_status = "GET", 500
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _forward(self, method: str) -> None:
-                if method == "GET" and proxy.fail_prefix and self.path.startswith(proxy.fail_prefix):
-                    self.send_response(500)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
                 body = (
                     self.rfile.read(int(self.headers.get("Content-Length") or 0))
                     if method == "POST"
                     else None
                 )
+                if (
+                    method == proxy.fail_method
+                    and proxy.fail_prefix
+                    and self.path.startswith(proxy.fail_prefix)
+                ):
+                    self.send_response(proxy.fail_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
                 }
@@ -312,6 +329,35 @@ def test_an_archive_failing_mid_batch_fails_that_study_and_a_rerun_completes_it(
         assert rc == 0, console[-3000:]
         assert "1 done" in console and "1 already complete" in console
         assert len(_segs(url, study_uid)) == 1 and len(_segs(url, str(ct.StudyInstanceUID))) == 1
+
+
+@pytest.mark.slow
+def test_a_refused_store_fails_the_input_and_a_rerun_stores_it(
+    tmp_path, series_files, study_uid, model, capfd
+):
+    """An archive answering the STOW-RS with HTTP 409: the input fails at ``store`` naming the files, the
+    study and the answer; nothing is marked stored; the re-run stores the same files, not written again."""
+    out = tmp_path / "out"
+    with orthanc(tmp_path / "archive") as url:
+        upload(url, series_files)
+        proxy = _FaultyProxy(url)
+        try:
+            proxy.fail_method, proxy.fail_status, proxy.fail_prefix = "POST", 409, "/dicom-web/studies"
+            rc, console = infer(proxy.url, study_uid, out, model, capfd)
+        finally:
+            proxy.close()
+        assert rc == 1
+        line = _one_line(
+            console, "failed", "(store)", "STOW-RS of", "_seg.dcm", "_pm.dcm", "_sr.dcm", "HTTP 409"
+        )
+        assert study_uid in line and "a re-run stores them" in line
+        assert _segs(url, study_uid) == [] and not list(out.glob("*_stored.json"))
+        written = {f.name: f.stat().st_mtime_ns for f in out.glob("*.dcm")}
+        assert len(written) == 3
+        rc, console = infer(url, study_uid, out, model, capfd)
+        assert rc == 0, console[-3000:]
+        assert len(_segs(url, study_uid)) == 1 and len(list(out.glob("*_stored.json"))) == 1
+        assert {f.name: f.stat().st_mtime_ns for f in out.glob("*.dcm")} == written  # not written again
 
 
 def _copy_series(files: list[Path], out_dir: Path, study: str, edit=None) -> list[Path]:
