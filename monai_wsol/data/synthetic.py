@@ -400,6 +400,7 @@ def generate(
     positive_fraction: float = 0.5,
     seed: int = 0,
     lesion_radius: Sequence[float] = (0.04, 0.12),
+    slab_weights: Sequence[float] | None = None,
 ) -> Path:
     """Write the embedded default data set under ``out_dir`` and return the path of its datalist JSON.
 
@@ -420,6 +421,10 @@ def generate(
         seed: random seed; equal arguments give byte-identical files.
         lesion_radius: ``(low, high)`` range of the nominal lesion radius as a fraction of the field of view
             (the mean side of the sample in mm: in 3D the crop's, whose thin depth makes it small).
+        slab_weights: relative shares of the source's axial range given to the training, validation and test
+            slabs (and so, in 3D, the crop depth); default: the split sizes. In 3D, crops of one slab may
+            overlap, so a large training set does not need a thick training slab: e.g. ``(2, 1, 1)`` keeps
+            the 64 x 64 x 24 crops of 240 / 120 / 120 samples for 1200 / 120 / 120.
 
     Returns:
         path of ``datalist.json`` (Decathlon-style; paths relative to its folder).
@@ -442,6 +447,9 @@ def generate(
     lesion_radius = tuple(float(r) for r in lesion_radius)
     if len(lesion_radius) != 2 or not 0.0 < lesion_radius[0] <= lesion_radius[1] <= 0.5:
         raise ValueError(f"lesion_radius={lesion_radius} must be (low, high) with 0 < low <= high <= 0.5")
+    weights = counts if slab_weights is None else tuple(float(w) for w in slab_weights)
+    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"slab_weights={slab_weights} must be three non-negative shares, not all 0")
     size = int(image_size or _DEFAULT_SIZE[mode])
     if size < 16:
         raise ValueError(f"image_size={size} must be >= 16")
@@ -449,9 +457,9 @@ def generate(
     depth = size
     if mode == "3d":
         z0, z1 = _usable_range(src.brain)
-        share = min(max(c, 1) for c in counts) / sum(max(c, 1) for c in counts)
+        share = min(max(c, 1) for c in weights) / sum(max(c, 1) for c in weights)
         depth = max(8, min(size, int((z1 - z0 - 4) * share)))
-    layout = _layout(src, mode, counts, depth)
+    layout = _layout(src, mode, weights, depth)
     out_dir = Path(out_dir)
     # the datalist is the index of the data set and is written last: an interrupted run leaves none, never a
     # stale one pointing at half-rewritten images (the images themselves are written without fsync)
@@ -466,6 +474,7 @@ def generate(
         "image_size": [size, size] if mode == "2d" else [size, size, depth],
         "seed": int(seed),
         "lesion_radius": list(lesion_radius),
+        "slab_weights": list(weights),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
         "box_convention": (
             "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"

@@ -316,7 +316,13 @@ class DicomWebStore:
 
     def _report(self, engine: Engine) -> None:
         if self.stored:
-            logger.info("dicomweb: %d result object(s) stored in %s", len(self.stored), self.url)
+            objects = sum(len(entry["stored"]) for entry in self.stored)
+            logger.info(
+                "dicomweb: the results of %d series stored in %s (%d objects)",
+                len(self.stored),
+                self.url,
+                objects,
+            )
 
 
 def store_verified(client: Any, url: str, objects: Sequence[Any], names: Sequence[str]) -> None:

@@ -474,6 +474,17 @@ class LocalizationWriter:
         boxes = (
             np.zeros((0, 2 * spatial_dims)) if boxes is None else _plain(torch.as_tensor(boxes)).cpu().numpy()
         )
+        read: list = []
+
+        def instances() -> list:
+            """The source instances, read once for all the objects of this input (parsing a series' headers
+            costs about as much as writing one object), within the first object's error context."""
+            from monai_wsol.writers import source_instances
+
+            if not read:
+                read.extend(source_instances(reference))
+            return read
+
         if dicom is not None:
             from monai_wsol.writers import write_dicom_parametric_map, write_dicom_seg, write_dicom_sr
 
@@ -483,21 +494,21 @@ class LocalizationWriter:
                     "seg",
                     "DICOM-SEG",
                     "write_dicom_seg",
-                    lambda t: write_dicom_seg(mask, reference, t),
+                    lambda t: write_dicom_seg(mask, instances(), t),
                 ),
                 (
                     "dicom_parametric_map",
                     "pm",
                     "DICOM Parametric Map",
                     "write_dicom_parametric_map",
-                    lambda t: write_dicom_parametric_map(cam, reference, t),
+                    lambda t: write_dicom_parametric_map(cam, instances(), t),
                 ),
                 (
                     "dicom_sr",
                     "sr",
                     "DICOM Structured Report",
                     "write_dicom_sr",
-                    lambda t: write_dicom_sr(boxes, reference, t, spatial_dims),
+                    lambda t: write_dicom_sr(boxes, instances(), t, spatial_dims),
                 ),
             )
             for key, suffix, what, flag, write in objects:
@@ -519,12 +530,12 @@ class LocalizationWriter:
                 written.append(write_overlay_png(target, image2d, cam2d, mask2d, boxes2d, title=caption))
                 files["overlay"] = str(target)
             if dicom is not None and self.write_dicom_overlay:
-                from monai_wsol.writers import overlay_rgb, source_instances, write_overlay_sc
+                from monai_wsol.writers import overlay_rgb, write_overlay_sc
 
                 target = self.output_dir / f"{stem}_overlay_sc.dcm"
                 with _dicom_write(source, "DICOM overlay (Secondary Capture)", "write_dicom_overlay"):
                     # the instances in MONAI's z order (the SEG writer's mapping): the shown slice's own
-                    instance = source_instances(reference)[0 if index is None else index]
+                    instance = instances()[0 if index is None else index]
                     picture = overlay_rgb(image2d, cam2d, mask2d, boxes2d)
                     written.append(write_overlay_sc(picture, instance.filename, target, caption=caption))
                 files["dicom_overlay"] = str(target)

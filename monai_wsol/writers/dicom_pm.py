@@ -11,7 +11,6 @@ as the content creator.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,12 @@ import torch
 from monai_wsol import __version__
 from monai_wsol.io_utils import atomic_path
 from monai_wsol.writers.dicom_source import (
+    DicomSource,
     frames_on_source,
     import_highdicom,
     require_frame_of_reference,
     source_instances,
+    source_name,
 )
 
 __all__ = ["write_dicom_parametric_map"]
@@ -31,7 +32,7 @@ __all__ = ["write_dicom_parametric_map"]
 
 def write_dicom_parametric_map(
     cam: np.ndarray | torch.Tensor,
-    source_dicom: str | os.PathLike | Sequence[str | os.PathLike],
+    source_dicom: DicomSource,
     out_path: str | os.PathLike,
     series_description: str = "monai_wsol class activation map",
     series_number: int = 9903,
@@ -42,7 +43,8 @@ def write_dicom_parametric_map(
     Args:
         cam: (X, Y[, Z]) or (1, X, Y[, Z]) CAM on the grid MONAI's ``PydicomReader`` loads the source with
             (x = column, y = row, z = instances in InstanceNumber order), values in [0, 1].
-        source_dicom: the source series folder, one DICOM file (2D), or a list of the series' files.
+        source_dicom: the source series folder, one DICOM file (2D), the series' files or its instances
+            already read (:data:`~monai_wsol.writers.dicom_source.DicomSource`).
         out_path: the file to write.
         series_description, series_number, manufacturer: header fields of the new series.
 
@@ -60,7 +62,8 @@ def write_dicom_parametric_map(
     frames = frames.astype(np.float32)
     if not np.isfinite(frames).all() or frames.min(initial=0.0) < 0.0 or frames.max(initial=0.0) > 1.0:
         raise ValueError(
-            f"write_dicom_parametric_map: the CAM for {source_dicom} must be finite and in [0, 1]"
+            f"write_dicom_parametric_map: the CAM for {source_name(source_dicom)} must be finite and in "
+            "[0, 1]"
         )
     require_frame_of_reference(datasets, source_dicom, "a Parametric Map")
     mapping = hd.pm.RealWorldValueMapping(

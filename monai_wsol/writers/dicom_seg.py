@@ -11,7 +11,6 @@ source slice, and every per-frame functional group carries a ``SegmentIdentifica
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from monai_wsol import __version__
 from monai_wsol.io_utils import atomic_path
 from monai_wsol.writers.dicom_source import (
+    DicomSource,
     frames_on_source,
     import_highdicom,
     require_frame_of_reference,
@@ -32,7 +32,7 @@ __all__ = ["write_dicom_seg"]
 
 def write_dicom_seg(
     mask: np.ndarray | torch.Tensor,
-    source_dicom: str | os.PathLike | Sequence[str | os.PathLike],
+    source_dicom: DicomSource,
     out_path: str | os.PathLike,
     segment_label: str = "lesion",
     algorithm_name: str = "monai_wsol",
@@ -45,7 +45,8 @@ def write_dicom_seg(
     Args:
         mask: (X, Y[, Z]) or (1, X, Y[, Z]) array, non-zero = lesion, on the grid MONAI's ``PydicomReader``
             loads the source with (x = column, y = row, z = instances in InstanceNumber order).
-        source_dicom: the source series folder, one DICOM file (2D), or a list of the series' files.
+        source_dicom: the source series folder, one DICOM file (2D), the series' files or its instances
+            already read (:data:`~monai_wsol.writers.dicom_source.DicomSource`).
         out_path: the SEG file to write (atomically).
         segment_label: the segment's label (also its description).
         algorithm_name: recorded as the automatic segmentation algorithm.

@@ -18,7 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["import_highdicom", "source_instances", "frames_on_source", "require_frame_of_reference"]
+__all__ = [
+    "DicomSource",
+    "import_highdicom",
+    "source_instances",
+    "source_name",
+    "frames_on_source",
+    "require_frame_of_reference",
+]
+
+#: a derived object's source: the series folder, one DICOM file (2D), the series' files, or its instances
+#: already read (pydicom datasets, so that several objects written for one input read the series once)
+DicomSource = str | os.PathLike | Sequence[str | os.PathLike | Any]
 
 
 def import_highdicom(caller: str) -> Any:
@@ -30,14 +41,24 @@ def import_highdicom(caller: str) -> Any:
     return hd
 
 
-def source_instances(
-    source: str | os.PathLike | Sequence[str | os.PathLike], pixels: bool = True
-) -> list[Any]:
-    """Read the source DICOM instances (a series folder, one file, or a list of files), sorted by
-    InstanceNumber: the order of the z axis of MONAI's ``PydicomReader``.
+def source_name(source: DicomSource) -> str:
+    """A short name of a source for messages: its path, or the folder of its instances and their count."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    items = list(source)
+    if not items:
+        return "(no instances)"
+    first = getattr(items[0], "filename", items[0])
+    return f"{Path(str(first)).parent} ({len(items)} instances)"
+
+
+def source_instances(source: DicomSource, pixels: bool = True) -> list[Any]:
+    """Read the source DICOM instances, sorted by InstanceNumber: the order of the z axis of MONAI's
+    ``PydicomReader``.
 
     Args:
-        source: the series folder, one DICOM file, or the series' files.
+        source: the series folder, one DICOM file, the series' files, or its instances already read
+            (pydicom datasets, returned sorted without reading anything).
         pixels: read the pixel data too (a SEG or Parametric Map needs it for the source's image
             attributes; a report's references need the headers only).
 
@@ -50,12 +71,19 @@ def source_instances(
 
     if isinstance(source, (str, os.PathLike)):
         files = dicom_series_files(source) if Path(source).is_dir() else [Path(source)]
+        datasets = [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
     else:
-        files = [Path(f) for f in source]
-    datasets = [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
+        items = list(source)
+        datasets = [
+            f if isinstance(f, pydicom.Dataset) else pydicom.dcmread(f, stop_before_pixels=not pixels)
+            for f in items
+        ]
     uids = {ds.SeriesInstanceUID for ds in datasets}
     if len(uids) > 1:
-        raise ValueError(f"source DICOM files: {len(uids)} series given ({sorted(uids)}); one is referenced")
+        raise ValueError(
+            f"source DICOM files {source_name(source)}: {len(uids)} series given ({sorted(uids)}); one is "
+            "referenced"
+        )
     return sorted(datasets, key=lambda ds: int(getattr(ds, "InstanceNumber", 0)))
 
 
@@ -106,7 +134,7 @@ def frames_on_source(
     expected = (*in_plane, len(datasets))
     if values.shape != expected:
         raise ValueError(
-            f"array shape {values.shape} does not match the source series {source} "
+            f"array shape {values.shape} does not match the source series {source_name(source)} "
             f"(columns, rows, instances) = {expected}"
         )
     frames = np.ascontiguousarray(values.transpose(2, 1, 0))  # (instances, rows, columns)

@@ -31,7 +31,7 @@ import torch
 
 from monai_wsol import __version__
 from monai_wsol.io_utils import atomic_path
-from monai_wsol.writers.dicom_source import import_highdicom, source_instances
+from monai_wsol.writers.dicom_source import DicomSource, import_highdicom, source_instances, source_name
 
 __all__ = ["write_dicom_sr", "read_sr_boxes"]
 
@@ -55,7 +55,7 @@ def _slice_spacing(datasets: Sequence[Any]) -> float | None:
 
 def write_dicom_sr(
     boxes: np.ndarray | torch.Tensor | Sequence[Sequence[float]],
-    source_dicom: str | os.PathLike | Sequence[str | os.PathLike],
+    source_dicom: DicomSource,
     out_path: str | os.PathLike,
     spatial_dims: int,
     algorithm_name: str = "monai_wsol",
@@ -68,7 +68,8 @@ def write_dicom_sr(
     Args:
         boxes: ``(N, 2 * spatial_dims)`` MONAI ``StandardMode`` voxel boxes on the source array (module
             docstring), at least one (TID 1500 as highdicom builds it needs one measurement group).
-        source_dicom: the source series folder, one DICOM file (2D), or a list of the series' files.
+        source_dicom: the source series folder, one DICOM file (2D), the series' files or its instances
+            already read (:data:`~monai_wsol.writers.dicom_source.DicomSource`).
         out_path: the file to write.
         spatial_dims: 2 (one instance) or 3 (a series).
         algorithm_name, series_description, series_number, manufacturer: header and report fields.
@@ -92,7 +93,7 @@ def write_dicom_sr(
             [values[:, :2], np.zeros((len(values), 1)), values[:, 2:], np.ones((len(values), 1))], 1
         )
     if len(values) == 0:
-        raise ValueError(f"write_dicom_sr: no box to report for {source_dicom}")
+        raise ValueError(f"write_dicom_sr: no box to report for {source_name(source_dicom)}")
     limits = np.array([int(datasets[0].Columns), int(datasets[0].Rows), len(datasets)], float)
     outside = (
         (values[:, :3] < 0).any(1) | (values[:, 3:] > limits).any(1) | (values[:, 3:] <= values[:, :3]).any(1)
@@ -100,7 +101,8 @@ def write_dicom_sr(
     if outside.any():
         k = int(np.flatnonzero(outside)[0])
         raise ValueError(
-            f"write_dicom_sr: box {k} {values[k].tolist()} is empty or outside the source {source_dicom} "
+            f"write_dicom_sr: box {k} {values[k].tolist()} is empty or outside the source "
+            f"{source_name(source_dicom)} "
             f"(columns, rows, instances) = {tuple(int(v) for v in limits)}"
         )
     spacing = getattr(datasets[0], "PixelSpacing", None)
@@ -184,9 +186,7 @@ def _measurement(hd: Any, name: Any, value: float, unit: Any) -> Any:
     return hd.sr.Measurement(name=name, value=round(value, 3), unit=unit)
 
 
-def read_sr_boxes(
-    sr: str | os.PathLike | Any, source_dicom: str | os.PathLike | Sequence[str | os.PathLike]
-) -> np.ndarray:
+def read_sr_boxes(sr: str | os.PathLike | Any, source_dicom: DicomSource) -> np.ndarray:
     """The boxes of a report written by :func:`write_dicom_sr`, back in its convention: ``(N, 6)`` voxel boxes
     ``(x0, y0, z0, x1, y1, z1)`` on the source array, in the order of the tracking identifiers.
 
