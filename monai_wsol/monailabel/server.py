@@ -6,7 +6,10 @@ App options (``monailabel start_server --app <app> --studies <dir> --conf KEY VA
   ``name=path,name=path``;
 - ``models``: the model name of a single ``bundle`` (default ``monai_wsol``);
 - ``cam_model``: ``true`` (default) also serves ``<name>_cam``, the same network returning the CAM as label;
-- ``preload``: ``true`` loads the networks at start-up (MONAI Label's option).
+- ``preload``: ``true`` loads the networks at start-up (MONAI Label's option);
+- ``dicomweb_store``: ``true`` stores, with ``--studies`` a DICOMweb URL, the CAM as a Parametric Map and the
+  boxes as a Structured Report into the study of every series inferred (default ``false``: the viewer saves
+  what it keeps).
 
 With ``--studies http://<archive>/dicom-web`` the images come from a DICOMweb archive (MONAI Label's
 ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``, default ``{"Modality": "CT"}``, says which series are listed) and a
@@ -20,6 +23,8 @@ not offered (train with ``python -m monai.bundle run training``; see ``bundle/do
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from monailabel.utils.others.generic import strtobool
 from monai_wsol import __version__
 from monai_wsol.data.input_checks import InputCheckError
 from monai_wsol.data.readers import ImageReadError
+from monai_wsol.monailabel.datastore import DICOM_FILES_KEY, SERIES_DIR_KEY
 from monai_wsol.monailabel.inferer import InputShapeError
 from monai_wsol.monailabel.task import InvalidRequestError, UnsupportedImageError, WSOLInferTask
 
@@ -101,6 +107,17 @@ class WSOLApp(MONAILabelApp):
             logger.info(f"+++ monai_wsol model '{name}' from {path}")
         return infers
 
+    def _archive_store(self, request: dict[str, Any], datastore: Any) -> Any:
+        """The DICOMweb datastore when the request infers an archive series and ``dicomweb_store`` is on."""
+        from monai_wsol.monailabel.datastore import WSOLDicomWebDatastore
+
+        store = datastore if datastore is not None else self.datastore()
+        image = request.get("image")
+        wanted = strtobool(self.conf.get("dicomweb_store", "false"))
+        if not wanted or not isinstance(store, WSOLDicomWebDatastore) or not isinstance(image, str):
+            return None
+        return None if os.path.exists(image) else store
+
     def _init_dicomweb_datastore(self) -> Any:
         """MONAI Label's DICOMweb datastore with final labels stored as highdicom DICOM-SEGs
         (:class:`~monai_wsol.monailabel.datastore.WSOLDicomWebDatastore`)."""
@@ -129,8 +146,18 @@ class WSOLApp(MONAILabelApp):
             raise HTTPException(
                 status_code=404, detail=f"unknown model '{model}'; available: {sorted(self._infers)}"
             )
+        store = self._archive_store(request, datastore)
+        if store is not None:
+            request = {**request, SERIES_DIR_KEY: store.series_dir(str(request["image"]))}
         try:
-            return super().infer(request, datastore)
+            result = super().infer(request, datastore)
+            files = (result.get("params") or {}).pop(DICOM_FILES_KEY, None)
+            if store is not None and files:
+                try:
+                    result["params"]["dicom_stored"] = store.store_objects(files)
+                finally:
+                    shutil.rmtree(Path(files[0]).parent, ignore_errors=True)
+            return result
         except Exception as e:
             status, cause = client_error(e)
             if status is None:

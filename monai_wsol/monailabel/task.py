@@ -47,6 +47,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 
 from monai_wsol.data.readers import DICOM_SUFFIXES, SITK_SUFFIXES
 from monai_wsol.engines.batch import IMAGE_SUFFIXES
+from monai_wsol.monailabel.datastore import DICOM_FILES_KEY, SERIES_DIR_KEY, write_series_objects
 from monai_wsol.monailabel.transforms import LABEL_OUTPUTS
 from monai_wsol.transforms.functional import REGION_MODES, check_min_size, check_tau
 from monai_wsol.writers import write_nifti
@@ -282,4 +283,9 @@ class WSOLInferTask(BundleInferTask):
         out = str(write_nifti(array, affine, name))
         result = dict(data.get(self.output_json_key) or {})
         result["label_file_format"] = "nii.gz"
+        series_dir = data.get(SERIES_DIR_KEY)
+        if series_dir:  # an archive series whose results the app stores (WSOLApp, dicomweb_store)
+            cam = np.asarray(data["cam"])[0].astype(np.float32)
+            boxes = np.asarray(data["pred_boxes"], dtype=float).reshape(-1, 6)
+            result[DICOM_FILES_KEY] = write_series_objects(cam, boxes, affine, series_dir, tempfile.mkdtemp())
         return out, result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,10 +101,13 @@ def write_dicom_parametric_map(
     return out_path
 
 
-def _window(hd: object) -> dict:
-    """A [0, 1] display window: a VOI LUT transformation where highdicom has them (>= 0.23), else the
-    window arguments of older highdicom (the MONAI Label environment's 0.22)."""
-    if hasattr(hd.content, "VOILUTTransformation"):
+def _window(hd: Any) -> dict:
+    """A [0, 1] display window: a VOI LUT transformation where the Parametric Map takes them (highdicom >=
+    0.23; the window arguments are deprecated there), else the window arguments (the MONAI Label
+    environment's highdicom 0.22, where they are required)."""
+    import inspect
+
+    if "voi_lut_transformations" in inspect.signature(hd.pm.ParametricMap.__init__).parameters:
         return {
             "voi_lut_transformations": [hd.content.VOILUTTransformation(window_center=0.5, window_width=1.0)]
         }

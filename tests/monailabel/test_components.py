@@ -235,3 +235,28 @@ def test_parse_bundles(untrained_bundle, tmp_path):
         parse_bundles({"bundle": str(tmp_path)})
     with pytest.raises(ValueError, match="name=path"):
         parse_bundles({"bundle": "=x"})
+
+
+def test_boxes_onto_grid_covers_the_same_voxels_in_the_world():
+    """A box on one grid, mapped onto a grid of the same voxels with the axes permuted and flipped (and a hair
+    of shear, as converters disagree on an oblique series' slice direction), covers the same voxel centres."""
+    from monai_wsol.monailabel.datastore import boxes_onto_grid
+
+    shape = (6, 7, 5)
+    source = np.diag([0.8, 0.9, 3.0, 1.0])
+    source[:3, 3] = [10.0, -4.0, 2.0]
+    # target voxel (i, j, k) = source voxel (k', i, 6 - 1 - j): axes permuted, one flipped
+    index_map = np.array([[0, 0, 1, 0], [1, 0, 0, 0], [0, -1, 0, shape[1] - 1], [0, 0, 0, 1]], float)
+    target = source @ np.linalg.inv(index_map)
+    boxes = np.array([[1, 2, 0, 4, 6, 3], [0, 0, 4, 6, 7, 5]], float)
+    mapped = boxes_onto_grid(boxes, source, target)
+    for box, out in zip(boxes, mapped, strict=True):
+        inside = np.argwhere(np.ones(shape, bool))
+        inside = inside[((inside >= box[:3]) & (inside < box[3:])).all(1)]
+        on_target = (index_map[:3, :3] @ inside.T).T + index_map[:3, 3]
+        np.testing.assert_array_equal(out, np.r_[on_target.min(0), on_target.max(0) + 1])
+    sheared = target.copy()
+    sheared[:3, 2] += 0.003 * target[:3, 1]
+    np.testing.assert_array_equal(boxes_onto_grid(boxes, source, sheared), mapped)
+    with pytest.raises(ValueError, match="not the same voxels"):
+        boxes_onto_grid(boxes, source, source @ np.diag([2.0, 1.0, 1.0, 1.0]))

