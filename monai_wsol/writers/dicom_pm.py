@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_wsol import __version__
-from monai_wsol.io_utils import atomic_path
 from monai_wsol.writers.dicom_source import (
     DicomSource,
     frames_on_source,
     import_highdicom,
+    new_instance_fields,
     require_frame_of_reference,
+    save_dicom,
     source_instances,
     source_name,
 )
@@ -78,14 +78,7 @@ def write_dicom_parametric_map(
     pm = hd.pm.ParametricMap(
         source_images=datasets,
         pixel_array=frames,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name="monai_wsol",
-        software_versions=__version__,
-        device_serial_number="0",
+        **new_instance_fields(hd, series_number, manufacturer),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         **_window(hd),
@@ -95,10 +88,7 @@ def write_dicom_parametric_map(
         derived_pixel_contrast="QUANTITY",
     )
     pm.SeriesDescription = series_description
-    out_path = Path(out_path)
-    with atomic_path(out_path, suffix=".dcm") as tmp:
-        pm.save_as(tmp)
-    return out_path
+    return save_dicom(pm, out_path)
 
 
 def _window(hd: Any) -> dict:

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from monai_wsol import __version__
-from monai_wsol.io_utils import atomic_path
 from monai_wsol.writers.dicom_source import (
     DicomSource,
     frames_on_source,
     import_highdicom,
+    new_instance_fields,
     require_frame_of_reference,
+    save_dicom,
     source_instances,
 )
 
@@ -79,22 +80,12 @@ def write_dicom_seg(
         pixel_array=frames.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name="monai_wsol",
-        software_versions=__version__,
-        device_serial_number="0",
+        **new_instance_fields(hd, series_number, manufacturer),
         series_description=series_description,
         omit_empty_frames=False,
     )
     _ensure_segment_identification(seg)
-    out_path = Path(out_path)
-    with atomic_path(out_path, suffix=".dcm") as tmp:
-        seg.save_as(tmp)
-    return out_path
+    return save_dicom(seg, out_path)
 
 
 def _ensure_segment_identification(seg: Any) -> None:

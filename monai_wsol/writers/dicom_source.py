@@ -25,6 +25,8 @@ __all__ = [
     "source_name",
     "frames_on_source",
     "require_frame_of_reference",
+    "new_instance_fields",
+    "save_dicom",
 ]
 
 #: a derived object's source: the series folder, one DICOM file (2D), the series' files, or its instances
@@ -140,3 +142,32 @@ def frames_on_source(
     frames = np.ascontiguousarray(values.transpose(2, 1, 0))  # (instances, rows, columns)
     order = np.argsort([_slice_position(ds) for ds in datasets], kind="stable") if len(datasets) > 1 else [0]
     return [datasets[i] for i in order], frames[np.asarray(order)]
+
+
+def new_instance_fields(hd: Any, series_number: int, manufacturer: str, equipment: bool = True) -> dict:
+    """The constructor arguments every derived object of the writers shares: a new series and instance (new
+    UIDs, instance number 1), the manufacturer and, for the image objects (``equipment``), the software."""
+    from monai_wsol import __version__
+
+    fields = {
+        "series_instance_uid": hd.UID(),
+        "series_number": series_number,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": manufacturer,
+    }
+    if equipment:
+        fields.update(
+            manufacturer_model_name="monai_wsol", software_versions=__version__, device_serial_number="0"
+        )
+    return fields
+
+
+def save_dicom(dataset: Any, out_path: str | os.PathLike) -> Path:
+    """Write a DICOM dataset atomically (a temporary name, then renamed); returns ``Path(out_path)``."""
+    from monai_wsol.io_utils import atomic_path
+
+    out_path = Path(out_path)
+    with atomic_path(out_path, suffix=".dcm") as tmp:
+        dataset.save_as(tmp)
+    return out_path

@@ -30,8 +30,14 @@ import numpy as np
 import torch
 
 from monai_wsol import __version__
-from monai_wsol.io_utils import atomic_path
-from monai_wsol.writers.dicom_source import DicomSource, import_highdicom, source_instances, source_name
+from monai_wsol.writers.dicom_source import (
+    DicomSource,
+    import_highdicom,
+    new_instance_fields,
+    save_dicom,
+    source_instances,
+    source_name,
+)
 
 __all__ = ["write_dicom_sr", "read_sr_boxes"]
 
@@ -167,19 +173,12 @@ def write_dicom_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=datasets,
         content=report,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
+        **new_instance_fields(hd, series_number, manufacturer, equipment=False),
         is_complete=True,
     )
     sr.SeriesDescription = series_description
     sr.SoftwareVersions = __version__
-    out_path = Path(out_path)
-    with atomic_path(out_path, suffix=".dcm") as tmp:
-        sr.save_as(tmp)
-    return out_path
+    return save_dicom(sr, out_path)
 
 
 def _measurement(hd: Any, name: Any, value: float, unit: Any) -> Any:
