@@ -1,0 +1,134 @@
+"""Per-lesion detection of binary masks, 2D and 3D: lesions found and false components, streaming.
+
+A *lesion* is a connected component of a ground-truth mask and a *predicted component* a connected component
+of a predicted mask (face connectivity: 4 in 2D, 6 in 3D, scipy's default structure). A lesion is *found* when
+some predicted component overlaps it at ``IoU >= iou_threshold`` (0.3 by default; the IoU of the two voxel
+sets); a predicted component that reaches that IoU with no lesion is a *false component*. Per image the metric
+stores ``(lesions, found, components, false components)``; ``aggregate`` sums them over the dataset (and over
+DDP ranks, through MONAI's ``Cumulative`` buffers) and reports the sensitivity ``found / lesions``, the false
+components per image and the components' precision. Masks are binarised by ``!= 0``: threshold a score map
+first (e.g. at the threshold chosen on validation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import CumulativeIterationMetric
+
+from .mask_overlap import ArrayLike, as_items
+
+__all__ = ["lesion_detection_counts", "LesionDetectionMetric"]
+
+
+def lesion_detection_counts(pred: np.ndarray, target: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
+    """``(lesions, found, components, false components)`` of one image (module docstring).
+
+    Args:
+        pred: predicted mask, any spatial shape (non-zero = foreground).
+        target: ground-truth mask, same shape.
+        iou_threshold: the IoU a component needs with a lesion to find it.
+
+    Returns:
+        int64 array of shape (4,).
+    """
+    from scipy.ndimage import label
+
+    truth, n_lesions = label(np.asarray(target) != 0)
+    parts, n_parts = label(np.asarray(pred) != 0)
+    if n_lesions == 0 or n_parts == 0:
+        return np.array([n_lesions, 0, n_parts, n_parts], np.int64)
+    # intersections of every (lesion, component) pair from one joint histogram; row/column 0 = background
+    joint = np.bincount(
+        (truth.ravel() * (n_parts + 1) + parts.ravel()), minlength=(n_lesions + 1) * (n_parts + 1)
+    )
+    joint = joint.reshape(n_lesions + 1, n_parts + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    sizes_truth, sizes_parts = joint[1:, :].sum(1), joint[:, 1:].sum(0)
+    iou = inter / (sizes_truth[:, None] + sizes_parts[None, :] - inter)
+    matched = iou >= iou_threshold
+    found = int(matched.any(1).sum())
+    false = int((~matched.any(0)).sum())
+    return np.array([n_lesions, found, n_parts, false], np.int64)
+
+
+class LesionDetectionMetric(CumulativeIterationMetric):
+    """Per-lesion detection over a dataset (module docstring), 2D or 3D.
+
+    Example::
+
+        metric = LesionDetectionMetric(iou_threshold=0.3)
+        metric(pred_masks, gt_masks)  # (B, 1, *spatial) each, or sequences of (1, *spatial)
+        metric.aggregate()  # {"sensitivity": ..., "false_per_image": ..., ...}
+
+    Args:
+        iou_threshold: the IoU in (0, 1] a predicted component needs with a lesion to find it.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3) -> None:
+        super().__init__()
+        if not 0.0 < float(iou_threshold) <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+        self.iou_threshold = float(iou_threshold)
+
+    def __call__(  # type: ignore[override]
+        self, y_pred: ArrayLike | Sequence[ArrayLike], y: ArrayLike | Sequence[ArrayLike]
+    ) -> torch.Tensor:
+        """Add a batch of predicted and ground-truth masks ((B, 1, *spatial) or sequences of (1, *spatial)).
+
+        Returns:
+            this batch's counts, int64 (B, 4): lesions, found, components, false components.
+        """
+        preds, targets = as_items(y_pred, "y_pred"), as_items(y, "y")
+        if len(preds) != len(targets):
+            raise ValueError(
+                f"y_pred and y must hold the same number of images, got {len(preds)} and {len(targets)}."
+            )
+        counts = torch.stack([self._compute_tensor(p, t) for p, t in zip(preds, targets, strict=True)])
+        self.extend(counts)
+        return counts
+
+    def _compute_tensor(
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        if (
+            y is None
+            or tuple(y.shape) != tuple(y_pred.shape)
+            or y_pred.shape[0] != 1
+            or y_pred.ndim not in (3, 4)
+        ):
+            raise ValueError(
+                f"y_pred and y must be (1, *spatial) masks of one shape with 2 or 3 spatial dims, got "
+                f"{tuple(y_pred.shape)} and {None if y is None else tuple(y.shape)}."
+            )
+        pred, target = y_pred[0].detach().cpu().numpy(), y[0].detach().cpu().numpy()
+        return torch.as_tensor(lesion_detection_counts(pred, target, self.iou_threshold))
+
+    def aggregate(self) -> dict[str, Any]:  # type: ignore[override]
+        """Dataset-level results.
+
+        Returns:
+            ``sensitivity`` (found / lesions; NaN without lesions), ``false_per_image``, ``precision``
+            ((components - false) / components; NaN without components), and the totals ``lesions``,
+            ``found``, ``components``, ``false_components``, ``num_images``.
+
+        Raises:
+            RuntimeError: no image was added since the last ``reset()``.
+        """
+        buffer = self.get_buffer()
+        if buffer is None or len(buffer) == 0:
+            raise RuntimeError("LesionDetectionMetric.aggregate() called before any image was added.")
+        lesions, found, components, false = (int(v) for v in buffer.sum(0))
+        return {
+            "sensitivity": found / lesions if lesions else float("nan"),
+            "false_per_image": false / len(buffer),
+            "precision": (components - false) / components if components else float("nan"),
+            "lesions": lesions,
+            "found": found,
+            "components": components,
+            "false_components": false,
+            "num_images": len(buffer),
+        }

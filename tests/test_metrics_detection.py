@@ -1,0 +1,76 @@
+"""Per-lesion detection: lesions found at IoU >= 0.3 by a connected component, false components, 2D and 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_wsol.metrics import LesionDetectionMetric, lesion_detection_counts
+
+
+def _square(shape, x0, y0, side):
+    m = np.zeros(shape, np.uint8)
+    m[x0 : x0 + side, y0 : y0 + side] = 1
+    return m
+
+
+def test_counts_2d_at_the_iou_boundary():
+    shape = (40, 40)
+    truth = _square(shape, 2, 2, 10) | _square(shape, 25, 25, 10)  # two lesions of 100 pixels
+    # over the first lesion: IoU 30 / 100 = 0.3 exactly (found); a blob far from both (false); nothing on
+    # the second lesion (missed)
+    pred = np.zeros(shape, np.uint8)
+    pred[2:5, 2:12] = 1
+    pred[20:22, 2:4] = 1
+    np.testing.assert_array_equal(lesion_detection_counts(pred, truth), [2, 1, 2, 1])
+    # one pixel less: IoU 29 / 100 < 0.3, the lesion is missed and its component is false
+    pred[4, 11] = 0
+    np.testing.assert_array_equal(lesion_detection_counts(pred, truth), [2, 0, 2, 2])
+    # components touch by faces only: a diagonal neighbour is a component of its own
+    diagonal = np.zeros(shape, np.uint8)
+    diagonal[0, 0] = diagonal[1, 1] = 1
+    np.testing.assert_array_equal(lesion_detection_counts(diagonal, np.zeros(shape)), [0, 0, 2, 2])
+
+
+def test_counts_3d_and_the_empty_cases():
+    truth = np.zeros((20, 20, 10), np.uint8)
+    truth[2:8, 2:8, 2:8] = 1  # 216 voxels
+    pred = np.zeros_like(truth)
+    pred[3:8, 2:8, 2:8] = 1  # inside the lesion: IoU 180 / 216
+    np.testing.assert_array_equal(lesion_detection_counts(pred, truth), [1, 1, 1, 0])
+    pred[2:8, 2:8, 2] = 0
+    pred[15:18, 15:18, 0:3] = 1  # one more component, away from the lesion
+    np.testing.assert_array_equal(lesion_detection_counts(pred, truth), [1, 1, 2, 1])
+    np.testing.assert_array_equal(lesion_detection_counts(np.zeros_like(truth), truth), [1, 0, 0, 0])
+    np.testing.assert_array_equal(lesion_detection_counts(pred, np.zeros_like(truth)), [0, 0, 2, 2])
+
+
+def test_one_component_can_find_two_lesions():
+    truth = np.zeros((30, 30), np.uint8)
+    truth[0:5, 0:5] = 1
+    truth[0:5, 6:11] = 1
+    pred = np.zeros_like(truth)
+    pred[0:5, 0:11] = 1  # covers both: IoU 25 / 55 with each
+    np.testing.assert_array_equal(lesion_detection_counts(pred, truth), [2, 2, 1, 0])
+
+
+def test_metric_accumulates_over_batches():
+    shape = (1, 40, 40)
+    truth = _square(shape[1:], 2, 2, 10)[None]
+    hit, miss = truth.copy(), np.zeros(shape, np.uint8)
+    miss[0, 30:33, 30:33] = 1
+    metric = LesionDetectionMetric()
+    batch = metric(torch.as_tensor(np.stack([hit, miss])), torch.as_tensor(np.stack([truth, truth])))
+    np.testing.assert_array_equal(batch.numpy(), [[1, 1, 1, 0], [1, 0, 1, 1]])
+    metric([torch.as_tensor(np.zeros(shape))], [torch.as_tensor(np.zeros(shape))])  # an image with neither
+    result = metric.aggregate()
+    assert result["sensitivity"] == 0.5 and result["precision"] == 0.5
+    assert result["false_per_image"] == pytest.approx(1 / 3) and result["num_images"] == 3
+    metric.reset()
+    with pytest.raises(RuntimeError, match="before any image"):
+        metric.aggregate()
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        metric(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+    with pytest.raises(ValueError, match="iou_threshold"):
+        LesionDetectionMetric(iou_threshold=0.0)
