@@ -74,3 +74,41 @@ def test_metric_accumulates_over_batches():
         metric(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
     with pytest.raises(ValueError, match="iou_threshold"):
         LesionDetectionMetric(iou_threshold=0.0)
+
+
+def test_split_figures_report_detection_at_the_validation_threshold(tmp_path):
+    """The evaluation's curves carry the detection counts at every mask threshold; the test figures read them
+    at the Dice threshold chosen on validation; curves saved without them still load."""
+    from monai_wsol.engines.evaluation import (
+        _CURVE_FIELDS,
+        figures_at_validation_tau,
+        load_curves,
+        mask_boxes,
+        save_curves,
+        split_curves,
+    )
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 1, 32, 32), np.float32)
+    for k in range(4):
+        x, y = rng.integers(2, 20, 2)
+        masks[k, 0, x : x + 8, y : y + 8] = 1
+    cams = np.clip(masks * 0.9 + 0.05, 0, 1)  # a perfect map up to contrast
+    cams[3, 0, 0:2, 28:30] = 0.95  # one image with a spurious blob above the lesion's level
+    probs = torch.tensor([[0.1, 0.9]] * 4 + [[0.9, 0.1]] * 2)
+    labels = torch.tensor([1, 1, 1, 1, 0, 0])
+    boxes = [mask_boxes(m[0]) for m in masks]
+    curves = split_curves(probs, labels, torch.as_tensor(cams), torch.as_tensor(masks), boxes, box_step=0.01)
+    assert curves.detection.shape == (len(curves.mask_thresholds), 4)
+    tau = curves.scalars["Dice_tau"]
+    k = int(np.argmin(np.abs(curves.mask_thresholds - tau)))
+    np.testing.assert_array_equal(curves.detection[k], [4, 4, 5, 1])  # every lesion found, the blob false
+    figures, _ = figures_at_validation_tau(curves, curves)
+    assert figures["LesionSens@val_tau"] == 100.0 and figures["FalseComp@val_tau"] == 0.25
+
+    path = save_curves(curves, tmp_path / "test.npz")
+    np.testing.assert_array_equal(load_curves(path).detection, curves.detection)
+    with np.load(path) as z:
+        old = {f: z[f] for f in _CURVE_FIELDS if f != "detection"}
+    np.savez(path, **old)
+    assert load_curves(path).detection.shape == (0, 4)

@@ -222,7 +222,9 @@ def _assign_blocks(n_blocks: int, weights: Sequence[float]) -> list[int]:
     return out
 
 
-def _layout(src: SourceVolume, mode: str, counts: Sequence[int], depth: int, gap: int = 2) -> _Layout:
+def _layout(
+    src: SourceVolume, mode: str, counts: Sequence[int], depth: int, gap: int = 2, interleave: bool = False
+) -> _Layout:
     z0, z1 = _usable_range(src.brain)
     weights = [max(c, 1) for c in counts]
     slabs: dict[str, list[tuple[int, int]]] = {s: [] for s in SPLITS}
@@ -240,16 +242,22 @@ def _layout(src: SourceVolume, mode: str, counts: Sequence[int], depth: int, gap
                 "larger relative to the others (e.g. 2000 / 200 / 200 works)"
             )
     else:
-        total = z1 - z0 - 2 * gap
+        total = z1 - z0 - (4 if interleave else 2) * gap
         sizes = np.maximum(np.round(total * np.asarray(weights) / np.sum(weights)).astype(int), depth)
-        # val (inferior), train (middle), test (superior)
-        order, start = (1, 0, 2), z0
-        for k in order:
-            slabs[SPLITS[k]].append((start, start + int(sizes[k])))
-            start += int(sizes[k]) + gap
+        if interleave:  # train / val / train / test / train (inferior to superior)
+            thirds = [int(sizes[0]) // 3 + (i < int(sizes[0]) % 3) for i in range(3)]
+            pieces = [(0, thirds[0]), (1, sizes[1]), (0, thirds[1]), (2, sizes[2]), (0, thirds[2])]
+        else:  # val (inferior), train (middle), test (superior)
+            pieces = [(1, sizes[1]), (0, sizes[0]), (2, sizes[2])]
+        start = z0
+        for k, n in pieces:
+            n = max(int(n), depth)
+            slabs[SPLITS[k]].append((start, start + n))
+            start += n + gap
         if start - gap > src.brain.shape[-1]:
             raise ValueError(
-                f"source {src.name!r}: {z1 - z0} usable slices cannot hold three slabs of depth {depth}; "
+                f"source {src.name!r}: {z1 - z0} usable slices cannot hold {len(pieces)} slabs of depth "
+                f"{depth}; "
                 "use a smaller image_size"
             )
     xy = np.argwhere(src.brain.any(axis=-1))
@@ -401,6 +409,7 @@ def generate(
     seed: int = 0,
     lesion_radius: Sequence[float] = (0.04, 0.12),
     slab_weights: Sequence[float] | None = None,
+    interleave_3d: bool = False,
 ) -> Path:
     """Write the embedded default data set under ``out_dir`` and return the path of its datalist JSON.
 
@@ -425,6 +434,11 @@ def generate(
             slabs (and so, in 3D, the crop depth); default: the split sizes. In 3D, crops of one slab may
             overlap, so a large training set does not need a thick training slab: e.g. ``(2, 1, 1)`` keeps
             the 64 x 64 x 24 crops of 240 / 120 / 120 samples for 1200 / 120 / 120.
+        interleave_3d: 3D only: five slabs, train / val / train / test / train from inferior to superior (the
+            training slab's share cut in three, two more gaps), so that validation and test crops show anatomy
+            between levels the training crops show, as the 2D blocks do; thinner crops. Default: three slabs,
+            val / train / test, whose evaluation crops show anatomy (e.g. the cerebellum in the inferior
+            validation slab) that no training crop shows.
 
     Returns:
         path of ``datalist.json`` (Decathlon-style; paths relative to its folder).
@@ -457,9 +471,10 @@ def generate(
     depth = size
     if mode == "3d":
         z0, z1 = _usable_range(src.brain)
-        share = min(max(c, 1) for c in weights) / sum(max(c, 1) for c in weights)
-        depth = max(8, min(size, int((z1 - z0 - 4) * share)))
-    layout = _layout(src, mode, weights, depth)
+        w = [max(c, 1) for c in weights]
+        parts = [w[0] / 3, w[1], w[2]] if interleave_3d else w
+        depth = max(8, min(size, int((z1 - z0 - (8 if interleave_3d else 4)) * min(parts) / sum(w))))
+    layout = _layout(src, mode, weights, depth, interleave=bool(interleave_3d and mode == "3d"))
     out_dir = Path(out_dir)
     # the datalist is the index of the data set and is written last: an interrupted run leaves none, never a
     # stale one pointing at half-rewritten images (the images themselves are written without fsync)
@@ -475,6 +490,7 @@ def generate(
         "seed": int(seed),
         "lesion_radius": list(lesion_radius),
         "slab_weights": list(weights),
+        "interleave_3d": bool(interleave_3d and mode == "3d"),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
         "box_convention": (
             "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"

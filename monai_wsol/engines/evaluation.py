@@ -7,7 +7,8 @@ collects each image's class probabilities, label, map and ground truth, and at t
 - MaxBoxAccV2 (every contour; BoxAcc at IoU 30/50/70), MaxBoxAcc (largest contour; at 50 and 70), Top-1 and
   GT-known localization accuracy, each as a curve over the CAM threshold tau (step ``box_step``) and as its
   best-tau value (the WSOL protocol's definition);
-- best-tau Dice and IoU of the binarised map against the GT mask, and PxAP, over the lesion images;
+- best-tau Dice and IoU of the binarised map against the GT mask, PxAP, and per-lesion detection counts
+  (lesions found at IoU >= 0.3, false components) at every mask threshold, over the lesion images;
 - accuracy and AUC of the lesion class over all images.
 
 Box figures are measured on the images of class ``lesion_class`` (the protocol scores localization where the
@@ -37,6 +38,7 @@ from monai_wsol.boxes import Boxes
 from monai_wsol.engines.handlers import write_rows
 from monai_wsol.io_utils import atomic_path
 from monai_wsol.metrics import MaxBoxAccMetric, MaxBoxAccV2Metric, PxAPMetric
+from monai_wsol.metrics.detection import detection_curve
 from monai_wsol.metrics.localization import LocalizationAccuracyMetric
 from monai_wsol.metrics.mask_overlap import MaskOverlapMetric
 from monai_wsol.metrics.threshold import select_threshold
@@ -67,6 +69,9 @@ class SplitCurves:
     dice: np.ndarray  # (M,) dataset-level Dice over the lesion images, fraction
     iou: np.ndarray  # (M,)
     scalars: dict[str, float] = field(default_factory=dict)
+    # (M, 4) per-lesion detection counts over the lesion images (lesions, found, components, false
+    # components; monai_wsol.metrics.detection), empty without masks
+    detection: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
 
 
 def mask_boxes(mask: np.ndarray) -> Boxes:
@@ -135,6 +140,7 @@ def split_curves(
         "BoxAcc@70": float(r2["BoxAcc@70"]),
     }
     dice = iou = np.full(mask_taus.shape, np.nan)
+    detection = np.zeros((0, 4), np.int64)
     if masks is not None:
         overlap = MaskOverlapMetric(thresholds=mask_taus, spatial_dims=spatial_dims)
         overlap(y_pred=cams, y=masks)
@@ -146,6 +152,8 @@ def split_curves(
         scalars.update(Dice=float(ro["dice"]), IoU=float(ro["iou"]), PxAP=float(pxap.aggregate()["PxAP"]))
         # the mask threshold of the best Dice: what a validation split hands to inference as its tau
         scalars["Dice_tau"] = float(mask_taus[int(np.argmax(dice))])
+        detection = detection_curve(cams, masks, mask_taus)
+        scalars["lesion_images"] = float(pos.numel())
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
     is_lesion = (labels == lesion_class).float()
     scalars["AUC"] = (
@@ -163,6 +171,7 @@ def split_curves(
         dice=dice,
         iou=iou,
         scalars=scalars,
+        detection=detection,
     )
 
 
@@ -187,6 +196,14 @@ def figures_at_validation_tau(
         dice = select_threshold(val.dice, test.dice, val.mask_thresholds, "Dice")
         figures["Dice@val_tau"] = float(dice.test_value)
         taus["Dice"] = float(dice.validation_threshold)
+        if len(test.detection) == len(test.mask_thresholds):
+            # per-lesion detection of the test masks at that same threshold
+            lesions, found, _, false = test.detection[
+                int(np.argmin(np.abs(test.mask_thresholds - taus["Dice"])))
+            ]
+            figures["LesionSens@val_tau"] = 100.0 * found / lesions if lesions else np.nan
+            images = test.scalars.get("lesion_images", np.nan)
+            figures["FalseComp@val_tau"] = float(false) / images if images else np.nan
     return figures, taus
 
 
@@ -199,6 +216,7 @@ _CURVE_FIELDS = (
     "mask_thresholds",
     "dice",
     "iou",
+    "detection",
 )
 
 
@@ -218,7 +236,8 @@ def load_curves(path: str | os.PathLike) -> SplitCurves:
 
     path = Path(path)
     with np.load(path) as z:
-        arrays = {k: z[k] for k in _CURVE_FIELDS}
+        # curves saved before a field existed (e.g. detection) load with its default
+        arrays = {k: z[k] for k in _CURVE_FIELDS if k in z}
     (row,) = json.loads(path.with_suffix(".json").read_text())
     return SplitCurves(**arrays, scalars={k: (np.nan if v is None else v) for k, v in row.items()})
 

@@ -21,7 +21,7 @@ from monai.metrics import CumulativeIterationMetric
 
 from .mask_overlap import ArrayLike, as_items
 
-__all__ = ["lesion_detection_counts", "LesionDetectionMetric"]
+__all__ = ["lesion_detection_counts", "detection_curve", "LesionDetectionMetric"]
 
 
 def lesion_detection_counts(pred: np.ndarray, target: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
@@ -53,6 +53,31 @@ def lesion_detection_counts(pred: np.ndarray, target: np.ndarray, iou_threshold:
     found = int(matched.any(1).sum())
     false = int((~matched.any(0)).sum())
     return np.array([n_lesions, found, n_parts, false], np.int64)
+
+
+def detection_curve(
+    maps: ArrayLike | Sequence[ArrayLike],
+    masks: ArrayLike | Sequence[ArrayLike],
+    thresholds: Sequence[float] | np.ndarray,
+    iou_threshold: float = 0.3,
+) -> np.ndarray:
+    """Detection counts summed over images at every threshold: ``(len(thresholds), 4)`` int64 rows of
+    ``(lesions, found, components, false components)``, a map binarised as ``map >= tau`` (the rule of
+    :class:`~monai_wsol.metrics.mask_overlap.MaskOverlapMetric`, so the counts read along its Dice curve).
+
+    Args:
+        maps: score maps (B, 1, *spatial) or a sequence of (1, *spatial).
+        masks: ground-truth masks, same shapes.
+        thresholds: the taus.
+        iou_threshold: see :func:`lesion_detection_counts`.
+    """
+    taus = np.asarray(thresholds, dtype=np.float64)
+    out = np.zeros((len(taus), 4), np.int64)
+    for score, target in zip(as_items(maps, "maps"), as_items(masks, "masks"), strict=True):
+        score_np, target_np = score.detach().cpu().double().numpy(), target.detach().cpu().numpy()
+        for k, tau in enumerate(taus):
+            out[k] += lesion_detection_counts(score_np >= tau, target_np, iou_threshold)
+    return out
 
 
 class LesionDetectionMetric(CumulativeIterationMetric):
