@@ -430,3 +430,27 @@ def test_write_ablation(tmp_path):
     # mean over seeds; validation and test kept apart; delta against the baseline's validation figure
     assert cells[1] == '`{"t": 0.6}`' and cells[2] == "2"
     assert cells[3] == "15.00" and cells[6] == "21.00" and cells[-1] == "5.00"
+
+
+def test_orthogonal_planes_pass_through_the_lesion_and_the_figure_is_drawn(tmp_path):
+    from monai_wsol.benchmark.figures import orthogonal_planes, plot_orthogonal_slices
+
+    volume = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    axial, coronal, sagittal = orthogonal_planes(volume, (1, 2, 3))
+    np.testing.assert_array_equal(axial, volume[:, :, 3].T)
+    np.testing.assert_array_equal(coronal, volume[:, 2, :].T)
+    np.testing.assert_array_equal(sagittal, volume[1, :, :].T)
+
+    rng = np.random.default_rng(0)
+    gt = np.zeros((24, 24, 12), bool)
+    gt[4:10, 14:20, 2:6] = True
+    cam = gt * 0.8 + rng.uniform(0, 0.2, gt.shape)
+    rows = [
+        {"image": rng.normal(size=gt.shape), "cam": cam, "gt_mask": gt, "tau": 0.5, "name": "lesion"},
+        {"image": rng.normal(size=gt.shape), "cam": cam, "gt_mask": np.zeros_like(gt), "tau": 0.5},
+    ]
+    out = plot_orthogonal_slices(rows, tmp_path / "ortho.png", spacing=(1, 1, 2), cell_inches=1.0, dpi=50)
+    assert _png_size(out) == (150, 100)  # 3 x 2 panels of 50 pixels
+    with pytest.raises(ValueError, match="row 1 .* one shape"):
+        plot_orthogonal_slices([rows[0], {**rows[1], "cam": cam[..., :5]}], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()

@@ -4,6 +4,8 @@ Both read a benchmark folder written by the runner (``<bench_dir>/runs/<setting>
 
 - :func:`plot_threshold_curves` uses each run's ``curves.npz`` (``thresholds`` (T,), ``boxacc`` (3, T) in
   percent at IoU 0.3/0.5/0.7, optional ``dice`` (T,));
+- :func:`plot_orthogonal_slices` draws volumes (3D runs): three orthogonal planes through each lesion, the CAM
+  over the image with the ground-truth and predicted mask contours;
 - :func:`plot_example_grid` uses ``examples.npz`` (``images``, ``cams`` (N, H, W) in [0, 1], ``gt_masks`` (N,
   H, W) bool, ``gt_boxes``/``pred_boxes`` per image (k, 4) ``[x0, y0, x1, y1]`` in the WSOL protocol's
   convention (``monai_wsol.boxes``: x = column, y = row, ends at start + extent),
@@ -28,7 +30,13 @@ from monai_wsol.benchmark.report import collect_results, method_order
 from monai_wsol.boxes import Boxes
 from monai_wsol.io_utils import atomic_path
 
-__all__ = ["plot_threshold_curves", "plot_example_grid", "CURVE_IOUS"]
+__all__ = [
+    "plot_threshold_curves",
+    "plot_example_grid",
+    "plot_orthogonal_slices",
+    "orthogonal_planes",
+    "CURVE_IOUS",
+]
 
 #: IoU thresholds of the rows of ``curves.npz``'s ``boxacc``.
 CURVE_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -323,4 +331,82 @@ def plot_example_grid(
         # fixed limits: the half-pixel-outside box edges stay visible and contours never rescale the panel
         ax.set(xticks=[], yticks=[], xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5))
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.94, wspace=0.03, hspace=0.03)
+    return _save(fig, out_path)
+
+
+def orthogonal_planes(volume: np.ndarray, centre: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three planes of an ``(X, Y, Z)`` volume through voxel ``centre``: ``(volume[:, :, z], volume[:, y,
+    :], volume[x, :, :])`` (axial, coronal, sagittal for a RAS-ordered volume), each transposed so that its
+    second axis runs across the picture."""
+    x, y, z = (int(c) for c in centre)
+    return volume[:, :, z].T, volume[:, y, :].T, volume[x, :, :].T
+
+
+def _centre(gt_mask: np.ndarray, cam: np.ndarray) -> tuple[int, ...]:
+    """The lesion's centroid voxel, or the CAM's peak when the volume has no lesion."""
+    if gt_mask.any():
+        return tuple(int(round(c)) for c in np.argwhere(gt_mask).mean(0))
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(cam)), cam.shape))
+
+
+def plot_orthogonal_slices(
+    volumes: Sequence[dict[str, Any]],
+    out_path: str | os.PathLike,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    cell_inches: float = 2.2,
+    dpi: int = 100,
+    alpha: float = 0.5,
+) -> Path:
+    """Orthogonal slices through a few volumes: rows = volumes, columns = the three planes through the
+    lesion's centroid (the CAM's peak without a lesion); each shows the CAM (``jet``, ``alpha``) over the
+    image, the ground-truth mask's contour (green) and the predicted mask's (``cam >= tau``, white).
+
+    Args:
+        volumes: dicts with ``image``, ``cam`` (in [0, 1]) and ``gt_mask``, ``(X, Y, Z)`` arrays of one shape,
+            ``tau`` and an optional ``name`` (the row's label).
+        out_path: the image file; its suffix gives the format.
+        spacing: voxel size along X, Y, Z (mm), for the planes' aspect ratios.
+        cell_inches, dpi, alpha: panel size, resolution, CAM opacity.
+
+    Returns:
+        ``Path(out_path)``.
+
+    Raises:
+        ValueError: no volume, or arrays that are not 3D of one shape (the message names the row).
+    """
+    if not volumes:
+        raise ValueError("plot_orthogonal_slices: no volume given.")
+    sx, sy, sz = (float(v) for v in spacing)
+    fig = _new_figure((3 * cell_inches, len(volumes) * cell_inches), dpi)
+    axes = fig.subplots(len(volumes), 3, squeeze=False)
+    for i, item in enumerate(volumes):
+        image, cam = np.asarray(item["image"], float), np.asarray(item["cam"], float)
+        gt_mask = np.asarray(item["gt_mask"]) > 0
+        if image.ndim != 3 or not image.shape == cam.shape == gt_mask.shape:
+            raise ValueError(
+                f"plot_orthogonal_slices: row {i} ({item.get('name', '')}): image, cam and gt_mask must be "
+                f"3D of one shape, got {image.shape}, {cam.shape}, {gt_mask.shape}."
+            )
+        centre = _centre(gt_mask, cam)
+        low, high = np.percentile(image, [1.0, 99.0])
+        gray = np.clip((image - low) / (high - low), 0, 1) if high > low else np.zeros_like(image)
+        planes = zip(
+            orthogonal_planes(gray, centre),
+            orthogonal_planes(cam, centre),
+            orthogonal_planes(gt_mask, centre),
+            (sy / sx, sz / sx, sz / sy),  # each plane's (row step / column step)
+            ("axial", "coronal", "sagittal"),
+            strict=True,
+        )
+        for j, (picture, heat, truth, aspect, title) in enumerate(planes):
+            ax = axes[i, j]
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect)
+            ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=alpha, origin="lower", aspect=aspect)
+            _draw_contour(ax, truth, GT_COLOR)
+            _draw_contour(ax, heat >= float(item["tau"]), PRED_CONTOUR_COLOR)
+            ax.set(xticks=[], yticks=[])
+            if i == 0:
+                ax.set_title(title, fontsize="small")
+        axes[i, 0].set_ylabel(str(item.get("name", f"volume {i}")), fontsize="small")
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.93, wspace=0.03, hspace=0.05)
     return _save(fig, out_path)
