@@ -473,7 +473,7 @@ def generate(
         z0, z1 = _usable_range(src.brain)
         w = [max(c, 1) for c in weights]
         parts = [w[0] / 3, w[1], w[2]] if interleave_3d else w
-        depth = max(8, min(size, int((z1 - z0 - (8 if interleave_3d else 4)) * min(parts) / sum(w))))
+        depth = max(8, min(size, int((z1 - z0 - (8 if interleave_3d else 4)) * (min(parts) / sum(w)))))
     layout = _layout(src, mode, weights, depth, interleave=bool(interleave_3d and mode == "3d"))
     out_dir = Path(out_dir)
     # the datalist is the index of the data set and is written last: an interrupted run leaves none, never a
