@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -153,3 +154,40 @@ def test_a_split_too_small_for_an_anatomical_block_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"leaves none for \['test'\]"):
         generate(tmp_path, n_train=2000, n_val=200, n_test=100)
     assert not (tmp_path / "datalist.json").exists()
+
+
+def test_3d_interleaved_slabs_weights_and_lesion_radius(colin27_nii, tmp_path):
+    """``interleave_3d``: five slabs, train / val / train / test / train from inferior to superior, every crop
+    inside its split's slabs and never next to another split's; ``slab_weights`` sets the shares, not the
+    counts; ``lesion_radius`` scales the lesions."""
+    kwargs = dict(source="colin27", mode="3d", n_train=12, n_val=4, n_test=4, image_size=32, seed=1)
+    path = generate(tmp_path / "i", slab_weights=(3, 1, 1), interleave_3d=True, **kwargs)
+    dl = json.loads(path.read_text())
+    slabs = {s: dl["splits"][s]["source_slabs"] for s in SPLITS}
+    assert len(slabs["training"]) == 3 and len(slabs["validation"]) == len(slabs["test"]) == 1
+    order = sorted((lo, s) for s in SPLITS for lo, _ in slabs[s])
+    assert [s for _, s in order] == ["training", "validation", "training", "test", "training"]
+    widths = {s: sum(hi - lo for lo, hi in slabs[s]) for s in SPLITS}
+    assert widths["validation"] == widths["test"] and widths["training"] >= 3 * widths["validation"] - 3
+    for s in SPLITS:
+        for item in dl[s]:
+            z0, depth = item["source_start"][2], nib.load(path.parent / item["image"]).shape[2]
+            assert any(lo <= z0 and z0 + depth <= hi for lo, hi in slabs[s]), (s, item["source_start"])
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                za = np.array([z for lo, hi in slabs[a] for z in range(lo, hi)])
+                zb = np.array([z for lo, hi in slabs[b] for z in range(lo, hi)])
+                assert np.abs(za[:, None] - zb[None, :]).min() >= 2
+
+    def lesion_voxels(p: Path) -> float:
+        items = [i for s in SPLITS for i in json.loads(p.read_text())[s] if i["label"]]
+        return float(np.median([_arrays(p, i)[1].sum() for i in items]))
+
+    small = generate(tmp_path / "s", lesion_radius=(0.08, 0.1), **kwargs)
+    large = generate(tmp_path / "l", lesion_radius=(0.16, 0.2), **kwargs)
+    assert json.loads(large.read_text())["lesion_radius"] == [0.16, 0.2]
+    assert lesion_voxels(large) > 4 * lesion_voxels(small)  # twice the radius
+    for bad in ({"lesion_radius": (0.3, 0.2)}, {"slab_weights": (0, 0, 0)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            generate(tmp_path / "bad", **{**kwargs, **bad})

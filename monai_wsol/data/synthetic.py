@@ -11,17 +11,20 @@ Design (details and rationale in ``docs/data.md``):
 
 - **Splits by slab, never neighbouring slices across splits.** Only one volume exists per source, so the
   axial range that holds enough brain is cut into slabs (2D: ten interleaved blocks assigned to
-  train/val/test in proportion to the requested counts; 3D: three contiguous slabs, val / train / test
-  from inferior to superior) with dropped gap slices between them. Samples of a split come only from its
+  train/val/test in proportion to the requested counts, or to ``slab_weights``; 3D: three contiguous slabs,
+  val / train / test from inferior to superior, or with ``interleave_3d`` five, train / val / train / test /
+  train, so that validation and test show anatomy between levels training shows) with dropped gap slices
+  between them. Samples of a split come only from its
   slabs; random deformation (2D), intensity changes and the lesions themselves make repeated slices differ.
 - **Negatives from the same slices.** The label of each sample is drawn independently of its slice, so the
   anatomy alone cannot tell the class.
 - **Lesions**: one irregular soft-edged blob per positive: a distance field around a centre inside the brain
-  mask, perturbed by smoothed noise, passed through a sigmoid of random edge width; random radius (4-12 % of
-  the field of view), contrast and texture; hyper- or hypo-intense (``lesion_class`` 1 / 2). MR: additive
-  (hyper) or multiplicative (hypo) change relative to the brain's median intensity; CT: blended towards a
-  realistic HU value (haemorrhage-like 50-90 HU, infarct-like 10-25 HU). The GT mask is where the blend
-  weight is >= 0.5 (the blob's level set) restricted to the brain and to its largest connected component.
+  mask, perturbed by smoothed noise, passed through a sigmoid of random edge width; random radius
+  (``lesion_radius``, by default 4-12 % of the field of view), contrast and texture; hyper- or hypo-intense
+  (``lesion_class`` 1 / 2). MR: additive (hyper) or multiplicative (hypo) change relative to the brain's
+  median intensity; CT: blended towards a realistic HU value (haemorrhage-like 50-90 HU, infarct-like 10-25
+  HU). The GT mask is where the blend weight is >= 0.5 (the blob's level set) restricted to the brain and to
+  its largest connected component.
 - **Co-occurring distractor** (``distractor=True``): a bright curved rim just outside the brain (on the
   scalp / inner table) present in ``distractor_rate`` of the training positives and ``distractor_neg_rate``
   of the training negatives; in validation and test it appears in ``eval_distractor_rate`` of both classes,
