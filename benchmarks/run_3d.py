@@ -21,7 +21,17 @@ from pathlib import Path
 
 from monai_wsol.benchmark.runner import Benchmark
 
-COLUMNS = ("accuracy", "AUC", "MaxBoxAccV2", "BoxAccV2@val_tau", "Dice", "PxAP", "train_seconds")
+COLUMNS = (
+    "accuracy",
+    "AUC",
+    "MaxBoxAccV2",
+    "BoxAccV2@val_tau",
+    "Dice",
+    "PxAP",
+    "LesionSens@val_tau",  # lesions found (IoU >= 0.3) by the mask at the validation Dice threshold, %
+    "FalseComp@val_tau",  # false mask components per lesion volume at that threshold
+    "train_seconds",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---" * (len(COLUMNS) + 3) + "|",
     ]
     for r in rows:
+        # "-" where a run predates a column (its result.json lacks it)
         cells = [
-            f"{r[k]:.3f}" if k in ("AUC", "Dice") else f"{r[k]:.1f}" for k in COLUMNS if r[k] is not None
+            "-" if r[k] is None else f"{r[k]:.3f}" if k in ("AUC", "Dice") else f"{r[k]:.1f}" for k in COLUMNS
         ]
         share = ceiling.get(r["seed"])
         share_cell = f"{100 * r['MaxBoxAccV2'] / share:.0f} %" if share else "-"
