@@ -140,7 +140,9 @@ class WSOLApp(MONAILabelApp):
         return {}
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
-        """MONAI Label's ``infer`` with bad requests turned into HTTP 4xx (FastAPI's ``HTTPException``)."""
+        """MONAI Label's ``infer`` with bad requests turned into HTTP 4xx (FastAPI's ``HTTPException``); with
+        ``dicomweb_store``, an archive series' Parametric Map and SR are stored and listed under
+        ``dicom_stored``."""
         model = request.get("model")
         if model not in self._infers:
             raise HTTPException(
