@@ -36,6 +36,7 @@ __all__ = [
     "boxes_onto_grid",
     "write_series_objects",
     "SERIES_DIR_KEY",
+    "DICOM_FILES_KEY",
 ]
 
 #: the request key through which the app tells the task which archive series an inference is on
@@ -53,11 +54,15 @@ def _series_image(series_dir: str | os.PathLike) -> Any:
 
 
 def label_on_series_grid(
-    label: str | os.PathLike | np.ndarray, series_dir: str | os.PathLike, affine: np.ndarray | None = None
+    label: str | os.PathLike | np.ndarray,
+    series_dir: str | os.PathLike,
+    affine: np.ndarray | None = None,
+    series: Any = None,
 ) -> np.ndarray:
     """A label image (a file, or an ``(X, Y, Z)`` array with its ``affine``) resampled (nearest: values are
     kept) onto a DICOM series' grid as ``monai_wsol`` loads it: ``(X, Y, Z)`` with x = column, y = row,
-    z = the instances in InstanceNumber order (what :func:`~monai_wsol.writers.write_dicom_seg` takes)."""
+    z = the instances in InstanceNumber order (what :func:`~monai_wsol.writers.write_dicom_seg` takes).
+    ``series``: the series already loaded that way, when the caller has it."""
     from monai.data import MetaTensor
     from monai.transforms import LoadImage, ResampleToMatch
 
@@ -65,7 +70,8 @@ def label_on_series_grid(
         image = MetaTensor(np.asarray(label)[None], affine=np.asarray(affine, dtype=np.float64))
     else:
         image = LoadImage(image_only=True, ensure_channel_first=True)(str(label))
-    on_grid = ResampleToMatch(mode="nearest", padding_mode="zeros")(image, img_dst=_series_image(series_dir))
+    target = _series_image(series_dir) if series is None else series
+    on_grid = ResampleToMatch(mode="nearest", padding_mode="zeros")(image, img_dst=target)
     return np.asarray(on_grid[0])
 
 
@@ -108,7 +114,7 @@ def write_series_objects(
     out = [
         str(
             write_dicom_parametric_map(
-                label_on_series_grid(cam, series_dir, affine), instances, Path(out_dir) / "pm.dcm"
+                label_on_series_grid(cam, series_dir, affine, series), instances, Path(out_dir) / "pm.dcm"
             )
         )
     ]
@@ -126,15 +132,22 @@ class WSOLDicomWebDatastore(DICOMWebDatastore):
         return os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
 
     def store_objects(self, files: list[str]) -> list[dict[str, str]]:
-        """Store DICOM files of one study into the archive (verified); returns their SOP classes and
-        instances."""
+        """Store DICOM files of one study into the archive (verified); returns their SOP classes, SOP
+        instances and series."""
         import pydicom
 
         from monai_wsol.engines.dicomweb import store_verified
 
         objects = [pydicom.dcmread(f) for f in files]
         store_verified(self._client, self._client.base_url, objects, [Path(f).name for f in files])
-        return [{"sop_class": str(o.SOPClassUID), "sop_instance": str(o.SOPInstanceUID)} for o in objects]
+        return [
+            {
+                "sop_class": str(o.SOPClassUID),
+                "sop_instance": str(o.SOPInstanceUID),
+                "series_instance": str(o.SeriesInstanceUID),
+            }
+            for o in objects
+        ]
 
     def save_label(
         self,
@@ -146,9 +159,6 @@ class WSOLDicomWebDatastore(DICOMWebDatastore):
     ) -> str:
         if label_tag != DefaultLabelTag.FINAL:
             return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
-        import pydicom
-
-        from monai_wsol.engines.dicomweb import store_verified
         from monai_wsol.writers import write_dicom_seg
 
         converted = ""
@@ -158,21 +168,12 @@ class WSOLDicomWebDatastore(DICOMWebDatastore):
         try:
             mask = label_on_series_grid(label_filename, series_dir)
             with tempfile.TemporaryDirectory() as tmp:
-                seg_file = write_dicom_seg(mask, series_dir, Path(tmp) / "seg.dcm")
-                seg = pydicom.dcmread(seg_file)
-            store_verified(
-                self._client, self._client.base_url, [seg], [f"the DICOM-SEG of series {image_id}"]
-            )
-            logger.info(
-                "stored the label of series %s as DICOM-SEG %s (series %s)",
-                image_id,
-                seg.SOPInstanceUID,
-                seg.SeriesInstanceUID,
-            )
+                (seg,) = self.store_objects([str(write_dicom_seg(mask, series_dir, Path(tmp) / "seg.dcm"))])
+            logger.info("stored the label of series %s as DICOM-SEG %s", image_id, seg["sop_instance"])
             image_info = self.get_image_info(image_id)
             label_info.update(
                 {
-                    "SeriesInstanceUID": str(seg.SeriesInstanceUID),
+                    "SeriesInstanceUID": seg["series_instance"],
                     "Modality": image_info.get("Modality"),
                     "PatientID": image_info.get("PatientID"),
                     "StudyInstanceUID": image_info.get("StudyInstanceUID"),
