@@ -161,6 +161,19 @@ def test_bundle_evaluate_scores_a_perfect_3d_map_100(mask_dataset_3d, tmp_path):
     assert row["PxAP"] == 100.0 and row["Dice"] == 1.0
 
 
+@pytest.mark.parametrize("slice_axis", [2, 0])
+def test_bundle_evaluate_scores_a_2d_model_slice_by_slice_on_volumes_100(
+    mask_dataset_3d, tmp_path, slice_axis
+):
+    # a 2D network run through the volumes slice by slice (the benchmark's 2D-on-slices comparison): the
+    # slices' maps restacked in place are the volume's mask, whichever axis the volumes are cut along
+    row = _run_evaluate(
+        mask_dataset_3d, tmp_path / "slices", spatial_dims=2, image_spatial_dims=3, slice_axis=slice_axis
+    )
+    assert row["MaxBoxAccV2"] == 100.0 and row["MaxBoxAcc"] == 100.0
+    assert row["PxAP"] == 100.0 and row["Dice"] == 1.0 and row["accuracy"] == 100.0
+
+
 def test_benchmark_reads_the_bundle_evaluation(mask_dataset, tmp_path):
     # the benchmark's evaluation is the bundle's: BundleRunner.evaluate on a perfect map gives 100 too
     from monai_wsol.benchmark.bundle_runs import BundleRunner

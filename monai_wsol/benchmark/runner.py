@@ -28,6 +28,7 @@ restart, an interrupted run resumes from its last epoch checkpoint)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -54,6 +55,8 @@ logger = logging.getLogger("monai_wsol.benchmark")
 #: methods that reuse another method's trained network (their maps are computed post hoc)
 POSTHOC: dict[str, str] = {"gradcam": "cam", "gradcampp": "cam"}
 _LESION = 1  # the class whose CAM localizes (binary lesion / no lesion)
+#: variant entries that choose the network and its data rather than the method's options
+_VARIANT_NETWORK_KEYS = ("method", "backbone", "net_kwargs", "slice_axis", "train")
 
 #: the bundle training keys the benchmark sets for every method alike (``train`` overrides them)
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -131,7 +134,12 @@ class Benchmark:
         wait_for_choices: see ``search_in`` (0: a missing choice is an error at once).
         variants: name -> ``{"method": <method name>, **options}``: a method under another name with fixed
             options (ablations, e.g. ``{"sfs2_t0.6": {"method": "sfs2", "t": 0.6}}``); ``"backbone"`` and
-            ``"net_kwargs"`` entries replace the benchmark's for that variant.
+            ``"net_kwargs"`` entries replace the benchmark's for that variant. With ``spatial_dims=3``, a
+            ``"slice_axis"`` entry makes the variant a **2D** network trained on the slices of the setting's
+            training volumes along that array axis (:func:`monai_wsol.data.slices.slice_datalist`: slice-level
+            labels from the masks) and evaluated on the volumes slice by slice, as the bundle runs a 2D model
+            on a volume. A ``"train"`` entry overrides ``train`` for that variant (e.g. a slice network's
+            batch size).
         report: write ``results.csv`` / ``results.md`` and the figures at the end.
     """
 
@@ -170,6 +178,13 @@ class Benchmark:
                 raise ValueError(
                     f"Benchmark: variants[{name!r}] needs 'method', one of {', '.join(METHODS)}; "
                     f"got {variant}."
+                )
+            axis = variant.get("slice_axis")
+            if axis is not None and (spatial_dims != 3 or isinstance(axis, bool) or axis not in (0, 1, 2)):
+                raise ValueError(
+                    f"Benchmark: variants[{name!r}]['slice_axis'] must be 0, 1 or 2 and needs spatial_dims=3 "
+                    f"(a 2D network on the volumes' slices); got {axis!r} with "
+                    f"spatial_dims={spatial_dims}."
                 )
         for m in self.methods:
             if m not in METHODS and m not in self.variants:
@@ -229,6 +244,24 @@ class Benchmark:
             generate(out, **{"image_size": self.image_size, "mode": f"{self.spatial_dims}d", **opts})
         return path
 
+    def slice_axis(self, method: str) -> int | None:
+        """The array axis a slice variant's 2D network cuts the volumes along (None: a network of the data's
+        dims)."""
+        axis = self.variants.get(method, {}).get("slice_axis")
+        return None if axis is None else int(axis)
+
+    def slices_datalist(self, setting: str, slice_axis: int) -> Path:
+        """The 2D datalist of the slices of ``setting``'s volumes along ``slice_axis`` (written once)."""
+        from monai_wsol.data.slices import slice_datalist
+
+        out = self.data_root / f"{setting}_slices_axis{slice_axis}"
+        if not (out / "datalist.json").exists():
+            logger.info("cutting the %r volumes into slices along axis %d in %s", setting, slice_axis, out)
+        # the network is evaluated on the volumes: its test split's slices would not be read
+        return slice_datalist(
+            self.datalist(setting), out, slice_axis=slice_axis, splits=("training", "validation")
+        )
+
     # -- one run
     # ---------------------------------------------------------------------------------------------------
     def network(self, name: str) -> tuple[str, dict[str, Any]]:
@@ -239,19 +272,25 @@ class Benchmark:
     def bundle_overrides(
         self, setting: str, method: str, seed: int, options: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """The bundle keys of one run: data, method, network, budget, seed."""
+        """The bundle keys of one run's training: data, method, network, budget, seed (a slice variant's:
+        the slices' datalist and a 2D network; :meth:`evaluation_overrides` gives its evaluation's)."""
         backbone, net_kwargs = self.network(method)
-        datalist = self.datalist(setting)
+        axis = self.slice_axis(method)
+        datalist = self.datalist(setting) if axis is None else self.slices_datalist(setting, axis)
+        spatial_dims = self.spatial_dims if axis is None else 2
         # the prior is fitted once on the training masks before the first epoch and has nothing to learn after
         # it: more epochs would only repeat validation passes of the same map
         budget = {"epochs": 1} if self.base_method(method) == "prior" else {}
         return {
             **self.train,
+            **self.variants.get(method, {}).get("train", {}),
             **budget,
             "dataset_dir": str(datalist.parent),
             "datalist": str(datalist),
-            "spatial_dims": self.spatial_dims,
-            "spatial_size": self._spatial_size(datalist),
+            "spatial_dims": spatial_dims,
+            "spatial_size": self._spatial_size(
+                datalist, spatial_dims, declared=spatial_dims == 3 or axis is not None
+            ),
             "method": self.base_method(method),
             "method_options": to_jsonable(dict(options)),
             "backbone": backbone,
@@ -261,15 +300,33 @@ class Benchmark:
             "num_workers": 0,
         }
 
-    def _spatial_size(self, datalist: Path) -> list[int]:
-        """The network's input size: ``image_size`` along every axis, except for 3D volumes whose datalist
-        declares their size (the generator's crops are ``image_size`` x ``image_size`` x a depth its splits
-        allow): that size, so training sees the grid that evaluation (on each image's own grid) sees."""
-        if self.spatial_dims == 3:
-            declared = json.loads(datalist.read_text()).get("image_size")
-            if isinstance(declared, list) and len(declared) == 3:
-                return [int(v) for v in declared]
-        return [self.image_size] * self.spatial_dims
+    def evaluation_overrides(
+        self, setting: str, method: str, train_overrides: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The bundle keys of one run's evaluation: its training's, except that a slice variant's 2D network
+        is evaluated on the setting's volumes, slice by slice."""
+        axis = self.slice_axis(method)
+        if axis is None:
+            return dict(train_overrides)
+        datalist = self.datalist(setting)
+        return {
+            **train_overrides,
+            "dataset_dir": str(datalist.parent),
+            "datalist": str(datalist),
+            "image_spatial_dims": 3,
+            "slice_axis": axis,
+        }
+
+    def _spatial_size(self, datalist: Path, spatial_dims: int, declared: bool) -> list[int]:
+        """The network's input size: ``image_size`` along every axis, except where the datalist declares its
+        images' size (the generator's 3D crops are ``image_size`` x ``image_size`` x a depth its splits
+        allow; slices of volumes have the volumes' in-plane size): that size, so training sees the grid that
+        evaluation (on each image's own grid) sees."""
+        if declared:
+            size = json.loads(datalist.read_text()).get("image_size")
+            if isinstance(size, list) and len(size) == spatial_dims:
+                return [int(v) for v in size]
+        return [self.image_size] * spatial_dims
 
     def run_one(
         self, setting: str, method: str, seed: int, options: Mapping[str, Any], candidate: int | None = None
@@ -298,10 +355,12 @@ class Benchmark:
             seconds = time.perf_counter() - t0
         # the example grid draws 2D slices
         examples_count = self.num_examples if seed == self.seeds[0] and self.spatial_dims == 2 else 0
-        val = self.bundle.evaluate(model, "validation", run_dir / "eval", overrides, box_step=self.box_step)
-        test = self.bundle.evaluate(
-            model, "test", run_dir / "eval", overrides, num_examples=examples_count, box_step=self.box_step
+        eval_overrides = self.evaluation_overrides(setting, method, overrides)
+        evaluate = functools.partial(
+            self.bundle.evaluate, model, out_dir=run_dir / "eval", box_step=self.box_step
         )
+        val = evaluate("validation", overrides=eval_overrides)
+        test = evaluate("test", overrides=eval_overrides, num_examples=examples_count)
         honest, taus = figures_at_validation_tau(val, test)
         result = {
             "setting": setting,
@@ -311,6 +370,8 @@ class Benchmark:
                 "options": to_jsonable(options),
                 "backbone": overrides["backbone"],
                 "net_kwargs": overrides["network_kwargs"],
+                "spatial_dims": overrides["spatial_dims"],
+                "slice_axis": self.slice_axis(method),
                 "image_size": self.image_size,
                 "train": to_jsonable(self.train),
                 "model": str(model),
@@ -376,11 +437,7 @@ class Benchmark:
     # ----------------------------------------------------------------------------------------------------
     def choose(self, setting: str, method: str) -> tuple[dict[str, Any], int | None]:
         """The method's options for ``setting``: the candidate with the best validation MaxBoxAccV2."""
-        variant = {
-            k: v
-            for k, v in self.variants.get(method, {}).items()
-            if k not in ("method", "backbone", "net_kwargs")
-        }
+        variant = {k: v for k, v in self.variants.get(method, {}).items() if k not in _VARIANT_NETWORK_KEYS}
         base = {**variant, **self.method_options.get(method, {})}
         if self.base_method(method) in POSTHOC:
             return self.choose(setting, POSTHOC[self.base_method(method)])[0], None

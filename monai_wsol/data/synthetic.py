@@ -65,6 +65,10 @@ _LESION_CLASSES = {
 }
 
 
+#: the datalists' ``box_convention`` note (the transforms' boxes: StandardMode, max corner exclusive)
+BOX_CONVENTION = "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"
+
+
 @functools.lru_cache(maxsize=3)
 def _cached_source(name: str) -> SourceVolume:
     return load_source(name)
@@ -495,9 +499,7 @@ def generate(
         "slab_weights": list(weights),
         "interleave_3d": bool(interleave_3d and mode == "3d"),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
-        "box_convention": (
-            "MONAI StandardMode along array axes as loaded by MONAI; max corner = last index + 1"
-        ),
+        "box_convention": BOX_CONVENTION,
         "labels": {"0": "no lesion", "1": "lesion"},
         "lesion_classes": {str(k): v[0] for k, v in _LESION_CLASSES[src.modality].items()},
         "splits": {},
