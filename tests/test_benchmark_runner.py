@@ -147,6 +147,31 @@ def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
     assert (runs / "default" / "cam" / "seed0" / "result.json").stat().st_mtime_ns == stamp
 
 
+def test_reevaluate_evaluates_the_finished_model_again_without_training(tiny, tmp_path, monkeypatch):
+    bench = Benchmark(
+        tmp_path, {"d": {"datalist": str(tiny)}}, ["cam"], seeds=[0], image_size=32, backbone="cnn",
+        net_kwargs=TINY_CNN,
+        train={"epochs": 1, "batch_size": 4}, num_examples=0, report=False,
+    )  # fmt: skip
+    first = bench.run_one("d", "cam", 0, {})
+    path = tmp_path / "runs" / "d" / "cam" / "seed0" / "result.json"
+    stale = {**first, "test": {"MaxBoxAccV2": -1.0}}  # as a result.json written before figures were added
+    path.write_text(json.dumps(stale))
+    assert bench.run_one("d", "cam", 0, {}) == stale  # read back as it is
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(BundleRunner, "train", no_training)
+    again = bench.run_one("d", "cam", 0, {}, reevaluate=True)
+    assert again["test"] == first["test"] and again["val"] == first["val"]
+    assert again["train_seconds"] == first["train_seconds"] > 0
+    assert json.loads(path.read_text()) == again
+    (path.parent / "checkpoints" / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="model.pt is gone"):
+        bench.run_one("d", "cam", 0, {}, reevaluate=True)
+
+
 def test_missing_shared_choice_is_a_clear_error(tiny, tmp_path):
     bench = Benchmark(
         tmp_path, {"d": {"datalist": str(tiny)}}, ["sfs1"], search={"sfs1": [{"t": 0.5}]}, search_in="x",

@@ -329,13 +329,24 @@ class Benchmark:
         return [self.image_size] * spatial_dims
 
     def run_one(
-        self, setting: str, method: str, seed: int, options: Mapping[str, Any], candidate: int | None = None
+        self,
+        setting: str,
+        method: str,
+        seed: int,
+        options: Mapping[str, Any],
+        candidate: int | None = None,
+        reevaluate: bool = False,
     ) -> dict[str, Any]:
-        """Train (or resume) and evaluate one run through the bundle; read back when already finished."""
+        """Train (or resume) and evaluate one run through the bundle; read back when already finished.
+
+        ``reevaluate``: a finished run's model is evaluated again (no training; its training time is kept)
+        and its ``result.json`` rewritten, e.g. to add figures that evaluation gained since the run.
+        """
         run_dir = self.run_dir(setting, method, seed, candidate)
         result_path = run_dir / "result.json"
-        if result_path.exists():
-            return json.loads(result_path.read_text())
+        previous = json.loads(result_path.read_text()) if result_path.exists() else None
+        if previous is not None and not reevaluate:
+            return previous
         base_method = self.base_method(method)
         train_options = dict(options)
         if base_method == "cutmix":
@@ -349,6 +360,13 @@ class Benchmark:
                     f"{method}: the {POSTHOC[base_method]!r} run of seed {seed} has no {model}."
                 )
             run_dir.mkdir(parents=True, exist_ok=True)
+        elif previous is not None:
+            model = run_dir / "checkpoints" / "model.pt"  # what the training returned
+            if not model.is_file():
+                raise FileNotFoundError(
+                    f"{result_path}: its model {model} is gone; cannot evaluate it again."
+                )
+            seconds = float(previous.get("train_seconds") or 0.0)
         else:
             t0 = time.perf_counter()
             model = self.bundle.train(run_dir, overrides)
