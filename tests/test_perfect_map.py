@@ -120,19 +120,22 @@ def mask_dataset_3d(tmp_path_factory) -> Path:
 def _run_evaluate(root: Path, out: Path, **overrides) -> dict:
     from monai.bundle import ConfigWorkflow
 
+    settings = {
+        "dataset_dir": str(root),
+        "split": "validation",
+        "output_dir": str(out),
+        "ckpt_path": str(root / "model.pt"),
+        "network_def": MaskAsCAM(),
+        "write_outputs": False,
+        "device": "cpu",
+        "amp": False,
+        **overrides,
+    }
     workflow = ConfigWorkflow(
         config_file=[INFERENCE, str(CONFIGS / "evaluate.json")],
         run_id="evaluate",
         workflow_type="infer",
-        dataset_dir=str(root),
-        split="validation",
-        output_dir=str(out),
-        ckpt_path=str(root / "model.pt"),
-        network_def=MaskAsCAM(),
-        write_outputs=False,
-        device="cpu",
-        amp=False,
-        **overrides,
+        **settings,
     )
     workflow.initialize()
     workflow.run()

@@ -296,8 +296,32 @@ class Benchmark:
             "backbone": backbone,
             "network_kwargs": to_jsonable(net_kwargs),
             "seed": int(seed),
-            "cam_class": _LESION,
+            **self._classes(datalist),
             "num_workers": 0,
+        }
+
+    @staticmethod
+    def _classes(datalist: Path) -> dict[str, Any]:
+        """The class keys of a datalist: a lesion / no-lesion datalist localizes class 1 in every image; one
+        with lesion classes 1..K-1 (class 0: no lesion) localizes each lesion image with its own class's
+        map (``cam_class="label"``, the WSOL protocol's GT-known map) and names the classes from its
+        ``labels``."""
+        data = json.loads(datalist.read_text())
+        found = {
+            int(item["label"])
+            for split in ("training", "validation", "test")
+            for item in data.get(split, [])
+            if isinstance(item, dict) and isinstance(item.get("label"), int)
+        }
+        names = data.get("labels") if isinstance(data.get("labels"), dict) else {}
+        declared = [int(k) for k in names if str(k).isdigit()]
+        num_classes = max([*found, *declared, 1]) + 1
+        if num_classes <= 2:
+            return {"cam_class": _LESION}
+        return {
+            "num_classes": num_classes,
+            "cam_class": "label",
+            "class_names": [str(names.get(str(k), f"class_{k}")) for k in range(num_classes)],
         }
 
     def evaluation_overrides(

@@ -9,13 +9,16 @@ collects each image's class probabilities, label, map and ground truth, and at t
   best-tau value (the WSOL protocol's definition);
 - best-tau Dice and IoU of the binarised map against the GT mask, PxAP, and per-lesion detection counts
   (lesions found at IoU >= 0.3, false components) at every mask threshold, over the lesion images;
-- accuracy and AUC of the lesion class over all images.
+- accuracy (all classes) and the AUC of "a lesion" (the summed probability of the lesion classes) over all
+  images.
 
-Box figures are measured on the images of class ``lesion_class`` (the protocol scores localization where the
-object is); their GT boxes are the datalist's ``boxes`` when the batch carries them (MONAI standard mode,
-converted through :class:`monai_wsol.boxes.Boxes`), else one box per 8-connected (2D) / 26-connected (3D)
-region of the GT mask. :func:`figures_at_validation_tau` reads a test split's curves at the thresholds chosen
-on a validation split (never on test). The bundle's ``evaluate`` and the benchmark both use this module.
+Box figures are measured on the images of the lesion class(es) ``lesion_class`` (the protocol scores
+localization where the object is; with several lesion classes, each image with its own class's map, the
+evaluator's ``cam_class="label"``); their GT boxes are the datalist's ``boxes`` when the batch carries them
+(MONAI standard mode, converted through :class:`monai_wsol.boxes.Boxes`), else one box per 8-connected (2D) /
+26-connected (3D) region of the GT mask. :func:`figures_at_validation_tau` reads a test split's curves at the
+thresholds chosen on a validation split (never on test). The bundle's ``evaluate`` and the benchmark both use
+this module.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from monai_wsol.metrics.threshold import select_threshold
 __all__ = [
     "SplitCurves",
     "split_curves",
+    "lesion_classes",
     "figures_at_validation_tau",
     "LocalizationReport",
     "mask_boxes",
@@ -88,13 +92,27 @@ def mask_boxes(mask: np.ndarray) -> Boxes:
     )
 
 
+def lesion_classes(lesion_class: int | Sequence[int]) -> list[int]:
+    """The lesion class indices as a non-empty list of distinct ints > 0 (class 0 is "no lesion")."""
+    values = [lesion_class] if isinstance(lesion_class, int) else list(lesion_class)
+    if (
+        not values
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ValueError(
+            f"lesion_class must be a class index >= 1 or a list of distinct ones, got {lesion_class!r}."
+        )
+    return [int(v) for v in values]
+
+
 def split_curves(
     probs: torch.Tensor,
     labels: torch.Tensor,
     cams: torch.Tensor,
     masks: torch.Tensor | None,
     boxes: Sequence[Boxes],
-    lesion_class: int = 1,
+    lesion_class: int | Sequence[int] = 1,
     box_step: float = 0.001,
     mask_step: float = 0.01,
 ) -> SplitCurves:
@@ -103,14 +121,22 @@ def split_curves(
     Args:
         probs: (N, K) class probabilities of every image.
         labels: (N,) class indices.
-        cams: (P, 1, *spatial) maps in [0, 1] of the ``lesion_class`` images, in their order.
+        cams: (P, 1, *spatial) maps in [0, 1] of the lesion images (labels in ``lesion_class``), in their
+            order.
         masks: (P, 1, *spatial) GT masks of those images, or ``None`` (no Dice / IoU / PxAP).
         boxes: P GT :class:`~monai_wsol.boxes.Boxes` (any convention), one per lesion image.
-        lesion_class: the class whose images are localized and whose probability scores the AUC.
+        lesion_class: the class, or classes, whose images are localized; the AUC scores "a lesion" by the sum
+            of their probabilities (a binary classifier's lesion probability for one class).
         box_step, mask_step: threshold steps of the box and mask curves.
     """
     labels = torch.as_tensor(labels).reshape(-1).long()
-    pos = torch.nonzero(labels == lesion_class).reshape(-1)
+    classes = lesion_classes(lesion_class)
+    if max(classes) >= probs.shape[1]:
+        raise ValueError(
+            f"split_curves: lesion class {max(classes)} but {probs.shape[1]} class probabilities."
+        )
+    is_lesion = torch.isin(labels, torch.tensor(classes))
+    pos = torch.nonzero(is_lesion).reshape(-1)
     if cams.shape[0] != pos.numel() or len(boxes) != pos.numel():
         raise ValueError(
             f"split_curves: {pos.numel()} images of class {lesion_class} but {cams.shape[0]} maps and "
@@ -155,9 +181,8 @@ def split_curves(
         detection = detection_curve(cams, masks, mask_taus)
         scalars["lesion_images"] = float(pos.numel())
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
-    is_lesion = (labels == lesion_class).float()
     scalars["AUC"] = (
-        float(compute_roc_auc(probs[:, lesion_class], is_lesion))
+        float(compute_roc_auc(probs[:, classes].sum(1), is_lesion.float()))
         if 0 < is_lesion.sum() < len(labels)
         else np.nan
     )
@@ -258,7 +283,7 @@ class LocalizationReport:
             ``<stem>_examples.npz`` (the first lesion images with their maps, masks and GT boxes, for figures)
             are written; ``None`` keeps the results in memory only (:attr:`curves`).
         stem: file stem.
-        lesion_class: see :func:`split_curves`.
+        lesion_class: the lesion class, or classes (see :func:`split_curves`).
         box_step, mask_step: threshold steps.
         num_examples: lesion images kept for the example figure.
         prob_key, label_key, cam_key, mask_key, box_key, image_key: keys of the decollated output.
@@ -269,7 +294,7 @@ class LocalizationReport:
         self,
         output_dir: str | os.PathLike | None = None,
         stem: str = "localization",
-        lesion_class: int = 1,
+        lesion_class: int | Sequence[int] = 1,
         box_step: float = 0.001,
         mask_step: float = 0.01,
         num_examples: int = 0,
@@ -283,7 +308,7 @@ class LocalizationReport:
     ) -> None:
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.stem = stem
-        self.lesion_class = int(lesion_class)
+        self.lesion_class = lesion_classes(lesion_class)
         self.box_step, self.mask_step = float(box_step), float(mask_step)
         self.num_examples = int(num_examples)
         self.prob_key, self.label_key, self.cam_key = prob_key, label_key, cam_key
@@ -317,7 +342,7 @@ class LocalizationReport:
         label = int(label.argmax()) if label.numel() == prob.numel() and label.numel() > 1 else int(label[0])
         self._probs.append(prob)
         self._labels.append(label)
-        if label != self.lesion_class:
+        if label not in self.lesion_class:
             return
         cam = _plain(item[self.cam_key]).detach().float().cpu()
         mask = None
