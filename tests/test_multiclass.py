@@ -115,6 +115,20 @@ def test_benchmark_runs_a_three_class_datalist(three_class, tmp_path):
         assert 0 <= figures["MaxBoxAccV2"] <= 100 and np.isfinite(figures["Dice"])
     config = json.loads((tmp_path / "runs" / "d" / "cam" / "seed0" / "config.json").read_text())
     assert config["num_classes"] == 3
+    # the bounds segment "lesion": trained and evaluated on the copy whose lesion classes are all 1, they are
+    # scored on the same lesion images as the methods
+    bounds = Benchmark(
+        tmp_path, {"d": {"datalist": str(three_class)}}, ["prior"], seeds=[0], image_size=32,
+        train={"batch_size": 4}, num_examples=0, report=False,
+    )  # fmt: skip
+    prior = bounds.bundle_overrides("d", "prior", 0, {})
+    assert prior["cam_class"] == 1 and "num_classes" not in prior
+    assert prior["dataset_dir"] == str(three_class.parent) and prior["datalist"] != str(three_class)
+    copy = json.loads(Path(prior["datalist"]).read_text())
+    for split in ("training", "validation", "test"):
+        assert [min(i["label"], 1) for i in data[split]] == [i["label"] for i in copy[split]]
+    floor = bounds.run_one("d", "prior", 0, {})
+    assert floor["test"]["lesion_images"] == result["test"]["lesion_images"]
     # a lesion / no-lesion datalist keeps the binary keys
     binary = Benchmark(tmp_path, {"b": {"datalist": str(three_class.parent / "two.json")}}, ["cam"])
     (three_class.parent / "two.json").write_text(

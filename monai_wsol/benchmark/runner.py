@@ -45,7 +45,7 @@ from monai_wsol.boxes import Boxes
 from monai_wsol.data.synthetic import generate
 from monai_wsol.engines.evaluation import figures_at_validation_tau
 from monai_wsol.io_utils import atomic_path, atomic_write_json, to_jsonable
-from monai_wsol.methods import METHODS
+from monai_wsol.methods import BOUNDS, METHODS
 from monai_wsol.metrics import boxes_from_scoremap
 
 __all__ = ["Benchmark", "POSTHOC", "setup_logging", "TRAIN_DEFAULTS"]
@@ -277,6 +277,8 @@ class Benchmark:
         backbone, net_kwargs = self.network(method)
         axis = self.slice_axis(method)
         datalist = self.datalist(setting) if axis is None else self.slices_datalist(setting, axis)
+        if self.base_method(method) in BOUNDS:
+            datalist = self._lesion_or_not(setting, datalist)
         spatial_dims = self.spatial_dims if axis is None else 2
         # the prior is fitted once on the training masks before the first epoch and has nothing to learn after
         # it: more epochs would only repeat validation passes of the same map
@@ -285,7 +287,7 @@ class Benchmark:
             **self.train,
             **self.variants.get(method, {}).get("train", {}),
             **budget,
-            "dataset_dir": str(datalist.parent),
+            "dataset_dir": str(self.datalist(setting).parent if axis is None else datalist.parent),
             "datalist": str(datalist),
             "spatial_dims": spatial_dims,
             "spatial_size": self._spatial_size(
@@ -299,6 +301,22 @@ class Benchmark:
             **self._classes(datalist),
             "num_workers": 0,
         }
+
+    def _lesion_or_not(self, setting: str, datalist: Path) -> Path:
+        """``datalist`` itself for lesion / no-lesion data; for several lesion classes, its copy with every
+        lesion class relabelled 1 (``<bench_dir>/datalists/<setting>_lesion_or_not.json``, paths still
+        relative to the original's folder). The bounds segment "lesion" whatever its class: trained and
+        evaluated on the copy, they localize the same lesion images, with the same masks and boxes, as the
+        methods evaluated on the original with each image's own class."""
+        if "num_classes" not in self._classes(datalist):
+            return datalist
+        data = json.loads(datalist.read_text())
+        for split in ("training", "validation", "test"):
+            for item in data.get(split, []):
+                if isinstance(item, dict) and isinstance(item.get("label"), int) and item["label"] > 0:
+                    item["label"] = _LESION
+        data["labels"] = {"0": "no lesion", "1": "lesion"}
+        return atomic_write_json(self.bench_dir / "datalists" / f"{setting}_lesion_or_not.json", data)
 
     @staticmethod
     def _classes(datalist: Path) -> dict[str, Any]:
