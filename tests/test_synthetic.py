@@ -150,6 +150,26 @@ def test_cli_and_argument_errors(tmp_path, mni152_available, capsys):
         generate(tmp_path, distractor_rate=1.5)
 
 
+def test_lesion_class_labels_make_three_classes_of_the_same_images(mni_data, tmp_path):
+    three = generate(
+        tmp_path / "three", source="mni152", distractor=True, distractor_rate=1.0, distractor_neg_rate=0.0,
+        lesion_class_labels=True, **SMALL,
+    )  # fmt: skip
+    plain, multi = json.loads(mni_data.read_text()), json.loads(three.read_text())
+    assert multi["labels"] == {"0": "no lesion", "1": "hyperintense", "2": "hypointense"}
+    seen = set()
+    for split in ("training", "validation", "test"):
+        for a, b in zip(plain[split], multi[split], strict=True):
+            assert (
+                b["label"] == (b["lesion_class"] if a["label"] else 0)
+                and b["lesion_class"] == a["lesion_class"]
+            )
+            seen.add(b["label"])
+            for key in ("image", "mask"):  # the same random draws: the same files
+                assert (mni_data.parent / a[key]).read_bytes() == (three.parent / b[key]).read_bytes()
+    assert seen == {0, 1, 2}
+
+
 def test_a_split_too_small_for_an_anatomical_block_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"leaves none for \['test'\]"):
         generate(tmp_path, n_train=2000, n_val=200, n_test=100)

@@ -417,6 +417,7 @@ def generate(
     lesion_radius: Sequence[float] = (0.04, 0.12),
     slab_weights: Sequence[float] | None = None,
     interleave_3d: bool = False,
+    lesion_class_labels: bool = False,
 ) -> Path:
     """Write the embedded default data set under ``out_dir`` and return the path of its datalist JSON.
 
@@ -446,6 +447,10 @@ def generate(
             between levels the training crops show, as the 2D blocks do; thinner crops. Default: three slabs,
             val / train / test, whose evaluation crops show anatomy (e.g. the cerebellum in the inferior
             validation slab) that no training crop shows.
+        lesion_class_labels: label each lesion image with its lesion class (1 hyper-, 2 hypo-intense/dense)
+            instead of 1: a three-class data set (0 = no lesion) whose classifier must tell the lesion kinds
+            apart, for the multi-class path (each lesion localized with its own class's map). The images are
+            those of the default labels (same random draws).
 
     Returns:
         path of ``datalist.json`` (Decathlon-style; paths relative to its folder).
@@ -500,7 +505,11 @@ def generate(
         "interleave_3d": bool(interleave_3d and mode == "3d"),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
         "box_convention": BOX_CONVENTION,
-        "labels": {"0": "no lesion", "1": "lesion"},
+        "labels": (
+            {"0": "no lesion", **{str(k): v[0] for k, v in _LESION_CLASSES[src.modality].items()}}
+            if lesion_class_labels
+            else {"0": "no lesion", "1": "lesion"}
+        ),
         "lesion_classes": {str(k): v[0] for k, v in _LESION_CLASSES[src.modality].items()},
         "splits": {},
     }
@@ -527,7 +536,7 @@ def generate(
             )
             item = {
                 "image": f"images/{stem}",
-                "label": sample["label"],
+                "label": sample["lesion_class"] if lesion_class_labels else sample["label"],
                 "mask": f"masks/{stem}",
                 "boxes": gt_boxes(sample["mask"]),
                 "lesion_class": sample["lesion_class"],
@@ -567,6 +576,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument(
         "--lesion-radius", type=float, nargs=2, default=(0.04, 0.12), help="radius range, fraction of the FOV"
     )
+    p.add_argument(
+        "--lesion-class-labels",
+        action="store_true",
+        help="label lesion images by lesion class (1 hyper-, 2 hypo-intense): three classes",
+    )
     a = p.parse_args(argv)
     path = generate(
         a.out,
@@ -583,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         positive_fraction=a.positive_fraction,
         seed=a.seed,
         lesion_radius=a.lesion_radius,
+        lesion_class_labels=a.lesion_class_labels,
     )
     print(path)
     return path
