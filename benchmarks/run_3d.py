@@ -26,6 +26,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
+from monai_wsol.benchmark.figures import plot_orthogonal_slices
 from monai_wsol.benchmark.report import collect_results, write_results
 from monai_wsol.benchmark.runner import Benchmark
 
@@ -45,6 +48,39 @@ COLUMNS = (
 SLICE_MODEL = "cam2d_slices"
 #: table order: the bounds, then the plain CAM networks, then the blocks
 ORDER = ("prior", "supervised", "cam", SLICE_MODEL, "sfs1", "sfs2")
+
+
+def orthogonal_figure(bench: Benchmark, methods: list[str], lesions: int, out_path: Path) -> Path:
+    """The first ``lesions`` test lesion volumes under each method's seed-0 run (evaluated again with the
+    bundle's ``evaluate``, keeping the examples), rows grouped by lesion, each at the run's validation Dice
+    threshold."""
+    examples = {}
+    for method in methods:
+        run_dir = bench.run_dir("3d", method, 0)
+        result = json.loads((run_dir / "result.json").read_text())
+        overrides = bench.evaluation_overrides("3d", method, bench.bundle_overrides("3d", method, 0, {}))
+        bench.bundle.evaluate(
+            run_dir / "checkpoints" / "model.pt",
+            "test",
+            run_dir / "eval_figure",
+            overrides,
+            num_examples=lesions,
+        )
+        with np.load(run_dir / "eval_figure" / "test_examples.npz") as z:
+            examples[method] = ({k: z[k] for k in z.files}, float(result["val_tau"]["Dice"]))
+    rows = []
+    for k in range(lesions):
+        for method, (ex, tau) in examples.items():
+            rows.append(
+                {
+                    "image": ex["images"][k],
+                    "cam": ex["cams"][k],
+                    "gt_mask": ex["gt_masks"][k],
+                    "tau": tau,
+                    "name": f"lesion {k + 1}: {method} (tau {tau:.2f})",
+                }
+            )
+    return plot_orthogonal_slices(rows, out_path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +135,15 @@ def main(argv: list[str] | None = None) -> None:
         help="evaluate finished runs' models again (no training) and rewrite their result.json",
     )
     parser.add_argument(
+        "--figure",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="draw the first test lesion volumes under these finished methods' seed-0 runs, a row each per "
+        "lesion (orthogonal slices, the mask at the run's validation Dice threshold): <out>/orthogonal.png",
+    )
+    parser.add_argument("--figure-lesions", type=int, default=3, help="lesion volumes in the figure")
+    parser.add_argument(
         "--results", default=None, help="markdown table to write (default: <out>/results_3d.md)"
     )
     args = parser.parse_args(argv)
@@ -142,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     for method in args.methods:
         for seed in args.seeds:
             bench.run_one("3d", method, seed, {}, reevaluate=args.reevaluate)
+    if args.figure:
+        path = orthogonal_figure(bench, args.figure, args.figure_lesions, out / "orthogonal.png")
+        print(f"figure: {path}")
     # every finished run of the folder, also those of earlier invocations (other methods or seeds)
     records = [r for r in collect_results(out) if r["setting"] == "3d"]
     records.sort(key=lambda r: (ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER), r["seed"]))
