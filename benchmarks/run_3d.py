@@ -32,7 +32,7 @@ import numpy as np
 from monai_wsol.benchmark.figures import plot_orthogonal_slices
 from monai_wsol.benchmark.report import collect_results, write_results
 from monai_wsol.benchmark.runner import Benchmark
-from monai_wsol.metrics.map_shape import MAP_SHAPE_KEYS, map_shape
+from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS, map_shape
 
 COLUMNS = (
     "accuracy",
@@ -93,7 +93,7 @@ def orthogonal_figure(bench: Benchmark, methods: list[str], lesions: int, out_pa
 
 
 def map_shapes(bench: Benchmark, methods: list[str], seeds: list[int]) -> str:
-    """Markdown: each method's map shape figures (:mod:`monai_wsol.metrics.map_shape`) over every test lesion
+    """Markdown: each method's map shape figures (:mod:`monai_wsol.metrics.map_shapes`) over every test lesion
     volume of every seed, at each run's validation Dice threshold, and their differences from the first
     method's on the same lesions and seeds (Wilcoxon signed-rank test)."""
     from scipy.stats import wilcoxon

@@ -8,8 +8,9 @@
   MaxBoxAccV2 (3D volumes dispatch to ``volume.boxes_from_scorevolume``);
 - :class:`PxAPMetric`, :func:`pxap_histograms`, :func:`pxap_from_histograms`: pixel average precision.
 
-3D, mask overlap, per-lesion detection, localization accuracy, threshold choice and ignite handlers live in
-sibling modules (``volume``, ``mask_overlap``, ``detection``, ``localization``, ``threshold``, ``handlers``);
+3D, mask overlap, per-lesion detection, map shape, localization accuracy, threshold choice and ignite handlers
+live in sibling modules (``volume``, ``mask_overlap``, ``detection``, ``map_shapes``, ``localization``,
+``threshold``, ``handlers``);
 their public names are re-exported here lazily so that importing this package stays cheap and does not
 depend on all of them.
 """
@@ -36,7 +37,7 @@ from .contours import (
 )
 from .pxap import PxAPMetric, pxap_bin_edges, pxap_from_histograms, pxap_histograms
 
-_SIBLINGS = ("volume", "mask_overlap", "detection", "localization", "threshold", "handlers")
+_SIBLINGS = ("volume", "mask_overlap", "detection", "map_shapes", "localization", "threshold", "handlers")
 
 __all__ = [
     "BoxAccuracyMetric",

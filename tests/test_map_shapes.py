@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_wsol.metrics.map_shape import MAP_SHAPE_KEYS, map_shape
+from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS, map_shape
 
 
 def _lesion(shape=(20, 24, 10)) -> np.ndarray:
