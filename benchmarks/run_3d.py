@@ -52,16 +52,23 @@ SLICE_MODEL = "cam2d_slices"
 ORDER = ("prior", "supervised", "cam", SLICE_MODEL, "sfs1", "sfs2")
 
 
+def _setting(bench: Benchmark) -> str:
+    (name,) = bench.settings  # one setting per invocation
+    return name
+
+
 def test_examples(bench: Benchmark, method: str, seed: int, count: int) -> dict[str, np.ndarray]:
     """The first ``count`` test lesion volumes of a finished run with its maps (the bundle's ``evaluate`` run
     again with ``num_examples``; kept in ``<run>/eval_examples`` and reused while they suffice)."""
-    run_dir = bench.run_dir("3d", method, seed)
+    run_dir = bench.run_dir(_setting(bench), method, seed)
     path = run_dir / "eval_examples" / "test_examples.npz"
     if path.exists():
         with np.load(path) as z:
             if len(z["cams"]) >= count:
                 return {k: z[k][:count] for k in ("images", "cams", "gt_masks")}
-    overrides = bench.evaluation_overrides("3d", method, bench.bundle_overrides("3d", method, seed, {}))
+    overrides = bench.evaluation_overrides(
+        _setting(bench), method, bench.bundle_overrides(_setting(bench), method, seed, {})
+    )
     model = run_dir / "checkpoints" / "model.pt"
     bench.bundle.evaluate(model, "test", run_dir / "eval_examples", overrides, num_examples=count)
     with np.load(path) as z:
@@ -69,7 +76,7 @@ def test_examples(bench: Benchmark, method: str, seed: int, count: int) -> dict[
 
 
 def _dice_tau(bench: Benchmark, method: str, seed: int) -> float:
-    result = json.loads((bench.run_dir("3d", method, seed) / "result.json").read_text())
+    result = json.loads((bench.run_dir(_setting(bench), method, seed) / "result.json").read_text())
     return float(result["val_tau"]["Dice"])
 
 
@@ -98,7 +105,7 @@ def map_shapes(bench: Benchmark, methods: list[str], seeds: list[int]) -> str:
     method's on the same lesions and seeds (Wilcoxon signed-rank test)."""
     from scipy.stats import wilcoxon
 
-    path = bench.datalist("3d")
+    path = bench.datalist(_setting(bench))
     datalist = json.loads(path.read_text())
     lesions = sum(1 for item in datalist["test"] if item["label"])
     # the crops keep the source's spacing: offsets in mm
@@ -172,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="generator's interleave_3d: train / val / train / test / train slabs",
     )
+    parser.add_argument(
+        "--distractor",
+        action="store_true",
+        help="the co-occurring distractor setting (generator's distractor=True; setting '3d_distractor')",
+    )
     parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--batch-size", type=int, default=8)
     # 19 slices per volume: a pass over the slices is 19 x the samples of a pass over the volumes, of
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         "<out>/map_shapes.md",
     )
     parser.add_argument(
-        "--results", default=None, help="markdown table to write (default: <out>/results_3d.md)"
+        "--results", default=None, help="per-run table to write (default: <out>/results_<setting>.md)"
     )
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -213,10 +225,13 @@ def main(argv: list[str] | None = None) -> None:
         "lesion_radius": tuple(args.lesion_radius),
         "slab_weights": tuple(args.slab_weights),
         "interleave_3d": bool(args.interleave),
+        "distractor": bool(args.distractor),
     }
+    # the distractor setting has its own data and runs beside the plain one in the same folder
+    setting = "3d_distractor" if args.distractor else "3d"
     bench = Benchmark(
         bench_dir=out,
-        settings={"3d": data},
+        settings={setting: data},
         methods=args.methods,
         seeds=args.seeds,
         data_root=out / "data",
@@ -243,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for method in args.methods:
         for seed in args.seeds:
-            bench.run_one("3d", method, seed, {}, reevaluate=args.reevaluate)
+            bench.run_one(setting, method, seed, {}, reevaluate=args.reevaluate)
     if args.figure:
         path = orthogonal_figure(bench, args.figure, args.figure_lesions, out / "orthogonal.png")
         print(f"figure: {path}")
@@ -252,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
         (out / "map_shapes.md").write_text(text)
         print(text)
     # every finished run of the folder, also those of earlier invocations (other methods or seeds)
-    records = [r for r in collect_results(out) if r["setting"] == "3d"]
+    every_setting = collect_results(out)
+    records = [r for r in every_setting if r["setting"] == setting]
     records.sort(key=lambda r: (ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER), r["seed"]))
     ceiling = {r["seed"]: r["test"]["MaxBoxAccV2"] for r in records if r["method"] == "supervised"}
     lines = [
@@ -274,16 +290,17 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + f" | {share_cell} |")
     table = "\n".join(lines)
     print(table)
-    target = Path(args.results) if args.results else out / "results_3d.md"
+    target = Path(args.results) if args.results else out / f"results_{setting}.md"
     target.write_text(table + "\n")
-    (out / "results_3d.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"results_{setting}.json").write_text(json.dumps(rows, indent=2) + "\n")
     # mean +- std over seeds, the bounds, and the paired tests of the block and of the 3D CAM against every
-    # other method (results.md / results.csv); FalseComp (lower is better) stays in the per-run table
-    methods = {r["method"] for r in records}
+    # other method, per setting (results.md / results.csv); FalseComp (lower is better) stays in the per-run
+    # table
+    methods = {r["method"] for r in every_setting}
     references = [m for m in ("sfs2", "sfs1", "cam") if m in methods]
     if references:
         metrics = [m for m in COLUMNS[:-1] if m != "FalseComp@val_tau"]
-        _, md = write_results(out, records, reference=references, metrics=metrics, order=ORDER)
+        _, md = write_results(out, every_setting, reference=references, metrics=metrics, order=ORDER)
         print(f"summary and paired tests: {md}")
 
 
