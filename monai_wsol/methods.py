@@ -215,7 +215,7 @@ def _labels_forward(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> An
 # name -> (registry plug-in, default positions per backbone, plug-in option names).
 # "two" on DenseNet: after its last two dense blocks (denseblock3 and denseblock4 of DenseNet121)
 _ADL_POSITIONS = {"cnn": "two", "densenet121": "two", "vgg16": ("conv3_3", "conv4_3", "conv5_3")}
-_SFS_OPTIONS = ("cr", "t", "init", "g", "reduction_channels")
+_SFS_OPTIONS = ("cr", "t", "init", "g", "reduction_channels", "branches")
 _PLUGINS: dict[str, tuple[str, Mapping[str, Any], tuple[str, ...]]] = {
     "adl": ("adl", _ADL_POSITIONS, ("drop_rate", "gamma")),
     "sfs1": ("dual_suppression", {"cnn": "one", "densenet121": "one", "vgg16": "one"}, _SFS_OPTIONS),

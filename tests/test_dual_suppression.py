@@ -161,6 +161,41 @@ def test_passthrough_init_is_even_blend(spatial_dims):
     assert not torch.allclose(random_block(x), expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_ablations_replace_one_branch_by_the_features_or_drop_the_enhancement(spatial_dims):
+    """The ablations: one suppression only (the other branch's place taken by the clamped F), and branch 1
+    without its enhancement; with random weights the whole forward is checked, not only the init."""
+    torch.manual_seed(6)
+    c = 5
+    x = torch.randn(2, c, *([6] * spatial_dims))
+    clamped = x.clamp_min(0)
+    conv = F.conv2d if spatial_dims == 2 else F.conv3d
+
+    def by_hand(block, d, s):
+        fused = torch.cat([d, s], dim=1)
+        w_star = torch.sigmoid(block.fc2(F.relu(block.fc1(fused.flatten(2).amax(dim=2)))))
+        weighted = fused * w_star.reshape(2, 2 * c, *([1] * spatial_dims))
+        return conv(weighted, block.conv.weight, block.conv.bias)
+
+    d, s = suppress_discriminative(x, 0.8), suppress_irrelevant(x, 0.4)
+    for branches, pair in (("discriminative", (d, clamped)), ("irrelevant", (clamped, s)), ("both", (d, s))):
+        block = DualSuppressionBlock(spatial_dims, c, init="random", branches=branches)
+        torch.testing.assert_close(block(x), by_hand(block, *pair))
+    # at the pass-through init the one-branch blocks blend that branch evenly with F
+    block = DualSuppressionBlock(spatial_dims, c, branches="discriminative")
+    torch.testing.assert_close(block(x), 0.5 * (d + clamped))
+    # without the enhancement branch 1 keeps F below cr * m_c, unchanged
+    m = clamped.flatten(2).amax(2).reshape(2, c, *([1] * spatial_dims))
+    plain = suppress_discriminative(x, 0.8, g="identity")
+    torch.testing.assert_close(plain, torch.where(clamped < 0.8 * m, clamped, torch.zeros_like(x)))
+    assert (suppress_discriminative(x, 0.8)[plain > 0] > plain[plain > 0]).all()  # exp enhances those
+    block = DualSuppressionBlock(spatial_dims, c, g="identity")
+    torch.testing.assert_close(block(x), 0.5 * (plain + s))
+    assert "branches='irrelevant'" in repr(DualSuppressionBlock(2, c, branches="irrelevant"))
+    with pytest.raises(ValueError, match="branches must be one of"):
+        DualSuppressionBlock(2, c, branches="neither")
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(5)
     x = torch.rand(2, 4, 6, 6, requires_grad=True)

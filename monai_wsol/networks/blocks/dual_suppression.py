@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 
 __all__ = [
+    "BRANCHES",
     "G_FAMILIES",
     "DualSuppressionBlock",
     "g_alpha",
@@ -36,8 +37,13 @@ __all__ = [
 
 #: Families offered for the enhancement map ``g(x) = m * h(alpha * x / m)``; ``h`` is concave, increasing,
 #: ``h(0) = 0``, and ``alpha`` is fixed by ``cr`` so that ``h(alpha * cr) = cr`` (the intersection with the
-#: identity lands exactly at ``cr * m``). "exp" is docs/method.md's reference choice and the default.
-G_FAMILIES = ("exp", "tanh")
+#: identity lands exactly at ``cr * m``). "exp" is docs/method.md's reference choice and the default;
+#: "identity" (``g(x) = x``, no enhancement) is the ablation "without the enhancement".
+G_FAMILIES = ("exp", "tanh", "identity")
+#: Which suppression branches the block computes: both (the method), or one of them for the ablation, the
+#: other branch then passing the clamped features unchanged (fusion, selection and the 1x1 conv stay as they
+#: are).
+BRANCHES = ("both", "discriminative", "irrelevant")
 
 
 def g_alpha(cr: float, g: str = "exp") -> float:
@@ -45,13 +51,16 @@ def g_alpha(cr: float, g: str = "exp") -> float:
 
     - ``"exp"``: ``h(u) = 1 - exp(-u)``, ``alpha = -ln(1 - cr) / cr`` (the reference
       of docs/method.md; ~2.012 at cr=0.8);
-    - ``"tanh"``: ``h(u) = tanh(u)``, ``alpha = atanh(cr) / cr`` (~1.373 at cr=0.8), a flatter alternative.
+    - ``"tanh"``: ``h(u) = tanh(u)``, ``alpha = atanh(cr) / cr`` (~1.373 at cr=0.8), a flatter alternative;
+    - ``"identity"``: ``h(u) = u``, ``alpha = 1``: no enhancement (the ablation).
     """
     _check_fraction("cr", cr)
     if g == "exp":
         return -math.log1p(-cr) / cr
     if g == "tanh":
         return math.atanh(cr) / cr
+    if g == "identity":
+        return 1.0
     raise ValueError(f"g must be one of {G_FAMILIES}, got {g!r}.")
 
 
@@ -90,8 +99,10 @@ def _discriminative_from_max(
     if g == "exp":
         # g(x) = m (1 - exp(-alpha x / m)); not expm1, which the TorchScript ONNX exporter cannot export
         enhanced = (1.0 - torch.exp(ratio * -alpha)) * safe_m
-    else:
+    elif g == "tanh":
         enhanced = torch.tanh(ratio * alpha) * safe_m  # g(x) = m tanh(alpha x / m)
+    else:
+        enhanced = x  # "identity": suppression without enhancement
     return enhanced.masked_fill(x >= cr * m, 0.0)  # ">= cr * m_c -> 0": the most discriminative features go
 
 
@@ -181,7 +192,11 @@ class DualSuppressionBlock(nn.Module):
         reduction_channels: width R of the squeeze FC; default ``in_channels`` (docs/method.md: FC(2C->C)).
         init: ``"passthrough"`` or ``"random"`` (see above).
         g: enhancement family of branch 1, one of :data:`G_FAMILIES`. Default ``"exp"`` (docs/method.md's
-            reference).
+            reference); ``"identity"`` ablates the enhancement.
+        branches: ``"both"`` (default, the method), or ``"discriminative"`` / ``"irrelevant"`` to keep only
+            that suppression for the ablation (:data:`BRANCHES`): the other branch's place in the fusion is
+            taken by the clamped ``F`` itself, so the block's shape, selection and initialisation are those of
+            the full block (``F* = 0.5 * D + 0.5 * F`` at step 0 for ``"discriminative"``).
     """
 
     def __init__(
@@ -193,6 +208,7 @@ class DualSuppressionBlock(nn.Module):
         reduction_channels: int | None = None,
         init: str = "passthrough",
         g: str = "exp",
+        branches: str = "both",
     ) -> None:
         super().__init__()
         if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
@@ -213,6 +229,9 @@ class DualSuppressionBlock(nn.Module):
             )
         if init not in ("passthrough", "random"):
             raise ValueError(f"init must be 'passthrough' or 'random', got {init!r}.")
+        if branches not in BRANCHES:
+            raise ValueError(f"branches must be one of {BRANCHES}, got {branches!r}.")
+        self.branches = branches
         self.spatial_dims = int(spatial_dims)
         self.in_channels = in_channels
         self.cr = float(cr)
@@ -258,8 +277,13 @@ class DualSuppressionBlock(nn.Module):
         # "The block assumes non-negative activations ...; clamp F at 0 before the branches."
         x = x.clamp_min(0)
         m = _channel_max(x)  # m_c, per sample and per channel, over all spatial positions
-        d = _discriminative_from_max(x, m, self.cr, self.alpha, self.g)  # Branch 1
-        s = _irrelevant_from_max(x, m, self.t)  # Branch 2
+        # Branch 1 and Branch 2 (an ablated branch passes F unchanged, see ``branches``)
+        d = (
+            _discriminative_from_max(x, m, self.cr, self.alpha, self.g)
+            if self.branches != "irrelevant"
+            else x
+        )
+        s = _irrelevant_from_max(x, m, self.t) if self.branches != "discriminative" else x
         fused = torch.cat([d, s], dim=1)  # Fusion: M = concat(D, S), (B, 2C, *spatial)
         w1 = _channel_max(fused)  # step 1: global MAX pooling, (B, 2C, 1, ..., 1)
         w2 = F.relu(self.fc1(w1.flatten(1)))  # step 2: FC(2C -> C) + ReLU
@@ -272,4 +296,5 @@ class DualSuppressionBlock(nn.Module):
         return (
             f"spatial_dims={self.spatial_dims}, in_channels={self.in_channels}, cr={self.cr}, t={self.t}, "
             f"g={self.g!r}, alpha={self.alpha:.4f}, init={self.init!r}"
+            + ("" if self.branches == "both" else f", branches={self.branches!r}")
         )
