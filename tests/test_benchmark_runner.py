@@ -222,3 +222,27 @@ def test_to_jsonable_makes_results_strict_json(tmp_path):
     out = to_jsonable({1: (0.5, math.nan), "t": torch.tensor(2.5), "p": Path("x"), "inf": math.inf})
     assert out == {"1": [0.5, None], "t": 2.5, "p": "x", "inf": None}
     atomic_write_json(tmp_path / "r.json", out)  # allow_nan=False: would raise on a NaN
+
+
+def test_every_ablation_variant_builds_the_network_it_names():
+    """configs/ablation.json over configs/benchmark.json: each listed variant builds with the benchmark's
+    backbone and carries its option into the block (a stale position or option name fails here)."""
+    parser = ConfigParser()
+    parser.read_config([REPO / "configs" / "benchmark.json", REPO / "configs" / "ablation.json"])
+    bench = parser.get_parsed_content("benchmark", instantiate=True)
+    x = torch.rand(1, 1, 32, 32)
+    for name in bench.methods:
+        backbone, net_kwargs = bench.network(name)
+        options, _ = bench.choose("default", name)
+        net = build_method(
+            bench.base_method(name), 2, 1, 2, backbone=backbone, net_kwargs=net_kwargs, **options
+        ).net
+        assert net(x).shape == (1, 2), name
+        blocks = [m for m in net.modules() if type(m).__name__ == "DualSuppressionBlock"]
+        variant = bench.variants.get(name, {})
+        for key in ("branches", "g", "t", "init"):
+            if key in variant:
+                assert blocks and all(getattr(b, key) == variant[key] for b in blocks), (name, key)
+        if name == "sfs1_conv5":  # the block where the variant puts it, and only there
+            blocks = [n for n, m in net.named_modules() if type(m).__name__ == "DualSuppressionBlock"]
+            assert blocks == ["backbone.plugin_conv5"]
