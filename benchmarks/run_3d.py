@@ -12,12 +12,14 @@ resume from their last epoch. Run::
         --slab-weights 2 1 1 --no-interleave --epochs 40                 # the first recipe (did not learn)
     python benchmarks/run_3d.py --out runs/bench3d --methods cam sfs2 --seeds 0 1 2
     python benchmarks/run_3d.py --out runs/bench3d --methods cam2d_slices   # the 2D model, slice by slice
+    python benchmarks/run_3d.py --out runs/bench3d --methods cam2d_volume_labels
 
 ``cam2d_slices`` is the same CNN in 2D, trained on the axial slices of the training volumes (each slice
 labelled by whether the mask reaches it: slice-level labels, more supervision than the 3D networks' one
 label per volume) and evaluated on the same validation and test volumes slice by slice, as the bundle runs a
 2D model on a volume (one CAM volume, normalised as a whole; the volume's class from its most probable
-slice).
+slice). ``cam2d_volume_labels`` is the same with every slice labelled by its volume (the supervision the 3D
+networks have: a lesion volume's slices that miss the lesion are labelled "lesion" too).
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ COLUMNS = (
     "train_seconds",
 )
 
-#: the 2D network trained on the volumes' axial slices, evaluated on the volumes slice by slice
-SLICE_MODEL = "cam2d_slices"
+#: the 2D network trained on the volumes' axial slices (slice labels / volume labels), evaluated on the
+#: volumes slice by slice
+SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS = "cam2d_slices", "cam2d_volume_labels"
 #: table order: the bounds, then the plain CAM networks, then the blocks
-ORDER = ("prior", "supervised", "cam", SLICE_MODEL, "sfs1", "sfs2")
+ORDER = ("prior", "supervised", "cam", SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS, "sfs1", "sfs2")
 
 
 def _setting(bench: Benchmark) -> str:
@@ -188,8 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     # 19 slices per volume: a pass over the slices is 19 x the samples of a pass over the volumes, of
     # 1/19 the voxels each; larger batches keep the step count of an epoch near the 3D networks'
-    parser.add_argument("--slice-epochs", type=int, default=8, help="epochs of cam2d_slices")
-    parser.add_argument("--slice-batch-size", type=int, default=64, help="batch size of cam2d_slices")
+    parser.add_argument("--slice-epochs", type=int, default=8, help="epochs of the 2D slice networks")
+    parser.add_argument(
+        "--slice-batch-size", type=int, default=64, help="batch size of the 2D slice networks"
+    )
     parser.add_argument(
         "--reevaluate",
         action="store_true",
@@ -249,11 +254,13 @@ def main(argv: list[str] | None = None) -> None:
         report=False,
         spatial_dims=3,
         variants={
-            SLICE_MODEL: {
+            name: {
                 "method": "cam",
                 "slice_axis": 2,
+                "slice_labels": labels,
                 "train": {"epochs": args.slice_epochs, "batch_size": args.slice_batch_size},
             }
+            for name, labels in ((SLICE_MODEL, "slice"), (SLICE_MODEL_VOLUME_LABELS, "volume"))
         },
     )
     for method in args.methods:

@@ -79,6 +79,19 @@ def test_slices_hold_the_volumes_pixels_positions_labels_and_boxes(volumes, tmp_
     assert path.stat().st_mtime_ns == mtime
 
 
+def test_volume_labels_give_every_slice_its_volumes_label(volumes, tmp_path):
+    path = slice_datalist(volumes / "datalist.json", tmp_path / "v", splits=("training",), labels="volume")
+    data = json.loads(path.read_text())
+    assert data["slice_labels"] == "volume"
+    labels = [i["label"] for i in data["training"]]
+    assert (
+        labels == [1] * SHAPE[2] + [0] * SHAPE[2]
+    )  # the lesion volume's slices all 1, even lesion-free ones
+    assert [i["boxes"] for i in data["training"]][:2] == [[], []]  # boxes still the slice's own regions
+    with pytest.raises(ValueError, match="labels must be 'slice' or 'volume'"):
+        slice_datalist(volumes / "datalist.json", tmp_path / "w", labels="both")
+
+
 def _regions(mask: np.ndarray) -> list[np.ndarray]:
     from scipy import ndimage
 
@@ -121,7 +134,10 @@ def test_benchmark_slice_variant_trains_2d_on_slices_and_evaluates_the_volumes(v
         image_size=32,
         data_root=tmp_path / "data",
         train={"epochs": 5, "batch_size": 2},
-        variants={"cam2d": {"method": "cam", "slice_axis": 2, "train": {"batch_size": 16}}},
+        variants={
+            "cam2d": {"method": "cam", "slice_axis": 2, "train": {"batch_size": 16}},
+            "cam2d_vol": {"method": "cam", "slice_axis": 2, "slice_labels": "volume"},
+        },
     )
     volume_run = bench.bundle_overrides("v", "cam", 0, {})
     assert volume_run["spatial_dims"] == 3 and volume_run["datalist"] == str(volumes / "datalist.json")
@@ -136,6 +152,9 @@ def test_benchmark_slice_variant_trains_2d_on_slices_and_evaluates_the_volumes(v
     assert evaluation["spatial_dims"] == 2 and evaluation["image_spatial_dims"] == 3
     assert evaluation["slice_axis"] == 2
     assert bench.choose("v", "cam2d") == ({}, None)  # the variant's network keys are no method options
+    assert bench.choose("v", "cam2d_vol") == ({}, None)
+    volume_labels = Path(bench.bundle_overrides("v", "cam2d_vol", 0, {})["datalist"])
+    assert volume_labels != slices and json.loads(volume_labels.read_text())["slice_labels"] == "volume"
     for bad in ({"slice_axis": 3}, {"slice_axis": True}):
         with pytest.raises(ValueError, match="slice_axis"):
             Benchmark(tmp_path, {"v": {}}, ["x"], spatial_dims=3, variants={"x": {"method": "cam", **bad}})

@@ -56,7 +56,7 @@ logger = logging.getLogger("monai_wsol.benchmark")
 POSTHOC: dict[str, str] = {"gradcam": "cam", "gradcampp": "cam"}
 _LESION = 1  # the class whose CAM localizes (binary lesion / no lesion)
 #: variant entries that choose the network and its data rather than the method's options
-_VARIANT_NETWORK_KEYS = ("method", "backbone", "net_kwargs", "slice_axis", "train")
+_VARIANT_NETWORK_KEYS = ("method", "backbone", "net_kwargs", "slice_axis", "slice_labels", "train")
 
 #: the bundle training keys the benchmark sets for every method alike (``train`` overrides them)
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -138,8 +138,9 @@ class Benchmark:
             ``"slice_axis"`` entry makes the variant a **2D** network trained on the slices of the setting's
             training volumes along that array axis (:func:`monai_wsol.data.slices.slice_datalist`: slice-level
             labels from the masks) and evaluated on the volumes slice by slice, as the bundle runs a 2D model
-            on a volume. A ``"train"`` entry overrides ``train`` for that variant (e.g. a slice network's
-            batch size).
+            on a volume; ``"slice_labels": "volume"`` trains it on every slice with its volume's label (the
+            supervision a 3D network has) instead. A ``"train"`` entry overrides ``train`` for that variant
+            (e.g. a slice network's batch size).
         report: write ``results.csv`` / ``results.md`` and the figures at the end.
     """
 
@@ -250,16 +251,22 @@ class Benchmark:
         axis = self.variants.get(method, {}).get("slice_axis")
         return None if axis is None else int(axis)
 
-    def slices_datalist(self, setting: str, slice_axis: int) -> Path:
-        """The 2D datalist of the slices of ``setting``'s volumes along ``slice_axis`` (written once)."""
+    def slices_datalist(self, setting: str, slice_axis: int, labels: str = "slice") -> Path:
+        """The 2D datalist of the slices of ``setting``'s volumes along ``slice_axis`` (written once), with
+        slice-level or volume-level ``labels``."""
         from monai_wsol.data.slices import slice_datalist
 
-        out = self.data_root / f"{setting}_slices_axis{slice_axis}"
+        suffix = "" if labels == "slice" else f"_{labels}_labels"
+        out = self.data_root / f"{setting}_slices_axis{slice_axis}{suffix}"
         if not (out / "datalist.json").exists():
             logger.info("cutting the %r volumes into slices along axis %d in %s", setting, slice_axis, out)
         # the network is evaluated on the volumes: its test split's slices would not be read
         return slice_datalist(
-            self.datalist(setting), out, slice_axis=slice_axis, splits=("training", "validation")
+            self.datalist(setting),
+            out,
+            slice_axis=slice_axis,
+            splits=("training", "validation"),
+            labels=labels,
         )
 
     # -- one run
@@ -276,7 +283,11 @@ class Benchmark:
         the slices' datalist and a 2D network; :meth:`evaluation_overrides` gives its evaluation's)."""
         backbone, net_kwargs = self.network(method)
         axis = self.slice_axis(method)
-        datalist = self.datalist(setting) if axis is None else self.slices_datalist(setting, axis)
+        if axis is None:
+            datalist = self.datalist(setting)
+        else:
+            labels = str(self.variants[method].get("slice_labels", "slice"))
+            datalist = self.slices_datalist(setting, axis, labels)
         if self.base_method(method) in BOUNDS:
             datalist = self._lesion_or_not(setting, datalist)
         spatial_dims = self.spatial_dims if axis is None else 2

@@ -6,9 +6,12 @@ into its slices along one array axis and writes a 2D datalist beside them:
 
 - each slice is a 2D NIfTI file whose affine places it where it lies in the volume (the volume's affine,
   translated along the slice axis), so the slices keep the volume's spacing and world positions;
-- a slice's ``label`` is its volume's ``label`` when the mask has a voxel in that slice, else 0: a 2D model
-  trained on them gets **slice-level** labels, one per slice, more supervision than the volume-level label a
-  3D model gets from the same data (say so wherever the two are compared);
+- a slice's ``label`` is its volume's ``label`` when the mask has a voxel in that slice, else 0
+  (``labels="slice"``): a 2D model trained on them gets **slice-level** labels, one per slice, more
+  supervision than the volume-level label a 3D model gets from the same data (say so wherever the two are
+  compared); with ``labels="volume"`` every slice carries its volume's label, the supervision a 3D model has
+  (slices of a lesion volume that miss the lesion are then labelled "lesion": the label noise of that
+  setting);
 - its ``boxes`` are the mask slice's connected regions (the transforms' StandardMode, max corner
   exclusive, as :func:`monai_wsol.data.synthetic.gt_boxes` writes them); ``source`` and ``slice_index`` name
   where it came from.
@@ -63,6 +66,7 @@ def slice_datalist(
     out_dir: str | Path,
     slice_axis: int = 2,
     splits: Sequence[str] = ("training", "validation", "test"),
+    labels: str = "slice",
 ) -> Path:
     """Write the slices of every volume of ``splits`` under ``out_dir``; return the 2D ``datalist.json``.
 
@@ -73,9 +77,13 @@ def slice_datalist(
             returned as it is (delete the folder to rebuild).
         slice_axis: the array axis the volumes are cut along (0, 1, 2; -1 is 2).
         splits: the splits to cut (each must be in the datalist).
+        labels: ``"slice"`` (a slice is a lesion slice where the mask reaches it) or ``"volume"`` (every
+            slice has its volume's label); see the module docstring.
     """
     if isinstance(slice_axis, bool) or slice_axis not in (-1, 0, 1, 2):
         raise ValueError(f"slice_datalist: slice_axis must be 0, 1, 2 or -1, got {slice_axis!r}.")
+    if labels not in ("slice", "volume"):
+        raise ValueError(f"slice_datalist: labels must be 'slice' or 'volume', got {labels!r}.")
     axis = int(slice_axis) % 3
     datalist = Path(datalist)
     out_dir = Path(out_dir)
@@ -89,6 +97,7 @@ def slice_datalist(
         "description": f"2D slices along array axis {axis} of {datalist}; slice-level labels from the masks",
         "spatial_dims": 2,
         "slice_axis": axis,
+        "slice_labels": labels,
         "source_datalist": str(datalist.resolve()),
         "box_mode": "xyxy",
         "box_convention": BOX_CONVENTION,
@@ -124,7 +133,7 @@ def slice_datalist(
                 items.append(
                     {
                         "image": f"images/{name}",
-                        "label": int(entry["label"]) if mask_slice.any() else 0,
+                        "label": int(entry["label"]) if labels == "volume" or mask_slice.any() else 0,
                         "mask": f"masks/{name}",
                         "boxes": gt_boxes(mask_slice),
                         "source": str(entry["image"]),
