@@ -839,6 +839,12 @@ def test_completed_output_needs_the_same_image_and_every_file(tmp_path):
     (tmp_path / "a_mask.nii.gz").write_bytes(b"x")
     assert completed_output(tmp_path, "a", "/in/a.nii.gz") == tmp_path / "a_localization.json"
     assert completed_output(tmp_path, "a", "/other/a.nii.gz") is None
+    # every optional output it lists must be there too, the overlay picture as much as a DICOM object
+    for key in ("overlay_file", "seg_file"):
+        (tmp_path / "a_localization.json").write_text(json.dumps({**doc, key: str(tmp_path / f"a_{key}")}))
+        assert completed_output(tmp_path, "a", "/in/a.nii.gz") is None
+        (tmp_path / f"a_{key}").write_bytes(b"x")
+        assert completed_output(tmp_path, "a", "/in/a.nii.gz") is not None
     (tmp_path / "a_localization.json").write_text('{"image": "/in/a.nii.gz", "cam_f')  # cut short
     assert completed_output(tmp_path, "a", "/in/a.nii.gz") is None
 

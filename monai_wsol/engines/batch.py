@@ -44,10 +44,20 @@ from monai_wsol.data.input_checks import InputCheckError
 from monai_wsol.data.readers import ImageReadError, NotAnImageError
 from monai_wsol.io_utils import atomic_write_text
 
+#: (``files`` key of a prediction row, key of the per-input JSON) of each optional output
+OUTPUT_FILE_KEYS = (
+    ("dicom_seg", "seg_file"),
+    ("dicom_parametric_map", "parametric_map_file"),
+    ("dicom_sr", "sr_file"),
+    ("overlay", "overlay_file"),
+    ("dicom_overlay", "overlay_sc_file"),
+)
 #: the per-input JSON's keys of the DICOM objects written for a DICOM input, in the order they are stored
-DICOM_FILE_KEYS = ("seg_file", "parametric_map_file", "sr_file", "overlay_sc_file")
+DICOM_FILE_KEYS = tuple(doc_key for key, doc_key in OUTPUT_FILE_KEYS if key.startswith("dicom"))
 
 __all__ = [
+    "DICOM_FILE_KEYS",
+    "OUTPUT_FILE_KEYS",
     "IMAGE_SUFFIXES",
     "RECORD_KEY",
     "PROBLEM_KEY",
@@ -233,7 +243,8 @@ def completed_output(output_dir: str | os.PathLike, stem: str, source: str) -> P
         return None
     if not isinstance(doc, dict) or doc.get("image") != str(source):
         return None
-    files = [doc.get(k) for k in ("cam_file", "mask_file", *DICOM_FILE_KEYS) if k in doc]
+    listed = ("cam_file", "mask_file", *(doc_key for _, doc_key in OUTPUT_FILE_KEYS))
+    files = [doc.get(k) for k in listed if k in doc]
     return path if all(isinstance(f, str) and Path(f).is_file() for f in files) else None
 
 

@@ -36,6 +36,7 @@ from monai.utils import CommonKeys
 from monai_wsol.data.readers import short_error
 from monai_wsol.engines.batch import (
     INDEX_META,
+    OUTPUT_FILE_KEYS,
     PROBLEM_KEY,
     RECORD_KEY,
     STEM_META,
@@ -291,16 +292,6 @@ def inference_items(
     return [{"image": item["image"]} for item in items if PROBLEM_KEY not in item]
 
 
-#: (``files`` key of a prediction row, key of the per-input JSON) of each optional output
-_FILE_KEYS = (
-    ("dicom_seg", "seg_file"),
-    ("dicom_parametric_map", "parametric_map_file"),
-    ("dicom_sr", "sr_file"),
-    ("overlay", "overlay_file"),
-    ("dicom_overlay", "overlay_sc_file"),
-)
-
-
 class LocalizationWriter:
     """Write each image's localization (attach to the inference/evaluation evaluator,
     ``ITERATION_COMPLETED``).
@@ -548,7 +539,7 @@ class LocalizationWriter:
             lesion = lesion if isinstance(lesion, int) and not isinstance(lesion, bool) else 1
             slice_probs = torch.softmax(_plain(torch.as_tensor(item[SLICE_PRED_KEY])).float(), dim=-1)
             extra["slice_probabilities"] = [round(float(p), 6) for p in slice_probs[:, lesion].cpu()]
-        for key, doc_key in _FILE_KEYS:
+        for key, doc_key in OUTPUT_FILE_KEYS:
             if key in files:
                 extra[doc_key] = files[key]
         json_path = localization_path(self.output_dir, stem)
@@ -639,7 +630,7 @@ def prediction_row(json_path: str | os.PathLike) -> dict:
     probs = [float(p) for p in doc["class_probabilities"]]
     names = doc.get("class_names") or [str(i) for i in range(len(probs))]
     files = {"cam": doc["cam_file"], "mask": doc["mask_file"]}
-    files.update({key: doc[doc_key] for key, doc_key in _FILE_KEYS if doc.get(doc_key)})
+    files.update({key: doc[doc_key] for key, doc_key in OUTPUT_FILE_KEYS if doc.get(doc_key)})
     files["json"] = str(path)
     return {
         "image": doc["image"],
