@@ -28,13 +28,10 @@ import argparse
 import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
 from monai_wsol.benchmark.figures import plot_orthogonal_slices
 from monai_wsol.benchmark.report import collect_results, write_results
 from monai_wsol.benchmark.runner import Benchmark
-from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS, map_shape
+from monai_wsol.benchmark.shapes import lesion_examples, map_shape_table, validation_dice_tau
 
 COLUMNS = (
     "accuracy",
@@ -60,33 +57,14 @@ def _setting(bench: Benchmark) -> str:
     return name
 
 
-def test_examples(bench: Benchmark, method: str, seed: int, count: int) -> dict[str, np.ndarray]:
-    """The first ``count`` test lesion volumes of a finished run with its maps (the bundle's ``evaluate`` run
-    again with ``num_examples``; kept in ``<run>/eval_examples`` and reused while they suffice)."""
-    run_dir = bench.run_dir(_setting(bench), method, seed)
-    path = run_dir / "eval_examples" / "test_examples.npz"
-    if path.exists():
-        with np.load(path) as z:
-            if len(z["cams"]) >= count:
-                return {k: z[k][:count] for k in ("images", "cams", "gt_masks")}
-    overrides = bench.evaluation_overrides(
-        _setting(bench), method, bench.bundle_overrides(_setting(bench), method, seed, {})
-    )
-    model = run_dir / "checkpoints" / "model.pt"
-    bench.bundle.evaluate(model, "test", run_dir / "eval_examples", overrides, num_examples=count)
-    with np.load(path) as z:
-        return {k: z[k][:count] for k in ("images", "cams", "gt_masks")}
-
-
-def _dice_tau(bench: Benchmark, method: str, seed: int) -> float:
-    result = json.loads((bench.run_dir(_setting(bench), method, seed) / "result.json").read_text())
-    return float(result["val_tau"]["Dice"])
-
-
 def orthogonal_figure(bench: Benchmark, methods: list[str], lesions: int, out_path: Path) -> Path:
     """The first ``lesions`` test lesion volumes under each method's seed-0 run, rows grouped by lesion,
     each at the run's validation Dice threshold."""
-    examples = {m: (test_examples(bench, m, 0, lesions), _dice_tau(bench, m, 0)) for m in methods}
+    setting = _setting(bench)
+    examples = {
+        m: (lesion_examples(bench, setting, m, 0, lesions), validation_dice_tau(bench, setting, m, 0))
+        for m in methods
+    }
     rows = []
     for k in range(lesions):
         for method, (ex, tau) in examples.items():
@@ -100,46 +78,6 @@ def orthogonal_figure(bench: Benchmark, methods: list[str], lesions: int, out_pa
                 }
             )
     return plot_orthogonal_slices(rows, out_path)
-
-
-def map_shapes(bench: Benchmark, methods: list[str], seeds: list[int]) -> str:
-    """Markdown: each method's map shape figures (:mod:`monai_wsol.metrics.map_shapes`) over every test lesion
-    volume of every seed, at each run's validation Dice threshold, and their differences from the first
-    method's on the same lesions and seeds (Wilcoxon signed-rank test)."""
-    from scipy.stats import wilcoxon
-
-    path = bench.datalist(_setting(bench))
-    datalist = json.loads(path.read_text())
-    lesions = sum(1 for item in datalist["test"] if item["label"])
-    # the crops keep the source's spacing: offsets in mm
-    spacing = [float(z) for z in nib.load(path.parent / datalist["test"][0]["image"]).header.get_zooms()[:3]]
-    per_method: dict[str, np.ndarray] = {}
-    for method in methods:
-        rows = []
-        for seed in seeds:
-            ex, tau = test_examples(bench, method, seed, lesions), _dice_tau(bench, method, seed)
-            for cam, mask in zip(ex["cams"], ex["gt_masks"], strict=True):
-                rows.append([map_shape(cam, mask, tau, spacing)[k] for k in MAP_SHAPE_KEYS])
-        per_method[method] = np.asarray(rows, dtype=np.float64)
-    header = "| method | " + " | ".join(MAP_SHAPE_KEYS) + " |"
-    lines = [header, "|---" * (len(MAP_SHAPE_KEYS) + 1) + "|"]
-    for method, values in per_method.items():
-        cells = [f"{np.nanmean(v):.3f} (median {np.nanmedian(v):.3f})" for v in values.T]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    reference = methods[0]
-    lines += ["", f"Differences from `{reference}` on the same lesion volumes (mean; Wilcoxon p):", ""]
-    lines += [header.replace("| method |", "| method - " + reference + " |"), lines[1]]
-    for method, values in per_method.items():
-        if method == reference:
-            continue
-        cells = []
-        for k in range(len(MAP_SHAPE_KEYS)):
-            diff = values[:, k] - per_method[reference][:, k]
-            diff = diff[np.isfinite(diff)]
-            p = wilcoxon(diff).pvalue if len(diff) and np.any(diff != 0) else float("nan")
-            cells.append(f"{diff.mean():+.3f} (p {p:.2g})" if len(diff) else "n/a")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         path = orthogonal_figure(bench, args.figure, args.figure_lesions, out / "orthogonal.png")
         print(f"figure: {path}")
     if args.shapes:
-        text = map_shapes(bench, args.shapes, args.seeds)
+        text = map_shape_table(bench, setting, args.shapes, args.seeds)
         (out / "map_shapes.md").write_text(text)
         print(text)
     # every finished run of the folder, also those of earlier invocations (other methods or seeds)

@@ -246,3 +246,33 @@ def test_every_ablation_variant_builds_the_network_it_names():
         if name == "sfs1_conv5":  # the block where the variant puts it, and only there
             blocks = [n for n, m in net.named_modules() if type(m).__name__ == "DualSuppressionBlock"]
             assert blocks == ["backbone.plugin_conv5"]
+
+
+def test_map_shape_table_measures_every_test_lesion_of_the_runs(tiny, tmp_path, monkeypatch):
+    from monai_wsol.benchmark.shapes import lesion_examples, map_shape_table, validation_dice_tau
+    from monai_wsol.metrics import map_shape
+
+    bench = Benchmark(
+        tmp_path, {"d": {"datalist": str(tiny)}}, ["cam", "gradcam"], seeds=[0], image_size=32,
+        backbone="cnn", net_kwargs=TINY_CNN, train={"epochs": 1, "batch_size": 4}, num_examples=0,
+        report=False,
+    )  # fmt: skip
+    for method in ("cam", "gradcam"):
+        bench.run_one("d", method, 0, {})
+    table = map_shape_table(bench, "d", ["cam", "gradcam"], [0])
+    lesions = sum(1 for item in json.loads(tiny.read_text())["test"] if item["label"])
+    examples = lesion_examples(bench, "d", "cam", 0, lesions)
+    assert len(examples["cams"]) == lesions and examples["cams"].shape == examples["gt_masks"].shape
+    tau = validation_dice_tau(bench, "d", "cam", 0)
+    mass = np.mean(
+        [
+            map_shape(c, m, tau)["mass_in_lesion"]
+            for c, m in zip(examples["cams"], examples["gt_masks"], strict=True)
+        ]
+    )
+    cam_row = next(line for line in table.splitlines() if line.startswith("| cam |"))
+    assert cam_row.split("|")[2].strip().startswith(f"{mass:.3f}")
+    assert "| gradcam |" in table and "Differences from `cam`" in table
+    # the maps are kept: asking again evaluates nothing
+    monkeypatch.setattr(BundleRunner, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    assert map_shape_table(bench, "d", ["cam", "gradcam"], [0]) == table

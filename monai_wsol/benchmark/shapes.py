@@ -1,0 +1,93 @@
+"""Why a method's boxes and pixels disagree: the shape of its maps on the test lesions, method against method.
+
+For finished benchmark runs, :func:`lesion_examples` re-evaluates a run's model on the test split with the
+bundle's ``evaluate`` and keeps every lesion image's map (``<run>/eval_examples/test_examples.npz``, reused
+while it holds enough); :func:`map_shape_table` measures each map against its lesion with
+:func:`monai_wsol.metrics.map_shape` at the run's validation Dice threshold and compares methods on the same
+lesions and seeds (Wilcoxon signed-rank test of the paired differences). 2D and 3D alike; offsets in mm from
+the test images' voxel size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from monai_wsol.benchmark.runner import POSTHOC, Benchmark
+from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS, map_shape
+
+__all__ = ["lesion_examples", "map_shape_table", "validation_dice_tau"]
+
+_EXAMPLE_KEYS = ("images", "cams", "gt_masks")
+
+
+def lesion_examples(
+    bench: Benchmark, setting: str, method: str, seed: int, count: int
+) -> dict[str, np.ndarray]:
+    """The first ``count`` test lesion images of a finished run with their maps and GT masks (arrays
+    ``(count, *spatial)``)."""
+    run_dir = bench.run_dir(setting, method, seed)
+    path = run_dir / "eval_examples" / "test_examples.npz"
+    if path.exists():
+        with np.load(path) as z:
+            if len(z["cams"]) >= count:
+                return {k: z[k][:count] for k in _EXAMPLE_KEYS}
+    base = bench.base_method(method)
+    model_run = bench.run_dir(setting, POSTHOC[base], seed) if base in POSTHOC else run_dir
+    model = model_run / "checkpoints" / "model.pt"
+    if not model.is_file():
+        raise FileNotFoundError(f"{run_dir}: no finished model at {model}.")
+    overrides = bench.evaluation_overrides(setting, method, bench.bundle_overrides(setting, method, seed, {}))
+    bench.bundle.evaluate(model, "test", run_dir / "eval_examples", overrides, num_examples=count)
+    with np.load(path) as z:
+        return {k: z[k][:count] for k in _EXAMPLE_KEYS}
+
+
+def validation_dice_tau(bench: Benchmark, setting: str, method: str, seed: int) -> float:
+    """The mask threshold a finished run chose on validation (its best validation Dice)."""
+    result = json.loads((bench.run_dir(setting, method, seed) / "result.json").read_text())
+    return float(result["val_tau"]["Dice"])
+
+
+def map_shape_table(bench: Benchmark, setting: str, methods: Sequence[str], seeds: Sequence[int]) -> str:
+    """Markdown: each method's mean (and median) map shape figures over every test lesion image of every seed,
+    then each method's mean difference from ``methods[0]`` on the same lesions with its Wilcoxon p."""
+    from scipy.stats import wilcoxon
+
+    path = bench.datalist(setting)
+    datalist = json.loads(path.read_text())
+    lesions = sum(1 for item in datalist["test"] if item["label"])
+    first = nib.load(path.parent / datalist["test"][0]["image"])
+    spacing = [float(z) for z in first.header.get_zooms()[: len(first.shape)]]
+    per_method: dict[str, np.ndarray] = {}
+    for method in methods:
+        rows = []
+        for seed in seeds:
+            ex = lesion_examples(bench, setting, method, seed, lesions)
+            tau = validation_dice_tau(bench, setting, method, seed)
+            for cam, mask in zip(ex["cams"], ex["gt_masks"], strict=True):
+                rows.append([map_shape(cam, mask, tau, spacing)[k] for k in MAP_SHAPE_KEYS])
+        per_method[method] = np.asarray(rows, dtype=np.float64)
+    header = "| method | " + " | ".join(MAP_SHAPE_KEYS) + " |"
+    rule = "|---" * (len(MAP_SHAPE_KEYS) + 1) + "|"
+    lines = [header, rule]
+    for method, values in per_method.items():
+        cells = [f"{np.nanmean(v):.3f} (median {np.nanmedian(v):.3f})" for v in values.T]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    reference = methods[0]
+    lines += ["", f"Differences from `{reference}` on the same lesions and seeds (mean; Wilcoxon p):", ""]
+    lines += [header.replace("| method |", f"| method - {reference} |"), rule]
+    for method, values in per_method.items():
+        if method == reference:
+            continue
+        cells = []
+        for k in range(len(MAP_SHAPE_KEYS)):
+            diff = values[:, k] - per_method[reference][:, k]
+            diff = diff[np.isfinite(diff)]
+            p = wilcoxon(diff).pvalue if len(diff) and np.any(diff != 0) else float("nan")
+            cells.append(f"{diff.mean():+.3f} (p {p:.2g})" if len(diff) else "n/a")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
