@@ -74,7 +74,7 @@ def orthogonal_figure(bench: Benchmark, methods: list[str], lesions: int, out_pa
                     "cam": ex["cams"][k],
                     "gt_mask": ex["gt_masks"][k],
                     "tau": tau,
-                    "name": f"lesion {k + 1}: {method} (tau {tau:.2f})",
+                    "name": f"{k + 1}: {method} ({tau:.2f})",
                 }
             )
     return plot_orthogonal_slices(rows, out_path)
