@@ -28,6 +28,7 @@ restart, an interrupted run resumes from its last epoch checkpoint)::
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -288,8 +289,11 @@ class Benchmark:
         else:
             labels = str(self.variants[method].get("slice_labels", "slice"))
             datalist = self.slices_datalist(setting, axis, labels)
-        if self.base_method(method) in BOUNDS:
-            datalist = self._lesion_or_not(setting, datalist)
+        data = json.loads(datalist.read_text())  # read once: the classes and the declared size come from it
+        classes = self._classes(data)
+        if self.base_method(method) in BOUNDS and "num_classes" in classes:
+            datalist = self._lesion_or_not(setting, data)
+            classes = {"cam_class": _LESION}
         spatial_dims = self.spatial_dims if axis is None else 2
         # the prior is fitted once on the training masks before the first epoch and has nothing to learn after
         # it: more epochs would only repeat validation passes of the same map
@@ -302,26 +306,24 @@ class Benchmark:
             "datalist": str(datalist),
             "spatial_dims": spatial_dims,
             "spatial_size": self._spatial_size(
-                datalist, spatial_dims, declared=spatial_dims == 3 or axis is not None
+                data, spatial_dims, declared=spatial_dims == 3 or axis is not None
             ),
             "method": self.base_method(method),
             "method_options": to_jsonable(dict(options)),
             "backbone": backbone,
             "network_kwargs": to_jsonable(net_kwargs),
             "seed": int(seed),
-            **self._classes(datalist),
+            **classes,
             "num_workers": 0,
         }
 
-    def _lesion_or_not(self, setting: str, datalist: Path) -> Path:
-        """``datalist`` itself for lesion / no-lesion data; for several lesion classes, its copy with every
-        lesion class relabelled 1 (``<bench_dir>/datalists/<setting>_lesion_or_not.json``, paths still
-        relative to the original's folder). The bounds segment "lesion" whatever its class: trained and
-        evaluated on the copy, they localize the same lesion images, with the same masks and boxes, as the
-        methods evaluated on the original with each image's own class."""
-        if "num_classes" not in self._classes(datalist):
-            return datalist
-        data = json.loads(datalist.read_text())
+    def _lesion_or_not(self, setting: str, data: dict[str, Any]) -> Path:
+        """The copy of a datalist with several lesion classes whose lesion classes are all relabelled 1
+        (``<bench_dir>/datalists/<setting>_lesion_or_not.json``, paths still relative to the original's
+        folder). The bounds segment "lesion" whatever its class: trained and evaluated on the copy, they
+        localize the same lesion images, with the same masks and boxes, as the methods evaluated on the
+        original with each image's own class."""
+        data = copy.deepcopy(data)  # the caller's stays as read
         for split in ("training", "validation", "test"):
             for item in data.get(split, []):
                 if isinstance(item, dict) and isinstance(item.get("label"), int) and item["label"] > 0:
@@ -330,12 +332,11 @@ class Benchmark:
         return atomic_write_json(self.bench_dir / "datalists" / f"{setting}_lesion_or_not.json", data)
 
     @staticmethod
-    def _classes(datalist: Path) -> dict[str, Any]:
+    def _classes(data: Mapping[str, Any]) -> dict[str, Any]:
         """The class keys of a datalist: a lesion / no-lesion datalist localizes class 1 in every image; one
         with lesion classes 1..K-1 (class 0: no lesion) localizes each lesion image with its own class's
         map (``cam_class="label"``, the WSOL protocol's GT-known map) and names the classes from its
         ``labels``."""
-        data = json.loads(datalist.read_text())
         found = {
             int(item["label"])
             for split in ("training", "validation", "test")
@@ -370,13 +371,13 @@ class Benchmark:
             "slice_axis": axis,
         }
 
-    def _spatial_size(self, datalist: Path, spatial_dims: int, declared: bool) -> list[int]:
+    def _spatial_size(self, data: Mapping[str, Any], spatial_dims: int, declared: bool) -> list[int]:
         """The network's input size: ``image_size`` along every axis, except where the datalist declares its
         images' size (the generator's 3D crops are ``image_size`` x ``image_size`` x a depth its splits
         allow; slices of volumes have the volumes' in-plane size): that size, so training sees the grid that
         evaluation (on each image's own grid) sees."""
         if declared:
-            size = json.loads(datalist.read_text()).get("image_size")
+            size = data.get("image_size")
             if isinstance(size, list) and len(size) == spatial_dims:
                 return [int(v) for v in size]
         return [self.image_size] * spatial_dims
