@@ -88,6 +88,10 @@ def test_volume_labels_give_every_slice_its_volumes_label(volumes, tmp_path):
         labels == [1] * SHAPE[2] + [0] * SHAPE[2]
     )  # the lesion volume's slices all 1, even lesion-free ones
     assert [i["boxes"] for i in data["training"]][:2] == [[], []]  # boxes still the slice's own regions
+    with pytest.raises(
+        ValueError, match="holds slices along axis 2 with volume labels, not axis 2 with slice"
+    ):
+        slice_datalist(volumes / "datalist.json", tmp_path / "v", splits=("training",))
     with pytest.raises(ValueError, match="labels must be 'slice' or 'volume'"):
         slice_datalist(volumes / "datalist.json", tmp_path / "w", labels="both")
 

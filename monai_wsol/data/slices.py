@@ -74,7 +74,8 @@ def slice_datalist(
         datalist: a Decathlon-style datalist of 3D NIfTI volumes; entries need ``image``, ``label`` and
             ``mask`` (paths relative to the datalist's folder unless absolute).
         out_dir: output folder (``images/``, ``masks/``, ``datalist.json``); an existing datalist there is
-            returned as it is (delete the folder to rebuild).
+            returned as it is when it was cut the same way (axis and labels; else an error), delete the folder
+            to rebuild.
         slice_axis: the array axis the volumes are cut along (0, 1, 2; -1 is 2).
         splits: the splits to cut (each must be in the datalist).
         labels: ``"slice"`` (a slice is a lesion slice where the mask reaches it) or ``"volume"`` (every
@@ -89,6 +90,13 @@ def slice_datalist(
     out_dir = Path(out_dir)
     target = out_dir / "datalist.json"
     if target.exists():
+        made = json.loads(target.read_text())
+        if (made.get("slice_axis"), made.get("slice_labels", "slice")) != (axis, labels):
+            raise ValueError(
+                f"slice_datalist: {target} holds slices along axis {made.get('slice_axis')} with "
+                f"{made.get('slice_labels', 'slice')} labels, not axis {axis} with {labels} labels; "
+                "choose another out_dir or delete it."
+            )
         return target
     data = json.loads(datalist.read_text())
     base = datalist.parent
