@@ -53,6 +53,11 @@ def test_lesion_classes_rejects_what_is_no_lesion_class(bad):
         lesion_classes(bad)
 
 
+def test_lesion_classes_accepts_ints_numpy_ints_and_lists():
+    assert lesion_classes(1) == lesion_classes(np.int64(1)) == [1]
+    assert lesion_classes((1, np.int32(2))) == [1, 2]
+
+
 class ThreeClassMaskAsCAM(MaskAsCAM):
     """:class:`MaskAsCAM` with three classes (no lesion, lesion classes 1 and 2), every class's map the
     input."""

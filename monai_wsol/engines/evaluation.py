@@ -94,7 +94,7 @@ def mask_boxes(mask: np.ndarray) -> Boxes:
 
 def lesion_classes(lesion_class: int | Sequence[int]) -> list[int]:
     """The lesion class indices as a non-empty list of distinct ints > 0 (class 0 is "no lesion")."""
-    values = [lesion_class] if isinstance(lesion_class, int) else list(lesion_class)
+    values = [lesion_class] if isinstance(lesion_class, (int, np.integer)) else list(lesion_class)
     if (
         not values
         or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values)
