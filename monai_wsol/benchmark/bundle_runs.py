@@ -96,6 +96,25 @@ class BundleRunner:
             raise FileNotFoundError(f"{run_dir}: training ended without {model}.")
         return model
 
+    def pseudo_masks(
+        self, model_path: str | os.PathLike, pseudo_dir: str | os.PathLike, overrides: Mapping[str, Any]
+    ) -> Path:
+        """The bundle's ``pseudo_masks`` workflow (``inference.json`` + ``pseudo_masks.json``):
+        ``model_path``'s masks at ``overrides["tau"]`` for the training split, and
+        ``<pseudo_dir>/datalist.json`` that points the training items at them
+        (:func:`monai_wsol.engines.pseudo_masks.pseudo_mask_datalist`); returns that datalist."""
+        pseudo_dir = Path(pseudo_dir)
+        pseudo_dir.mkdir(parents=True, exist_ok=True)
+        settings = {**dict(overrides), "ckpt_path": str(model_path), "pseudo_dir": str(pseudo_dir)}
+        with _log_to(pseudo_dir / "log.txt"):
+            self._run(
+                [str(self.configs / "inference.json"), str(self.configs / "pseudo_masks.json")],
+                None,
+                "pseudo_masks",
+                settings,
+            )
+        return pseudo_dir / "datalist.json"
+
     def evaluate(
         self,
         model_path: str | os.PathLike,

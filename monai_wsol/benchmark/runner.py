@@ -57,7 +57,15 @@ logger = logging.getLogger("monai_wsol.benchmark")
 POSTHOC: dict[str, str] = {"gradcam": "cam", "gradcampp": "cam"}
 _LESION = 1  # the class whose CAM localizes (binary lesion / no lesion)
 #: variant entries that choose the network and its data rather than the method's options
-_VARIANT_NETWORK_KEYS = ("method", "backbone", "net_kwargs", "slice_axis", "slice_labels", "train")
+_VARIANT_NETWORK_KEYS = (
+    "method",
+    "backbone",
+    "net_kwargs",
+    "slice_axis",
+    "slice_labels",
+    "train",
+    "pseudo_masks_from",
+)
 
 #: the bundle training keys the benchmark sets for every method alike (``train`` overrides them)
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -141,7 +149,10 @@ class Benchmark:
             labels from the masks) and evaluated on the volumes slice by slice, as the bundle runs a 2D model
             on a volume; ``"slice_labels": "volume"`` trains it on every slice with its volume's label (the
             supervision a 3D network has) instead. A ``"train"`` entry overrides ``train`` for that variant
-            (e.g. a slice network's batch size).
+            (e.g. a slice network's batch size). ``{"method": "supervised", "pseudo_masks_from": "cam"}`` is
+            **pseudo-mask self-training**: the bundle's segmenter trained on the masks that the same seed's
+            ``cam`` model gives the training images at its validation-chosen Dice threshold
+            (:mod:`monai_wsol.engines.pseudo_masks`; the source method is listed before it).
         report: write ``results.csv`` / ``results.md`` and the figures at the end.
     """
 
@@ -198,6 +209,15 @@ class Benchmark:
                 raise ValueError(
                     f"Benchmark: method {m!r} is computed on {POSTHOC[base]!r}'s network: list it too."
                 )
+            source = self.pseudo_mask_source(m)
+            if source is not None and (base != "supervised" or source not in self.methods or source == m):
+                raise ValueError(
+                    f"Benchmark: variants[{m!r}]['pseudo_masks_from'] names the trained method whose maps "
+                    f"give the pseudo-masks ({source!r}): another listed method, before {m!r}, and the "
+                    f"variant's method is 'supervised' (got {base!r})."
+                )
+            if source is not None and self.methods.index(source) > self.methods.index(m):
+                raise ValueError(f"Benchmark: list {source!r} before {m!r}, whose pseudo-masks it gives.")
         self.seeds = [int(s) for s in seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"Benchmark: seeds must be distinct and non-empty, got {list(seeds)}.")
@@ -245,6 +265,11 @@ class Benchmark:
             logger.info("generating the %r data set in %s", setting, out)
             generate(out, **{"image_size": self.image_size, "mode": f"{self.spatial_dims}d", **opts})
         return path
+
+    def pseudo_mask_source(self, method: str) -> str | None:
+        """The method whose maps give a pseudo-mask variant's training masks (None: not such a variant)."""
+        source = self.variants.get(method, {}).get("pseudo_masks_from")
+        return None if source is None else str(source)
 
     def slice_axis(self, method: str) -> int | None:
         """The array axis a slice variant's 2D network cuts the volumes along (None: a network of the data's
@@ -354,6 +379,40 @@ class Benchmark:
             "class_names": [str(names.get(str(k), f"class_{k}")) for k in range(num_classes)],
         }
 
+    def _pseudo_masks(self, setting: str, method: str, seed: int, run_dir: Path) -> dict[str, Any]:
+        """The pseudo-mask datalist of a self-training run (written once, under ``<run_dir>/pseudo_masks``):
+        the bundle's ``pseudo_masks`` workflow with the source method's model of the same seed, at the tau
+        that maximised that model's Dice on **validation**."""
+        source = str(self.pseudo_mask_source(method))
+        source_result = self.run_dir(setting, source, seed) / "result.json"
+        if not source_result.exists():
+            raise FileNotFoundError(
+                f"{method}: its pseudo-masks come from the {source!r} run of seed {seed}, which is not "
+                f"finished ({source_result} is missing)."
+            )
+        finished = json.loads(source_result.read_text())
+        tau = finished.get("val_tau", {}).get("Dice")
+        if tau is None:
+            raise ValueError(f"{source_result}: no validation-chosen Dice threshold ('val_tau': 'Dice').")
+        model = Path(finished["hyperparameters"]["model"])
+        source_overrides = self.bundle_overrides(
+            setting, source, seed, finished["hyperparameters"]["options"]
+        )
+        out = run_dir / "pseudo_masks"
+        datalist = out / "datalist.json"
+        if not datalist.exists():
+            logger.info(
+                "%s/%s seed %d: pseudo-masks of %s's model at tau %.3f", setting, method, seed, source, tau
+            )
+            self.bundle.pseudo_masks(model, out, {**source_overrides, "tau": float(tau)})
+        return {
+            "from": source,
+            "tau": float(tau),
+            "model": str(model),
+            "dir": str(out),
+            "datalist": str(datalist),
+        }
+
     def evaluation_overrides(
         self, setting: str, method: str, train_overrides: Mapping[str, Any]
     ) -> dict[str, Any]:
@@ -406,6 +465,7 @@ class Benchmark:
         if base_method == "cutmix":
             train_options.setdefault("seed", seed)
         overrides = self.bundle_overrides(setting, method, seed, train_options)
+        pseudo: dict[str, Any] = {}
         seconds = 0.0
         if base_method in POSTHOC:
             model = self.run_dir(setting, POSTHOC[base_method], seed) / "checkpoints" / "model.pt"
@@ -423,8 +483,14 @@ class Benchmark:
             seconds = float(previous.get("train_seconds") or 0.0)
         else:
             t0 = time.perf_counter()
-            model = self.bundle.train(run_dir, overrides)
+            train_overrides = overrides
+            if self.pseudo_mask_source(method) is not None:
+                pseudo = self._pseudo_masks(setting, method, seed, run_dir)
+                train_overrides = {**overrides, "datalist": pseudo["datalist"], "dataset_dir": pseudo["dir"]}
+            model = self.bundle.train(run_dir, train_overrides)
             seconds = time.perf_counter() - t0
+        if previous is not None and "pseudo_masks" in previous.get("hyperparameters", {}):
+            pseudo = previous["hyperparameters"]["pseudo_masks"]
         # the example grid draws 2D slices
         examples_count = self.num_examples if seed == self.seeds[0] and self.spatial_dims == 2 else 0
         eval_overrides = self.evaluation_overrides(setting, method, overrides)
@@ -447,6 +513,7 @@ class Benchmark:
                 "image_size": self.image_size,
                 "train": to_jsonable(self.train),
                 "model": str(model),
+                **({"pseudo_masks": pseudo} if pseudo else {}),
             },
             "val": {**val.scalars, "tau": taus["BoxAccV2@50"]},
             "test": {**test.scalars, **honest},
