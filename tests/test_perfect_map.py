@@ -9,6 +9,7 @@ elongated in different directions, so boxes read with the wrong axis order lose 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,25 @@ def test_benchmark_reads_the_bundle_evaluation(mask_dataset, tmp_path):
     # the reported tau is where the Dice curve peaks: the first tau above 0 for a binary map (tau 0 keeps
     # every pixel)
     assert curves.dice[0] < 1.0 and curves.scalars["Dice_tau"] == curves.mask_thresholds[1]
+
+
+def test_the_benchmark_keeps_the_configs_it_started_with(mask_dataset, tmp_path):
+    # a long benchmark must not pick up (or break on) an edit of the bundle's configs made while it runs
+    from monai_wsol.benchmark.bundle_runs import BundleRunner
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bundle" / "configs", bundle / "configs")
+    runner = BundleRunner(bundle)
+    for name in ("inference.json", "evaluate.json"):
+        (bundle / "configs" / name).write_text('{"run": "$1/0"}')  # what an edit in progress could leave
+    curves = runner.evaluate(
+        mask_dataset / "model.pt",
+        "validation",
+        tmp_path / "bench",
+        {"dataset_dir": str(mask_dataset), "network_def": MaskAsCAM(), "device": "cpu", "amp": False},
+    )
+    assert curves.scalars["MaxBoxAccV2"] == 100.0 and curves.scalars["Dice"] == 1.0
+    assert runner.bundle_root == bundle  # the configs' relative paths still start from the bundle
 
 
 def test_evaluate_cli_scores_a_perfect_map_100(tmp_path):

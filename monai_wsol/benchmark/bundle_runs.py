@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,16 +45,24 @@ def _log_to(path: Path) -> Iterator[None]:
 class BundleRunner:
     """Run the bundle's workflows with overrides.
 
+    The configs are copied when the runner is made and every workflow reads the copy: a benchmark that runs
+    for hours keeps the configs it started with, whatever is edited in the bundle meanwhile (``bundle_root``,
+    which the configs' paths are relative to, stays the bundle's).
+
     Args:
         bundle_root: the bundle folder (``configs/`` inside); default: the one beside this package.
     """
 
     def __init__(self, bundle_root: str | os.PathLike | None = None) -> None:
         self.bundle_root = Path(bundle_root or default_bundle_root([]))
-        self.configs = self.bundle_root / "configs"
+        source = self.bundle_root / "configs"
         for name in ("train.json", "inference.json", "evaluate.json", "metadata.json"):
-            if not (self.configs / name).is_file():
-                raise FileNotFoundError(f"BundleRunner: {self.configs / name} does not exist.")
+            if not (source / name).is_file():
+                raise FileNotFoundError(f"BundleRunner: {source / name} does not exist.")
+        self.configs = Path(tempfile.mkdtemp(prefix="monai_wsol_bundle_configs_"))
+        weakref.finalize(self, shutil.rmtree, self.configs, True)
+        for path in source.glob("*.json"):
+            shutil.copyfile(path, self.configs / path.name)
 
     def _run(
         self, config_files: list[str], workflow_type: str | None, run_id: str, overrides: Mapping[str, Any]
