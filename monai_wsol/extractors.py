@@ -18,11 +18,12 @@ every caller (method registry, benchmark, ignite evaluator, MONAI Label inferer)
   the input's affine is theirs.
 
 Subclasses only compute ``(logits, raw maps)``: :class:`ForwardCAM` (the net's in-graph ``forward_cam``: CAM
-nets, ACoL, any net with that method) and :class:`GradCAMExtractor` (Grad-CAM / Grad-CAM++ of
-``monai.visualize``). :class:`SliceBySliceExtractor` runs any of them through a volume with a 2D net (one map
+nets, ACoL, any net with that method), :class:`GradCAMExtractor` (Grad-CAM / Grad-CAM++ of
+``monai.visualize``) and :class:`LayerCAMExtractor` (LayerCAM, fused over several layers).
+:class:`SliceBySliceExtractor` runs any of them through a volume with a 2D net (one map
 volume, normalised as a whole) and :class:`SlidingWindowExtractor` through a volume larger than its input
 (MONAI's sliding windows, the raw maps stitched, then normalised once). :func:`get_extractor` builds one by
-name (``"cam"``, ``"gradcam"``, ``"gradcampp"``) so that configs can name it::
+name (``"cam"``, ``"gradcam"``, ``"gradcampp"``, ``"layercam"``) so that configs can name it::
 
     extractor = get_extractor("gradcampp")
     logits, maps = extractor(net, images, class_idx=labels)  # (B, K), (B, 1, *spatial) in [0, 1]
@@ -53,6 +54,7 @@ __all__ = [
     "ClassSelection",
     "ForwardCAM",
     "GradCAMExtractor",
+    "LayerCAMExtractor",
     "SliceBySliceExtractor",
     "SlidingWindowExtractor",
     "available_extractors",
@@ -395,6 +397,97 @@ class GradCAMExtractor(CAMExtractor):
         return hooked.logits, maps
 
 
+class LayerCAMExtractor(CAMExtractor):
+    """LayerCAM (Jiang et al., IEEE TIP 2021): each location's activations weighted by their own positive
+    gradients, fused over several layers.
+
+    For a layer with activations ``A`` (B, C, *s) and the class score ``y``, the layer's map is
+    ``ReLU(sum_c ReLU(dy/dA_c) * A_c)``: a per-location weight, where Grad-CAM averages the gradient over the
+    whole map. Each layer's map is min-max normalised per sample, scaled by ``tanh(gamma * map)`` (the paper's
+    Eq. 9, which lifts the weak but fine maps of shallow layers; torchcam scales every layer alike, as here),
+    upsampled to the finest layer's grid and fused by the element-wise maximum. A shallow layer brings the
+    resolution the last layer's stride loses.
+
+    The extractor owns its forward hooks (registered for the one pass, removed after it, also on error) and
+    back-propagates from a fresh copy of the input, so it works with frozen parameters and inside ``no_grad``
+    / ``inference_mode``.
+
+    Args:
+        layer_names: the modules whose outputs are used; default ``net.stage_layer_names`` (the plain CNN's
+            last convolution of each stage) or else ``[net.cam_layer_name]`` (one layer).
+        gamma: the tanh scaling of each layer's normalised map (2, the paper's).
+        normalize: see :class:`CAMExtractor`.
+    """
+
+    needs_grad = True
+
+    def __init__(
+        self, layer_names: Sequence[str] | None = None, gamma: float = 2.0, normalize: bool = True
+    ) -> None:
+        super().__init__(normalize=normalize)
+        if layer_names is not None and (isinstance(layer_names, str) or not list(layer_names)):
+            raise ValueError(f"LayerCAMExtractor: layer_names must be a non-empty list, got {layer_names!r}.")
+        self.layer_names = None if layer_names is None else [str(n) for n in layer_names]
+        if not float(gamma) > 0:
+            raise ValueError(f"LayerCAMExtractor: gamma must be > 0, got {gamma!r}.")
+        self.gamma = float(gamma)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(layer_names={self.layer_names!r}, gamma={self.gamma}, "
+            f"normalize={self.normalize})"
+        )
+
+    def _layers(self, net: nn.Module) -> list[str]:
+        names = self.layer_names
+        if names is None:
+            names = list(getattr(net, "stage_layer_names", None) or [getattr(net, "cam_layer_name", None)])
+        modules = dict(net.named_modules())
+        for name in names:
+            if not isinstance(name, str) or name not in modules:
+                raise ValueError(
+                    f"LayerCAMExtractor: layer {name!r} is not a module of {type(net).__name__}; pass "
+                    "layer_names=[<module name>, ...]."
+                )
+        return names
+
+    def _extract(
+        self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        names = self._layers(net)
+        modules = dict(net.named_modules())
+        outputs: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+                outputs[name] = output
+
+            return hook
+
+        handles = [modules[name].register_forward_hook(keep(name)) for name in names]
+        try:
+            logits = net(x.clone().requires_grad_(True))
+        finally:
+            for handle in handles:
+                handle.remove()
+        # a fresh copy: an index made under inference_mode cannot be saved for the backward pass
+        classes = logits.argmax(1) if class_idx is None else class_idx.clone().to(logits.device).long()
+        if bool(((classes < 0) | (classes >= logits.shape[1])).any()):
+            raise ValueError(
+                f"LayerCAMExtractor: class_idx must be in [0, {logits.shape[1] - 1}], got {classes.tolist()}."
+            )
+        score = logits.gather(1, classes.reshape(-1, 1)).sum()  # samples do not interact in eval mode
+        activations = [outputs[name] for name in names]
+        grads = torch.autograd.grad(score, activations)
+        maps = []
+        for act, grad in zip(activations, grads, strict=True):
+            layer_map = F.relu((F.relu(grad) * act).sum(1, keepdim=True))
+            maps.append(torch.tanh(self.gamma * normalize_maps(layer_map.float())))
+        finest = max((m.shape[2:] for m in maps), key=lambda shape: int(np.prod(shape)))
+        fused = torch.stack([self.upsample(m, finest) for m in maps]).amax(0)
+        return logits.detach(), fused
+
+
 class _PartwiseExtractor(CAMExtractor):
     """Base of the extractors that run a wrapped extractor over parts of a volume (slices, windows) and
     assemble one map: the wrapped extractor's raw copy (``part_extractor``, whose own ``normalize`` is not
@@ -628,6 +721,7 @@ EXTRACTORS: dict[str, Callable[..., CAMExtractor]] = {
     "cam": ForwardCAM,
     "gradcam": partial(GradCAMExtractor, plusplus=False),
     "gradcampp": partial(GradCAMExtractor, plusplus=True),
+    "layercam": LayerCAMExtractor,
 }
 
 

@@ -13,10 +13,10 @@ A trainer does::
     logits, maps = spec.extractor(spec.net, images, None)               # (B, K), (B, 1, *spatial) in [0, 1]
 
 Methods (:data:`METHODS`): ``cam`` (plain classifier), ``adl``, ``has`` (Hide-and-Seek), ``cutmix``, ``acol``,
-``gradcam`` / ``gradcampp`` (post-hoc maps of the plain classifier), ``sfs1`` / ``sfs2`` (the dual-suppression
-block, one / two blocks), and the bounds every WSOL figure is reported beside: ``supervised`` (the ceiling: a
-MONAI UNet trained on the GT masks) and ``prior`` (the floor: a map that never looks at the image). Details,
-defaults and sources: ``docs/baselines.md``.
+``gradcam`` / ``gradcampp`` / ``layercam`` (post-hoc maps of the plain classifier), ``sfs1`` / ``sfs2`` (the
+dual-suppression block, one / two blocks), and the bounds every WSOL figure is reported beside: ``supervised``
+(the ceiling: a MONAI UNet trained on the GT masks) and ``prior`` (the floor: a map that never looks at the
+image). Details, defaults and sources: ``docs/baselines.md``.
 
 The bounds need the GT mask at training time: their ``train_transforms`` act on the ``"mask"`` key, which
 makes :func:`monai_wsol.data.make_preprocessing` load it for the training stage (resized with
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from monai.transforms import AsDiscreted, CutMix
 from monai.utils import convert_to_tensor
 
-from monai_wsol.extractors import CAMExtractor, ForwardCAM, GradCAMExtractor
+from monai_wsol.extractors import CAMExtractor, ForwardCAM, GradCAMExtractor, LayerCAMExtractor
 from monai_wsol.losses import acol_loss, classification_loss
 from monai_wsol.networks.nets import CAMVGG16, CAMDenseNet121, CAMPlainCNN
 from monai_wsol.networks.nets.acol import ACoLClassifier
@@ -230,6 +230,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "acol": ("erase_threshold", "hidden_channels"),
     "gradcam": (),
     "gradcampp": (),
+    "layercam": ("layer_names", "gamma"),
     "sfs1": ("positions", *_SFS_OPTIONS),
     "sfs2": ("positions", *_SFS_OPTIONS),
     "supervised": ("segmenter", "segmenter_kwargs", "topk_fraction", "lambda_dice", "lambda_ce"),
@@ -364,6 +365,8 @@ def build_method(
             GradCAMExtractor(plusplus=name == "gradcampp"),
             options=resolved,
         )
+    if name == "layercam":
+        return MethodSpec(name, net, [], classification_loss, LayerCAMExtractor(**options), options=resolved)
     return MethodSpec(name, net, [], classification_loss, ForwardCAM(), options=resolved)  # "cam"
 
 

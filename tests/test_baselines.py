@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from monai_wsol.extractors import ForwardCAM, GradCAMExtractor
+from monai_wsol.extractors import ForwardCAM, GradCAMExtractor, LayerCAMExtractor
 from monai_wsol.losses import acol_loss, classification_loss
 from monai_wsol.methods import BOUNDS, CutMixBatch, available_methods, build_method
 from monai_wsol.networks.blocks.adl import ADL
@@ -311,7 +311,8 @@ def test_every_method_trains_one_step_and_maps(name, spatial_dims):
         params = list(plugin.parameters())
         if params:  # ADL has none; the SFS block's 1x1 conv and FCs must learn
             assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
-    expected = GradCAMExtractor if name in ("gradcam", "gradcampp") else ForwardCAM
+    expected = {"gradcam": GradCAMExtractor, "gradcampp": GradCAMExtractor, "layercam": LayerCAMExtractor}
+    expected = expected.get(name, ForwardCAM)
     assert type(spec.extractor) is expected
     assert getattr(spec.extractor, "plusplus", name == "gradcampp") == (name == "gradcampp")
     logits, maps = spec.extractor(net, x, None)
@@ -348,7 +349,7 @@ def test_adl_is_identity_inside_a_net_at_inference():
 
 def test_registry_errors_and_options():
     with pytest.raises(
-        ValueError, match="valid methods: cam, adl, has, cutmix, acol, gradcam, gradcampp, sfs1"
+        ValueError, match="valid methods: cam, adl, has, cutmix, acol, gradcam, gradcampp, layercam, sfs1"
     ):
         build_method("spg", 2, 1, 2)
     with pytest.raises(ValueError, match="unknown option"):

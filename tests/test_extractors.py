@@ -17,6 +17,7 @@ from monai_wsol.extractors import (
     CAMExtractor,
     ForwardCAM,
     GradCAMExtractor,
+    LayerCAMExtractor,
     SliceBySliceExtractor,
     SlidingWindowExtractor,
     available_extractors,
@@ -24,13 +25,14 @@ from monai_wsol.extractors import (
     normalize_maps,
     resolve_class_selection,
 )
-from monai_wsol.networks.nets import ACoLClassifier, CAMDenseNet121
+from monai_wsol.methods import build_method
+from monai_wsol.networks.nets import ACoLClassifier, CAMDenseNet121, CAMPlainCNN
 
 # A DenseNet121 topology with 1 layer per dense block and narrow growth: same code path, milliseconds per
 # call.
 TINY = {"init_features": 8, "growth_rate": 4, "block_config": (1, 1, 1, 1), "bn_size": 2, "low_stride": True}
 SHAPES = {2: (4, 1, 32, 32), 3: (2, 1, 16, 16, 16)}
-NAMES = ("cam", "gradcam", "gradcampp")
+NAMES = ("cam", "gradcam", "gradcampp", "layercam")
 
 
 def tiny_densenet(spatial_dims: int, num_classes: int = 3) -> CAMDenseNet121:
@@ -232,6 +234,59 @@ def test_gradcam_equals_relu_cam_for_gap_linear_nets(spatial_dims):
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_layercam_of_the_last_layer_of_a_gap_net_is_the_tanh_of_its_cam(spatial_dims):
+    # GAP + linear: dlogit_k/dF_c = w_k[c] / N at every location; with w_k > 0 and F >= 0 (after the ReLU)
+    # LayerCAM's map is CAM / N, then tanh(gamma * normalised); stride 1, so no upsampling in between
+    torch.manual_seed(0)
+    net = CAMPlainCNN(spatial_dims, 1, 2, channels=(4, 8), stages=(1, 2), num_pools=0, pooling="avg").eval()
+    with torch.no_grad():
+        net.classifier.weight.abs_()
+    x = torch.rand(2, 1, *([12] * spatial_dims))
+    _, maps = LayerCAMExtractor(layer_names=[net.cam_layer_name], gamma=2.0)(net, x, class_idx=1)
+    with torch.no_grad():
+        _, cams = net.forward_cam(x, class_idx=1, upsample=False)
+    expected = normalize_maps(torch.tanh(2.0 * normalize_maps(cams)))
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_layercam_fuses_the_stage_maps_by_their_maximum_on_the_finest_grid(spatial_dims):
+    torch.manual_seed(1)
+    net = CAMPlainCNN(spatial_dims, 1, 2, channels=(4, 8, 8), stages=(1, 1, 2)).eval()
+    assert net.stage_layer_names == ("backbone.conv1", "backbone.conv2", "backbone.conv4")
+    x = torch.rand(2, 1, *([16] * spatial_dims))
+    raw = LayerCAMExtractor(normalize=False)  # the default layers: the last convolution of each stage
+    _, fused = raw(net, x, class_idx=1)
+    # the first stage is at the input's grid, so each single-layer map is upsampled to it as the fusion does
+    per_layer = [
+        LayerCAMExtractor([name], normalize=False)(net, x, class_idx=1)[1] for name in net.stage_layer_names
+    ]
+    torch.testing.assert_close(fused, torch.stack(per_layer).amax(0))
+    assert not torch.equal(per_layer[0], per_layer[2])  # the layers do differ
+    assert float(fused.max()) <= 1.0 and float(fused.min()) >= 0.0  # tanh of maps in [0, 1]
+
+
+def test_layercam_refusals_and_registry():
+    net = CAMPlainCNN(2, 1, 2, channels=(4, 8), stages=(1, 1)).eval()
+    with pytest.raises(ValueError, match="'backbone.nope' is not a module of CAMPlainCNN"):
+        LayerCAMExtractor(["backbone.nope"])(net, torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="non-empty list"):
+        LayerCAMExtractor("backbone.conv1")
+    with pytest.raises(ValueError, match="gamma"):
+        LayerCAMExtractor(gamma=0)
+    with pytest.raises(ValueError, match="class_idx must be in"):
+        LayerCAMExtractor()(net, torch.rand(1, 1, 8, 8), class_idx=5)
+    cnn = {"channels": [4, 8], "stages": [1, 1]}
+    spec = build_method(
+        "layercam", 2, 1, 2, backbone="cnn", net_kwargs=cnn, gamma=3.0, layer_names=["backbone.conv2"]
+    )
+    assert isinstance(spec.extractor, LayerCAMExtractor)
+    assert spec.extractor.gamma == 3.0 and spec.extractor.layer_names == ["backbone.conv2"]
+    with pytest.raises(ValueError, match="unknown"):
+        build_method("layercam", 2, 1, 2, backbone="cnn", t=0.4)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("plusplus", [False, True])
 def test_gradcam_per_sample_classes_equal_per_sample_calls(plusplus, spatial_dims):
     torch.manual_seed(2)
@@ -323,7 +378,7 @@ def test_metatensor_input_gives_maps_with_its_metadata():
 
 # -------------------------------------------------------------------------------------------------- registry
 def test_registry_by_name():
-    assert available_extractors() == ("cam", "gradcam", "gradcampp")
+    assert available_extractors() == ("cam", "gradcam", "gradcampp", "layercam")
     assert type(get_extractor("cam")) is ForwardCAM
     grad, gradpp = get_extractor("gradcam"), get_extractor("gradcampp", layer_name="backbone.relu5")
     assert isinstance(grad, GradCAMExtractor) and not grad.plusplus
@@ -331,7 +386,7 @@ def test_registry_by_name():
     assert get_extractor("cam", normalize=False).normalize is False
     instance = ForwardCAM()
     assert get_extractor(instance) is instance
-    with pytest.raises(ValueError, match="valid extractors: cam, gradcam, gradcampp"):
+    with pytest.raises(ValueError, match="valid extractors: cam, gradcam, gradcampp, layercam"):
         get_extractor("scorecam")
     with pytest.raises(ValueError, match="instance"):
         get_extractor(instance, normalize=False)

@@ -54,7 +54,7 @@ __all__ = ["Benchmark", "POSTHOC", "setup_logging", "TRAIN_DEFAULTS"]
 logger = logging.getLogger("monai_wsol.benchmark")
 
 #: methods that reuse another method's trained network (their maps are computed post hoc)
-POSTHOC: dict[str, str] = {"gradcam": "cam", "gradcampp": "cam"}
+POSTHOC: dict[str, str] = {"gradcam": "cam", "gradcampp": "cam", "layercam": "cam"}
 _LESION = 1  # the class whose CAM localizes (binary lesion / no lesion)
 #: variant entries that choose the network and its data rather than the method's options
 _VARIANT_NETWORK_KEYS = (

@@ -95,6 +95,7 @@ class CAMPlainCNN(CAMClassifier):
         anchors: dict[str, tuple[str, int]] = {}
         pool_type = Pool[Pool.MAX, spatial_dims]
         prev, index = in_channels, 0
+        stage_ends: list[str] = []
         for stage, (n_convs, ch) in enumerate(zip(stages, channels, strict=True)):
             if 0 < stage <= num_pools:
                 layers[f"pool{stage}"] = pool_type(kernel_size=2, stride=2)
@@ -105,9 +106,12 @@ class CAMPlainCNN(CAMClassifier):
                 )
                 anchors[f"conv{index}"] = (f"backbone.conv{index}", int(ch))
                 prev = int(ch)
+            stage_ends.append(f"backbone.conv{index}")
         self.backbone = nn.Sequential(layers)
         self.classifier = nn.Linear(prev, out_channels)
         self.feature_stride = 2**num_pools
+        #: the last convolution of each stage, finest first: the layers a multi-layer map (LayerCAM) fuses
+        self.stage_layer_names: tuple[str, ...] = tuple(stage_ends)
         names = list(anchors)
         presets = {"one": (names[-1],), "two": tuple(names[-2:])}
         self._insert_plugins(plugin, positions, plugin_kwargs, anchors, presets)
