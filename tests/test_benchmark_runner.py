@@ -119,6 +119,7 @@ def test_benchmark_config_end_to_end(tiny, tmp_path, monkeypatch):
         cam = json.loads((runs / "default" / "cam" / f"seed{seed}" / "result.json").read_text())
         grad = json.loads((runs / "default" / "gradcam" / f"seed{seed}" / "result.json").read_text())
         assert grad["test"]["accuracy"] == cam["test"]["accuracy"] and grad["train_seconds"] == 0
+        assert grad["train_epoch_seconds"] is None
     for name in ("results.csv", "results.md", "curves_default.png", "examples_default.png", "benchmark.log"):
         assert (bench / name).stat().st_size > 0, name
     assert "| sfs1 |" in (bench / "results.md").read_text()
@@ -154,6 +155,8 @@ def test_reevaluate_evaluates_the_finished_model_again_without_training(tiny, tm
         train={"epochs": 1, "batch_size": 4}, num_examples=0, report=False,
     )  # fmt: skip
     first = bench.run_one("d", "cam", 0, {})
+    # the training passes' time from the run's per-epoch record (what a resumed run sums over every call)
+    assert 0 < first["train_epoch_seconds"] <= first["train_seconds"]
     path = tmp_path / "runs" / "d" / "cam" / "seed0" / "result.json"
     stale = {**first, "test": {"MaxBoxAccV2": -1.0}}  # as a result.json written before figures were added
     path.write_text(json.dumps(stale))

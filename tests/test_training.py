@@ -80,6 +80,10 @@ def test_resume_gives_same_weights(data_dir, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"val_dice", "val_auc", "val_acc", "val_loss"} <= set(rows[-1])
     assert (resumed / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    # and so does the training table, with each epoch's training time (both calls' epochs)
+    train_rows = json.loads((resumed / "train_metrics.json").read_text())
+    assert [r["epoch"] for r in train_rows] == [1, 2]
+    assert all(isinstance(r["epoch_seconds"], float) and r["epoch_seconds"] > 0 for r in train_rows)
     config = json.loads((resumed / "config.json").read_text())
     assert config["resume"] is True and config["epochs"] == 2
 

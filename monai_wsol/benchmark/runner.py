@@ -104,6 +104,21 @@ def _atomic_npz(path: Path, arrays: Mapping[str, Any]) -> None:
             np.savez_compressed(f, **arrays)
 
 
+def _epoch_seconds(run_dir: Path) -> float | None:
+    """The training passes' seconds summed over every epoch of a run, resumed ones included (the bundle's
+    ``train_metrics.json`` keeps a row per epoch with its ``epoch_seconds``); None without that record (a
+    post-hoc method, or a run trained before the column existed)."""
+    path = run_dir / "train_metrics.json"
+    try:
+        rows = json.loads(path.read_text()) if path.is_file() else []
+    except ValueError:
+        return None
+    times = [row.get("epoch_seconds") for row in rows if isinstance(row, dict)]
+    if not times or not all(isinstance(t, (int, float)) for t in times):
+        return None
+    return float(sum(times))
+
+
 def _protocol_rows(rows: np.ndarray) -> np.ndarray:
     """``[image_index, *standard box]`` rows -> ``[image_index, x0, y0, x1, y1]`` (protocol) rows."""
     if not len(rows):
@@ -519,6 +534,7 @@ class Benchmark:
             "test": {**test.scalars, **honest},
             "val_tau": taus,
             "train_seconds": seconds,
+            "train_epoch_seconds": _epoch_seconds(run_dir),
         }
         _atomic_npz(
             run_dir / "curves.npz",
