@@ -7,6 +7,7 @@ labels and the maps may reach the segmenter's training items.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,8 +17,19 @@ import pytest
 
 from monai_wsol.benchmark.runner import Benchmark
 from monai_wsol.engines.batch import image_stem, localization_path
-from monai_wsol.engines.pseudo_masks import PSEUDO_MASK_KEYS, pseudo_mask_datalist
+from monai_wsol.engines.pseudo_masks import PSEUDO_MASK_KEYS, pseudo_mask_agreement, pseudo_mask_datalist
 from tests._bundle_helpers import TINY_CNN, make_tiny_data
+from tests._paths import REPO
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pseudo_masks_cli = _load_script("pseudo_masks")
 
 VARIANTS = {"cam_pseudo": {"method": "supervised", "pseudo_masks_from": "cam"}}
 
@@ -101,6 +113,35 @@ def test_a_finished_self_training_run_is_read_back_and_keeps_its_record(self_tra
     again = bench.run_one("d", "cam_pseudo", 0, {}, reevaluate=True)
     assert again["hyperparameters"]["pseudo_masks"] == first["hyperparameters"]["pseudo_masks"]
     assert again["test"] == first["test"]
+
+
+def _copy_with_masks(tiny: Path, out: Path, mask_of) -> Path:
+    """A pseudo-mask-style datalist in ``out`` whose training masks are ``mask_of(gt_mask_array)``."""
+    data = json.loads(tiny.read_text())
+    out.mkdir()
+    for i, item in enumerate(data["training"]):
+        gt = nib.load(str(tiny.parent / item["mask"]))
+        path = out / f"m{i}.nii.gz"
+        nib.save(nib.Nifti1Image(mask_of(np.asarray(gt.dataobj)).astype(np.uint8), gt.affine), str(path))
+        item["image"] = str((tiny.parent / item["image"]).resolve())
+        item["mask"] = path.name
+    (out / "datalist.json").write_text(json.dumps(data))
+    return out / "datalist.json"
+
+
+def test_pseudo_mask_agreement_measures_the_masks_against_the_ground_truth(tiny, tmp_path, self_trained):
+    exact = pseudo_mask_agreement(_copy_with_masks(tiny, tmp_path / "exact", lambda m: m > 0), tiny)
+    lesions = sum(1 for item in json.loads(tiny.read_text())["training"] if item["label"] > 0)
+    assert exact == {"lesion_images": lesions, "dice": 1.0, "empty": 0.0, "area_ratio": 1.0}
+    none = pseudo_mask_agreement(_copy_with_masks(tiny, tmp_path / "none", np.zeros_like), tiny)
+    assert none["dice"] == 0.0 and none["empty"] == 1.0 and none["area_ratio"] == 0.0
+    # everything: Dice 2|G| / (|image| + |G|), area ratio |image| / |G|
+    full = pseudo_mask_agreement(_copy_with_masks(tiny, tmp_path / "full", np.ones_like), tiny)
+    assert 0 < full["dice"] < 1 and full["area_ratio"] > 1 and full["empty"] == 0.0
+    # the benchmark's table reads every self-training run of a benchmark folder
+    bench_dir, _ = self_trained
+    table = pseudo_masks_cli.main(["--bench_dir", str(bench_dir), "--setting", "d"])
+    assert "| cam_pseudo | 0 | cam |" in table
 
 
 def test_pseudo_mask_datalist_names_what_is_missing(tiny, tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 from monai_wsol.engines.batch import assign_stems, completed_output, list_inputs
 from monai_wsol.io_utils import atomic_write_json, atomic_write_nifti
 
-__all__ = ["pseudo_mask_datalist", "PSEUDO_MASK_KEYS"]
+__all__ = ["pseudo_mask_datalist", "pseudo_mask_agreement", "PSEUDO_MASK_KEYS"]
 
 #: the keys a training item of the pseudo-mask datalist keeps from the original item (no GT mask or boxes)
 PSEUDO_MASK_KEYS = ("image", "label")
@@ -133,3 +133,46 @@ def _rebased(item: Mapping[str, Any], base: Path, out_dir: Path) -> dict[str, An
         if isinstance(value, str) and value and not Path(value).is_absolute():
             item[key] = _relative(base / value, out_dir)
     return item
+
+
+def pseudo_mask_agreement(
+    pseudo_datalist: str | os.PathLike,
+    datalist: str | os.PathLike,
+    split: str = "training",
+    base_dir: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """How close the pseudo-masks of a :func:`pseudo_mask_datalist` are to the ground truth of the same
+    images, which the segmenter never sees: a diagnostic of the first stage, read after the fact.
+
+    Over the lesion images of ``split`` (label > 0 in ``datalist``, matched by image file): ``dice`` (mean
+    Dice of the pseudo-mask against the GT mask), ``empty`` (the share of them whose pseudo-mask is empty),
+    ``area_ratio`` (mean pseudo-mask area over GT area) and ``lesion_images``.
+    """
+    pseudo_datalist, datalist = Path(pseudo_datalist), Path(datalist)
+    base = Path(base_dir) if base_dir is not None else datalist.parent
+    truth = {
+        (base / item["image"]).resolve(): (base / item["mask"]).resolve()
+        for item in json.loads(datalist.read_text(encoding="utf-8")).get(split, [])
+        if isinstance(item, dict) and int(item.get("label", 0)) > 0 and item.get("mask")
+    }
+    dice, empty, ratio = [], [], []
+    for item in json.loads(pseudo_datalist.read_text(encoding="utf-8")).get(split, []):
+        image = (pseudo_datalist.parent / item["image"]).resolve()
+        if image not in truth:
+            continue
+        pseudo = np.asarray(nib.load(str(pseudo_datalist.parent / item["mask"])).dataobj) > 0
+        gt = np.asarray(nib.load(str(truth[image])).dataobj) > 0
+        if pseudo.shape != gt.shape:
+            raise ValueError(f"pseudo_mask_agreement: {item['mask']} is {pseudo.shape}, its GT {gt.shape}.")
+        total = int(pseudo.sum()) + int(gt.sum())
+        dice.append(2.0 * int((pseudo & gt).sum()) / total if total else 1.0)
+        empty.append(not pseudo.any())
+        ratio.append(float(pseudo.sum()) / max(int(gt.sum()), 1))
+    if not dice:
+        raise ValueError(f"pseudo_mask_agreement: no lesion image of {split!r} in both datalists.")
+    return {
+        "lesion_images": float(len(dice)),
+        "dice": float(np.mean(dice)),
+        "empty": float(np.mean(empty)),
+        "area_ratio": float(np.mean(ratio)),
+    }
