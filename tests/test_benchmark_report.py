@@ -7,6 +7,7 @@ seed and one single-seed method) and every statistic is checked against numpy/sc
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import random
@@ -30,6 +31,7 @@ from monai_wsol.benchmark import (
 from monai_wsol.benchmark import figures as figures_mod
 from monai_wsol.benchmark import report as report_mod
 from monai_wsol.io_utils import atomic_write_json
+from tests._paths import REPO
 
 METRICS = report_mod.DEFAULT_METRICS
 SETTINGS = ("default", "distractor")
@@ -275,6 +277,50 @@ def test_results_read_every_method_against_ceiling_and_floor(bench, tmp_path):
     # the bounds are not rows of their own table; the distractor setting has no ceiling run
     assert "| supervised | " not in default[default.index("share of the fully supervised") :].split("###")[0]
     assert "share of the fully supervised ceiling" not in md[md.index("## Setting `distractor`") :]
+
+
+def test_readme_table_is_the_results_of_one_setting_with_its_bounds(bench, tmp_path):
+    out = tmp_path / "bench"
+    shutil.copytree(bench, out)
+    for method, scale in (("supervised", 2.0), ("prior", 0.5)):
+        for seed in SEEDS:
+            src = json.loads((out / "runs" / "default" / "cam" / f"seed{seed}" / "result.json").read_text())
+            src["method"] = method
+            src["test"] = {k: v * scale for k, v in src["test"].items()}
+            atomic_write_json(out / "runs" / "default" / method / f"seed{seed}" / "result.json", src)
+    records = collect_results(out)
+    text = report_mod.readme_table(records, "default")
+    header = "| method | " + " | ".join(report_mod.README_METRICS) + " |"
+    assert text.splitlines()[0] == header
+    cam = _expected("default", "cam", "MaxBoxAccV2")
+    assert f"| cam | {cam.mean():.2f} ± {cam.std(ddof=1):.2f} |" in text
+    rows = [line.split(" | ")[0] for line in text.split("As a share")[0].splitlines()[2:] if line]
+    assert rows == ["| cam", "| adl", "| sfs2", "| prior (floor)", "| supervised (ceiling)"]  # bounds last
+    assert f"| cam | 50 | +{cam.mean() / 2:.2f} |" in text
+    # a method with fewer seeds than the others names its seeds (distractor: adl lacks seed 2)
+    assert "| adl (seeds 0, 1) |" in report_mod.readme_table(records, "distractor")
+    with pytest.raises(ValueError, match="no finished run of setting 'nope'"):
+        report_mod.readme_table(records, "nope")
+    # the committed results.csv gives the same table: the README is regenerated from it
+    csv_path = write_results(out)[0]
+    assert report_mod.readme_table(report_mod.records_from_csv(csv_path), "default") == text
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- benchmark-table -->\nstale\n<!-- /benchmark-table -->\nrest\n")
+    spec = importlib.util.spec_from_file_location("readme_results", REPO / "benchmarks" / "readme_results.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--results", str(csv_path), "--readme", str(readme)])
+    assert readme.read_text() == f"# x\n<!-- benchmark-table -->\n{text}<!-- /benchmark-table -->\nrest\n"
+    (tmp_path / "bad.csv").write_text("setting,method,seed,MaxBoxAccV2\ndefault,cam,one,1.0\n")
+    with pytest.raises(ValueError, match="bad.csv, line 2"):
+        report_mod.records_from_csv(tmp_path / "bad.csv")
+
+
+def test_replace_marked_section_keeps_everything_else():
+    text = "a\n<!-- t -->\nold\nlines\n<!-- /t -->\nb\n"
+    assert report_mod.replace_marked_section(text, "t", "new\n") == "a\n<!-- t -->\nnew\n<!-- /t -->\nb\n"
+    with pytest.raises(ValueError, match="no '<!-- u -->'"):
+        report_mod.replace_marked_section(text, "u", "x")
 
 
 def test_write_results_atomic(bench, tmp_path, monkeypatch):

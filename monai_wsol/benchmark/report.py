@@ -64,6 +64,10 @@ __all__ = [
     "method_order",
     "write_ablation",
     "ABLATION_COLUMNS",
+    "README_METRICS",
+    "readme_table",
+    "records_from_csv",
+    "replace_marked_section",
 ]
 
 #: Test metrics of the benchmark, in table order (percent unless in ``UNIT_INTERVAL_METRICS``).
@@ -77,6 +81,7 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "Top-1 Loc",
     "GT-known Loc",
     "Dice",
+    "Dice@val_tau",
     "IoU",
     "PxAP",
     "accuracy",
@@ -93,18 +98,21 @@ PAIRED_METRICS: tuple[str, ...] = (
     "accuracy",
 )
 #: Metrics on a 0..1 scale (three decimals); the others are percentages (two decimals).
-UNIT_INTERVAL_METRICS = frozenset({"Dice", "IoU", "AUC"})
+UNIT_INTERVAL_METRICS = frozenset({"Dice", "Dice@val_tau", "IoU", "AUC"})
 #: Table order of the known methods (plain CAM first, the block last); unknown methods follow, by name.
 DEFAULT_METHOD_ORDER: tuple[str, ...] = (
     "cam",
     "gradcam",
     "gradcampp",
+    "layercam",
     "adl",
     "has",
     "cutmix",
     "acol",
     "sfs1",
     "sfs2",
+    "cam_pseudo",
+    "sfs2_pseudo",
 )
 ALPHA = 0.05
 _SEED_DIR = re.compile(r"seed(-?\d+)")
@@ -645,3 +653,89 @@ def write_ablation(
         ]
         lines += [f"## Setting `{setting}`", ""] + _md_table(header, rows) + [""]
     return atomic_write_text(bench_dir / "ablation.md", "\n".join(lines))
+
+
+#: the README's compact table: the protocol's box figure, the honest (validation-chosen) box and mask figures,
+#: the threshold-free mask figure and the classification
+README_METRICS: tuple[str, ...] = (
+    "MaxBoxAccV2",
+    "BoxAccV2@val_tau",
+    "Dice",
+    "Dice@val_tau",
+    "PxAP",
+    "accuracy",
+    "AUC",
+)
+
+
+def readme_table(
+    records: Sequence[dict],
+    setting: str = "default",
+    metrics: Sequence[str] = README_METRICS,
+    order: Sequence[str] | None = None,
+) -> str:
+    """The README's results table of one setting: "mean ± std" per method (bounds marked, the seeds named
+    where a method has fewer runs than the most), then each WSOL method's MaxBoxAccV2 / Dice / PxAP as a share
+    of the ceiling's. Built from the same records as ``results.md``, so the README is regenerated from
+    them."""
+    runs = [r for r in records if r["setting"] == setting]
+    if not runs:
+        raise ValueError(f"readme_table: no finished run of setting {setting!r}.")
+    methods = method_order(runs, order)
+    summary = [s for s in summarize(runs, metrics, order) if s["setting"] == setting]
+    cell = {(s["method"], s["metric"]): s for s in summary}
+    seeds = {m: sorted({int(r["seed"]) for r in runs if r["method"] == m}) for m in methods}
+    most = max(len(v) for v in seeds.values())
+    label = {CEILING: f"{CEILING} (ceiling)", FLOOR: f"{FLOOR} (floor)"}
+    rows = []
+    for method in [m for m in methods if m not in (CEILING, FLOOR)] + [
+        m for m in (FLOOR, CEILING) if m in methods
+    ]:
+        row = [
+            label.get(method, method)
+            + (f" (seeds {_seed_list(seeds[method])})" if len(seeds[method]) != most else "")
+        ]
+        for metric in metrics:
+            s, d = cell[method, metric], _decimals(metric)
+            row.append("n/a" if s["n"] == 0 else f"{_fmt(s['mean'], d)} ± {_fmt(s['std'], d)}")
+        rows.append(row)
+    lines = _md_table(["method", *metrics], rows)
+    bounds = _bounds_table(summary, methods, metrics)
+    if bounds:
+        lines += ["", "As a share of the ceiling (and lead over the floor):", "", *bounds]
+    return "\n".join(lines) + "\n"
+
+
+def records_from_csv(path: str | os.PathLike) -> list[dict]:
+    """The run records of a ``results.csv`` (:func:`write_results`): setting, method, seed, the ``test``
+    metrics (an empty cell is NaN) and ``train_seconds``; what :func:`summarize` and :func:`readme_table`
+    read, without the run folders."""
+    path = Path(path)
+    records = []
+    with path.open(newline="") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                seed = int(row.pop("seed"))
+                setting, method = row.pop("setting"), row.pop("method")
+                values = {k: float(v) if v else math.nan for k, v in row.items()}
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}, line {i}: not a results.csv row ({e}).") from e
+            seconds = values.pop("train_seconds", math.nan)
+            records.append(
+                {"setting": setting, "method": method, "seed": seed, "test": values, "train_seconds": seconds}
+            )
+    return records
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
+def replace_marked_section(text: str, marker: str, content: str) -> str:
+    """``text`` with what lies between ``<!-- <marker> -->`` and ``<!-- /<marker> -->`` replaced by
+    ``content`` (the markers kept); a text without both markers, in that order, raises ``ValueError``."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"replace_marked_section: the text has no '{start}' ... '{end}' section.")
+    return text[: i + len(start)] + "\n" + content.rstrip("\n") + "\n" + text[j:]
