@@ -85,6 +85,7 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "IoU",
     "PxAP",
     "accuracy",
+    "accuracy@val_threshold",
     "AUC",
 )
 #: Metrics of the paired tests by default: localization (boxes and masks) and classification.
@@ -664,6 +665,7 @@ README_METRICS: tuple[str, ...] = (
     "Dice@val_tau",
     "PxAP",
     "accuracy",
+    "accuracy@val_threshold",
     "AUC",
 )
 

@@ -76,6 +76,10 @@ class SplitCurves:
     # (M, 4) per-lesion detection counts over the lesion images (lesions, found, components, false
     # components; monai_wsol.metrics.detection), empty without masks
     detection: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    # (N,) every image's lesion probability (summed over the lesion classes) and whether it is a lesion image:
+    # what a decision threshold is chosen on (empty in curves saved before they were kept)
+    lesion_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    is_lesion: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def mask_boxes(mask: np.ndarray) -> Boxes:
@@ -181,8 +185,9 @@ def split_curves(
         detection = detection_curve(cams, masks, mask_taus)
         scalars["lesion_images"] = float(pos.numel())
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
+    lesion_scores = probs[:, classes].sum(1)
     scalars["AUC"] = (
-        float(compute_roc_auc(probs[:, classes].sum(1), is_lesion.float()))
+        float(compute_roc_auc(lesion_scores, is_lesion.float()))
         if 0 < is_lesion.sum() < len(labels)
         else np.nan
     )
@@ -197,13 +202,40 @@ def split_curves(
         iou=iou,
         scalars=scalars,
         detection=detection,
+        lesion_scores=lesion_scores.detach().cpu().double().numpy(),
+        is_lesion=is_lesion.cpu().numpy(),
     )
+
+
+def decision_threshold(scores: np.ndarray, is_lesion: np.ndarray) -> float:
+    """The lesion-probability threshold (an image is called "lesion" when its score is >= it) with the
+    highest accuracy on these images, e.g. a validation split's; on ties the lowest such threshold, placed
+    midway between the two scores it separates (not on a validation score)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    is_lesion = np.asarray(is_lesion, dtype=bool).reshape(-1)
+    if scores.shape != is_lesion.shape or not len(scores):
+        raise ValueError(f"decision_threshold: {scores.shape} scores for {is_lesion.shape} labels.")
+    levels = np.unique(scores)  # candidate: "lesion" from levels[i] up; the last one calls no image "lesion"
+    candidates = np.append(levels, np.inf)
+    correct = [np.sum((scores >= c) == is_lesion) for c in candidates]
+    best = int(np.argmax(correct))
+    if best == 0:
+        return float(levels[0])
+    if best == len(levels):
+        return float(np.nextafter(levels[-1], np.inf))
+    return float((levels[best - 1] + levels[best]) / 2)
 
 
 def figures_at_validation_tau(
     val: SplitCurves, test: SplitCurves
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Test figures at the taus chosen on validation; returns ``(figures, chosen taus)``."""
+    """Test figures at the taus chosen on validation; returns ``(figures, chosen taus)``.
+
+    Besides the CAM thresholds: ``accuracy@val_threshold``, the test accuracy of "lesion or not" with the
+    decision threshold on the lesion probability that is best on validation (:func:`decision_threshold`;
+    ``taus["decision"]``). The plain ``accuracy`` reads the argmax, i.e. a fixed 0.5 for two classes, which a
+    segmenter's top-k probability (the bounds, self-training) is never calibrated to.
+    """
     box = select_threshold(val.boxacc_v2, test.boxacc_v2, val.thresholds, "BoxAccV2")
     top1 = select_threshold(val.top1_loc, test.top1_loc, val.thresholds, "Top-1 Loc")
     known = select_threshold(val.gt_known_loc, test.gt_known_loc, val.thresholds, "GT-known Loc")
@@ -217,6 +249,10 @@ def figures_at_validation_tau(
         "Top-1 Loc": float(top1.validation_threshold),
         "GT-known Loc": float(known.validation_threshold),
     }
+    if len(val.lesion_scores) and len(test.lesion_scores) and 0 < val.is_lesion.sum() < len(val.is_lesion):
+        taus["decision"] = decision_threshold(val.lesion_scores, val.is_lesion)
+        decided = test.lesion_scores >= taus["decision"]
+        figures["accuracy@val_threshold"] = 100.0 * float(np.mean(decided == test.is_lesion))
     if np.isfinite(val.dice).all() and np.isfinite(test.dice).all():
         dice = select_threshold(val.dice, test.dice, val.mask_thresholds, "Dice")
         figures["Dice@val_tau"] = float(dice.test_value)
@@ -242,6 +278,8 @@ _CURVE_FIELDS = (
     "dice",
     "iou",
     "detection",
+    "lesion_scores",
+    "is_lesion",
 )
 
 
