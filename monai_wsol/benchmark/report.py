@@ -688,15 +688,15 @@ def readme_table(
     cell = {(s["method"], s["metric"]): s for s in summary}
     seeds = {m: sorted({int(r["seed"]) for r in runs if r["method"] == m}) for m in methods}
     most = max(len(v) for v in seeds.values())
-    label = {CEILING: f"{CEILING} (ceiling)", FLOOR: f"{FLOOR} (floor)"}
+    bound = {CEILING: "ceiling", FLOOR: "floor"}
     rows = []
     for method in [m for m in methods if m not in (CEILING, FLOOR)] + [
         m for m in (FLOOR, CEILING) if m in methods
     ]:
-        row = [
-            label.get(method, method)
-            + (f" (seeds {_seed_list(seeds[method])})" if len(seeds[method]) != most else "")
-        ]
+        notes = [bound[method]] if method in bound else []
+        if len(seeds[method]) != most:
+            notes.append(f"seeds {_seed_list(seeds[method])}")
+        row = [f"{method} ({'; '.join(notes)})" if notes else method]
         for metric in metrics:
             s, d = cell[method, metric], _decimals(metric)
             row.append("n/a" if s["n"] == 0 else f"{_fmt(s['mean'], d)} ± {_fmt(s['std'], d)}")
