@@ -15,6 +15,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from monai_wsol.benchmark.report import emit_table
 from monai_wsol.benchmark.shapes import map_shape_table
 
 
@@ -31,11 +32,7 @@ def main(argv: list[str] | None = None) -> str:
     config = ConfigParser()
     config.read_config([str(Path(p)) for p in args.config])
     bench = config.get_parsed_content("benchmark")
-    table = map_shape_table(bench, args.setting, args.methods, args.seeds)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table)
-    return table
+    return emit_table(map_shape_table(bench, args.setting, args.methods, args.seeds), args.out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from monai_wsol.benchmark.report import emit_table
 from monai_wsol.engines.pseudo_masks import pseudo_mask_agreement
 
 
@@ -43,11 +44,7 @@ def main(argv: list[str] | None = None) -> str:
             f"| {quality['area_ratio']:.2f} | {source_result['test']['Dice@val_tau']:.3f} "
             f"| {result['test']['Dice@val_tau']:.3f} |"
         )
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table)
-    return table
+    return emit_table("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

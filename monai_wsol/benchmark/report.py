@@ -68,6 +68,7 @@ __all__ = [
     "readme_table",
     "records_from_csv",
     "replace_marked_section",
+    "emit_table",
 ]
 
 #: Test metrics of the benchmark, in table order (percent unless in ``UNIT_INTERVAL_METRICS``).
@@ -741,3 +742,12 @@ def replace_marked_section(text: str, marker: str, content: str) -> str:
     if i < 0 or j < i:
         raise ValueError(f"replace_marked_section: the text has no '{start}' ... '{end}' section.")
     return text[: i + len(start)] + "\n" + content.rstrip("\n") + "\n" + text[j:]
+
+
+def emit_table(table: str, out: str | os.PathLike | None = None) -> str:
+    """Print a markdown table (what the scripts under ``benchmarks/`` report) and, with ``out``, write it
+    there atomically; returns it."""
+    print(table)
+    if out:
+        atomic_write_text(out, table)
+    return table
