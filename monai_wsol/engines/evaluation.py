@@ -234,7 +234,7 @@ def figures_at_validation_tau(
     Besides the CAM thresholds: ``accuracy@val_threshold``, the test accuracy of "lesion or not" with the
     decision threshold on the lesion probability that is best on validation (:func:`decision_threshold`;
     ``taus["decision"]``). The plain ``accuracy`` reads the argmax, i.e. a fixed 0.5 for two classes, which a
-    segmenter's top-k probability (the bounds, self-training) is never calibrated to.
+    segmenter's top-k probability (the bounds, self-training) is not calibrated to.
     """
     box = select_threshold(val.boxacc_v2, test.boxacc_v2, val.thresholds, "BoxAccV2")
     top1 = select_threshold(val.top1_loc, test.top1_loc, val.thresholds, "Top-1 Loc")
