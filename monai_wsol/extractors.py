@@ -438,7 +438,8 @@ class LayerCAMExtractor(CAMExtractor):
             f"normalize={self.normalize})"
         )
 
-    def _layers(self, net: nn.Module) -> list[str]:
+    def _layers(self, net: nn.Module) -> dict[str, nn.Module]:
+        """The hooked layers by name, in the order given (checked to be modules of ``net``)."""
         names = self.layer_names
         if names is None:
             names = list(getattr(net, "stage_layer_names", None) or [getattr(net, "cam_layer_name", None)])
@@ -449,13 +450,12 @@ class LayerCAMExtractor(CAMExtractor):
                     f"LayerCAMExtractor: layer {name!r} is not a module of {type(net).__name__}; pass "
                     "layer_names=[<module name>, ...]."
                 )
-        return names
+        return {name: modules[name] for name in names}
 
     def _extract(
         self, net: nn.Module, x: torch.Tensor, class_idx: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        names = self._layers(net)
-        modules = dict(net.named_modules())
+        layers = self._layers(net)
         outputs: dict[str, torch.Tensor] = {}
 
         def keep(name: str) -> Callable[..., None]:
@@ -464,7 +464,7 @@ class LayerCAMExtractor(CAMExtractor):
 
             return hook
 
-        handles = [modules[name].register_forward_hook(keep(name)) for name in names]
+        handles = [module.register_forward_hook(keep(name)) for name, module in layers.items()]
         try:
             logits = net(x.clone().requires_grad_(True))
         finally:
@@ -477,7 +477,7 @@ class LayerCAMExtractor(CAMExtractor):
                 f"LayerCAMExtractor: class_idx must be in [0, {logits.shape[1] - 1}], got {classes.tolist()}."
             )
         score = logits.gather(1, classes.reshape(-1, 1)).sum()  # samples do not interact in eval mode
-        activations = [outputs[name] for name in names]
+        activations = [outputs[name] for name in layers]
         grads = torch.autograd.grad(score, activations)
         maps = []
         for act, grad in zip(activations, grads, strict=True):

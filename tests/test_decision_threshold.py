@@ -27,6 +27,16 @@ def test_the_threshold_separates_the_classes_midway_between_scores():
     # all lesion / all negative: call every image lesion / none
     assert decision_threshold([0.2, 0.4], [1, 1]) == 0.2
     assert decision_threshold([0.2, 0.4], [0, 0]) > 0.4
+    # random splits with tied scores: the threshold reaches the best accuracy of any cut, the lowest such cut
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores, labels = rng.integers(0, 12, 60) / 11.0, rng.random(60) < 0.5
+        cuts = [*np.unique(scores), np.inf]
+        accuracy = [np.mean((scores >= c) == labels) for c in cuts]
+        t = decision_threshold(scores, labels)
+        assert np.mean((scores >= t) == labels) == max(accuracy)
+        lowest_best = cuts[int(np.argmax(accuracy))]
+        np.testing.assert_array_equal(scores >= t, scores >= lowest_best)
     with pytest.raises(ValueError, match="scores for"):
         decision_threshold([0.1, 0.2], [1])
 

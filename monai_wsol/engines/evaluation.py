@@ -216,8 +216,13 @@ def decision_threshold(scores: np.ndarray, is_lesion: np.ndarray) -> float:
     if scores.shape != is_lesion.shape or not len(scores):
         raise ValueError(f"decision_threshold: {scores.shape} scores for {is_lesion.shape} labels.")
     levels = np.unique(scores)  # candidate: "lesion" from levels[i] up; the last one calls no image "lesion"
+    # correct calls at each candidate, from sorted scores (O(n log n)): lesion images at or above it plus the
+    # others below it; the appended candidate (+inf) calls every image "no lesion"
     candidates = np.append(levels, np.inf)
-    correct = [np.sum((scores >= c) == is_lesion) for c in candidates]
+    lesion, other = np.sort(scores[is_lesion]), np.sort(scores[~is_lesion])
+    correct = (len(lesion) - np.searchsorted(lesion, candidates, side="left")) + np.searchsorted(
+        other, candidates, side="left"
+    )
     best = int(np.argmax(correct))
     if best == 0:
         return float(levels[0])
