@@ -57,6 +57,9 @@ print(f"Test split: accuracy {r['accuracy']:.1f} %, AUC {r['AUC']:.3f}. On its l
       f"MaxBoxAccV2 {r['MaxBoxAccV2']:.1f}, PxAP {r['PxAP']:.1f}, Dice {r['Dice']:.3f} (the protocol's best "
       f"thresholds); at the thresholds chosen on validation: Dice {at_val['Dice@val_tau']:.3f} "
       f"(tau {taus['Dice']:.2f}), BoxAccV2 {at_val['BoxAccV2@val_tau']:.1f}")
+if "decision" in taus:
+    print(f"Test accuracy at the decision threshold chosen on validation (lesion if p >= {taus['decision']:.3f}; "
+          f"inference's --decision_threshold): {at_val['accuracy@val_threshold']:.1f} %")
 PYEOF
 
 echo "== 4/5 inference on the test split at that threshold -> $OUT/inference (NIfTI, JSON, overlay PNGs)"

@@ -422,6 +422,39 @@ def test_plot_example_grid(bench, tmp_path, monkeypatch):
         plot_example_grid(bench, "distractor", tmp_path / "y.png")
 
 
+def test_plot_map_shapes_draws_each_figure_as_one_box_per_method(tmp_path, monkeypatch):
+    from monai_wsol.benchmark.figures import plot_map_shapes
+    from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS
+
+    figs = _capture_figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    values = {"cam": rng.random((30, len(MAP_SHAPE_KEYS))), "sfs2": 1 + rng.random((20, len(MAP_SHAPE_KEYS)))}
+    values["sfs2"][3, 0] = np.nan  # a map without a defined figure is left out of that panel only
+    out = plot_map_shapes(values, tmp_path / "shapes.png", cell_inches=(2, 1.5), ncols=4, dpi=50)
+    assert _png_size(out) == (4 * 2 * 50, 2 * 1.5 * 50)
+    axes = figs[0].axes
+    shown = [ax for ax in axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == list(MAP_SHAPE_KEYS) and len(axes) == 8
+    for k, ax in enumerate(shown):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["cam", "sfs2"]
+        assert ax.get_yscale() == ("log" if MAP_SHAPE_KEYS[k] == "area_ratio" else "linear")
+        # the median is the one two-point line as wide as its box (0.6); the means' markers are drawn last
+        medians = [
+            ln.get_ydata()[0]
+            for ln in ax.lines
+            if ln.get_xdata().size == 2 and np.ptp(ln.get_xdata()) == pytest.approx(0.6)
+        ]
+        means = ax.lines[-1].get_ydata()
+        for i, v in enumerate(values.values()):
+            column = v[:, k][np.isfinite(v[:, k])]
+            assert medians[i] == pytest.approx(np.median(column))
+            assert means[i] == pytest.approx(column.mean())
+    with pytest.raises(ValueError, match="'cam' has shape"):
+        plot_map_shapes({"cam": np.zeros((3, 2))}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no method"):
+        plot_map_shapes({}, tmp_path / "x.png")
+
+
 def test_figures_atomic_on_error(bench, tmp_path, monkeypatch):
     out = tmp_path / "grid.png"
     out.write_bytes(b"previous")

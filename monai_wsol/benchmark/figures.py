@@ -1,6 +1,8 @@
-"""Benchmark figures: accuracy-versus-threshold curves and a grid of the same test images under every method.
+"""Benchmark figures: accuracy-versus-threshold curves, a grid of the same test images under every method, and
+the distributions of the maps' shapes on their lesions (:func:`plot_map_shapes`).
 
-Both read a benchmark folder written by the runner (``<bench_dir>/runs/<setting>/<method>/seed<k>/``):
+The curves and the grid read a benchmark folder written by the runner
+(``<bench_dir>/runs/<setting>/<method>/seed<k>/``):
 
 - :func:`plot_threshold_curves` uses each run's ``curves.npz`` (``thresholds`` (T,), ``boxacc`` (3, T) in
   percent at IoU 0.3/0.5/0.7, optional ``dice`` (T,));
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,13 @@ import numpy as np
 from monai_wsol.benchmark.report import collect_results, method_order
 from monai_wsol.boxes import Boxes
 from monai_wsol.io_utils import atomic_path
+from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS
 
 __all__ = [
     "plot_threshold_curves",
     "plot_example_grid",
     "plot_orthogonal_slices",
+    "plot_map_shapes",
     "orthogonal_planes",
     "CURVE_IOUS",
 ]
@@ -409,4 +413,65 @@ def plot_orthogonal_slices(
                 ax.set_title(title, fontsize="small")
         axes[i, 0].set_ylabel(str(item.get("name", f"volume {i}")), fontsize="small")
     fig.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=0.93, wspace=0.03, hspace=0.05)
+    return _save(fig, out_path)
+
+
+#: the map shape figures drawn on a log axis (ratios spanning orders of magnitude)
+_LOG_SHAPE_KEYS = frozenset({"area_ratio"})
+
+
+def plot_map_shapes(
+    values: Mapping[str, np.ndarray],
+    out_path: str | os.PathLike,
+    keys: Sequence[str] = MAP_SHAPE_KEYS,
+    title: str = "",
+    cell_inches: tuple[float, float] = (2.4, 2.4),
+    ncols: int = 4,
+    dpi: int = 120,
+) -> Path:
+    """The shape of each method's maps on its lesions as distributions: one panel per map shape figure, one
+    box per method (quartiles, whiskers at 1.5 IQR, no outlier marks; a dot at the mean).
+
+    Args:
+        values: ``{method: (N, len(keys))}``, one row per lesion image (the rows of
+            :func:`monai_wsol.benchmark.shapes.map_shape_values`), in the boxes' order.
+        out_path: the image file; its suffix gives the format.
+        keys: the column names of ``values``' arrays (:data:`MAP_SHAPE_KEYS`); ``area_ratio`` is drawn on a
+            log axis.
+        title: the figure's title.
+        cell_inches: one panel's (width, height); the image is ``ncols`` panels wide.
+        ncols: panels per row.
+        dpi: resolution.
+
+    Returns:
+        ``Path(out_path)``.
+
+    Raises:
+        ValueError: no method, or an array that is not ``(N, len(keys))``.
+    """
+    if not values:
+        raise ValueError("plot_map_shapes: no method given.")
+    arrays = {m: np.asarray(v, dtype=np.float64) for m, v in values.items()}
+    for method, v in arrays.items():
+        if v.ndim != 2 or v.shape[1] != len(keys):
+            raise ValueError(f"plot_map_shapes: {method!r} has shape {v.shape}; expected (N, {len(keys)}).")
+    nrows = math.ceil(len(keys) / ncols)
+    fig = _new_figure((ncols * cell_inches[0], nrows * cell_inches[1]), dpi)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    names = list(arrays)
+    for k, (ax, key) in enumerate(zip(axes, keys, strict=False)):
+        columns = [v[:, k][np.isfinite(v[:, k])] for v in arrays.values()]
+        ax.boxplot(columns, showfliers=False, widths=0.6)
+        ax.plot(range(1, len(columns) + 1), [c.mean() if len(c) else np.nan for c in columns], "o", ms=3)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize="x-small")
+        ax.set_title(key, fontsize="small")
+        ax.tick_params(axis="y", labelsize="x-small")
+        if key in _LOG_SHAPE_KEYS:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.tight_layout()
     return _save(fig, out_path)

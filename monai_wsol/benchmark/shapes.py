@@ -2,16 +2,17 @@
 
 For finished benchmark runs, :func:`lesion_examples` re-evaluates a run's model on the test split with the
 bundle's ``evaluate`` and keeps every lesion image's map (``<run>/eval_examples/test_examples.npz``, reused
-while it holds enough); :func:`map_shape_table` measures each map against its lesion with
-:func:`monai_wsol.metrics.map_shape` at the run's validation Dice threshold and compares methods on the same
-lesions and seeds (Wilcoxon signed-rank test of the paired differences). 2D and 3D alike; offsets in mm from
-the test images' voxel size.
+while it holds enough); :func:`map_shape_values` measures each map against its lesion with
+:func:`monai_wsol.metrics.map_shape` at the run's validation Dice threshold; :func:`map_shape_table` compares
+methods on the same lesions and seeds (Wilcoxon signed-rank test of the paired differences), and
+:func:`monai_wsol.benchmark.figures.plot_map_shapes` draws the same figures as distributions. 2D and 3D
+alike; offsets in mm from the test images' voxel size.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -19,7 +20,13 @@ import numpy as np
 from monai_wsol.benchmark.runner import POSTHOC, Benchmark
 from monai_wsol.metrics.map_shapes import MAP_SHAPE_KEYS, map_shape
 
-__all__ = ["lesion_examples", "map_shape_table", "validation_dice_tau"]
+__all__ = [
+    "format_map_shape_table",
+    "lesion_examples",
+    "map_shape_table",
+    "map_shape_values",
+    "validation_dice_tau",
+]
 
 _EXAMPLE_KEYS = ("images", "cams", "gt_masks")
 
@@ -52,11 +59,11 @@ def validation_dice_tau(bench: Benchmark, setting: str, method: str, seed: int) 
     return float(result["val_tau"]["Dice"])
 
 
-def map_shape_table(bench: Benchmark, setting: str, methods: Sequence[str], seeds: Sequence[int]) -> str:
-    """Markdown: each method's mean (and median) map shape figures over every test lesion image of every seed,
-    then each method's mean difference from ``methods[0]`` on the same lesions with its Wilcoxon p."""
-    from scipy.stats import wilcoxon
-
+def map_shape_values(
+    bench: Benchmark, setting: str, methods: Sequence[str], seeds: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Each method's :data:`MAP_SHAPE_KEYS` figures, one row per test lesion image of every seed (seed-major,
+    the same lesion order for every method): ``{method: (len(seeds) * lesions, len(MAP_SHAPE_KEYS))}``."""
     path = bench.datalist(setting)
     datalist = json.loads(path.read_text())
     lesions = sum(1 for item in datalist["test"] if item["label"])
@@ -70,14 +77,22 @@ def map_shape_table(bench: Benchmark, setting: str, methods: Sequence[str], seed
             tau = validation_dice_tau(bench, setting, method, seed)
             for cam, mask in zip(ex["cams"], ex["gt_masks"], strict=True):
                 rows.append([map_shape(cam, mask, tau, spacing)[k] for k in MAP_SHAPE_KEYS])
-        per_method[method] = np.asarray(rows, dtype=np.float64)
+        per_method[method] = np.asarray(rows, dtype=np.float64).reshape(-1, len(MAP_SHAPE_KEYS))
+    return per_method
+
+
+def format_map_shape_table(per_method: Mapping[str, np.ndarray]) -> str:
+    """Markdown: each method's mean (and median) of the :func:`map_shape_values` rows, then each method's mean
+    difference from the first method's on the same lesions with its Wilcoxon signed-rank p."""
+    from scipy.stats import wilcoxon
+
     header = "| method | " + " | ".join(MAP_SHAPE_KEYS) + " |"
     rule = "|---" * (len(MAP_SHAPE_KEYS) + 1) + "|"
     lines = [header, rule]
     for method, values in per_method.items():
         cells = [f"{np.nanmean(v):.3f} (median {np.nanmedian(v):.3f})" for v in values.T]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    reference = methods[0]
+    reference = next(iter(per_method))
     lines += ["", f"Differences from `{reference}` on the same lesions and seeds (mean; Wilcoxon p):", ""]
     lines += [header.replace("| method |", f"| method - {reference} |"), rule]
     for method, values in per_method.items():
@@ -91,3 +106,8 @@ def map_shape_table(bench: Benchmark, setting: str, methods: Sequence[str], seed
             cells.append(f"{diff.mean():+.3f} (p {p:.2g})" if len(diff) else "n/a")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def map_shape_table(bench: Benchmark, setting: str, methods: Sequence[str], seeds: Sequence[int]) -> str:
+    """Markdown: :func:`format_map_shape_table` of :func:`map_shape_values` (``methods[0]`` the reference)."""
+    return format_map_shape_table(map_shape_values(bench, setting, methods, seeds))

@@ -44,7 +44,7 @@ from monai_wsol.metrics import MaxBoxAccMetric, MaxBoxAccV2Metric, PxAPMetric
 from monai_wsol.metrics.detection import detection_curve
 from monai_wsol.metrics.localization import LocalizationAccuracyMetric
 from monai_wsol.metrics.mask_overlap import MaskOverlapMetric
-from monai_wsol.metrics.threshold import select_threshold
+from monai_wsol.metrics.threshold import decision_threshold, select_threshold
 
 __all__ = [
     "SplitCurves",
@@ -186,9 +186,13 @@ def split_curves(
         scalars["lesion_images"] = float(pos.numel())
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
     lesion_scores = probs[:, classes].sum(1)
-    scalars["AUC"] = (
-        float(compute_roc_auc(lesion_scores, is_lesion.float()))
-        if 0 < is_lesion.sum() < len(labels)
+    both = 0 < is_lesion.sum() < len(labels)
+    scalars["AUC"] = float(compute_roc_auc(lesion_scores, is_lesion.float())) if both else np.nan
+    # the lesion-probability threshold of the best accuracy: what a validation split hands to inference as
+    # its decision_threshold (as Dice_tau is its mask threshold)
+    scalars["decision_threshold"] = (
+        decision_threshold(lesion_scores.detach().cpu().double().numpy(), is_lesion.cpu().numpy())
+        if both
         else np.nan
     )
     return SplitCurves(
@@ -205,30 +209,6 @@ def split_curves(
         lesion_scores=lesion_scores.detach().cpu().double().numpy(),
         is_lesion=is_lesion.cpu().numpy(),
     )
-
-
-def decision_threshold(scores: np.ndarray, is_lesion: np.ndarray) -> float:
-    """The lesion-probability threshold (an image is called "lesion" when its score is >= it) with the
-    highest accuracy on these images, e.g. a validation split's; on ties the lowest such threshold, placed
-    midway between the two scores it separates (not on a validation score)."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    is_lesion = np.asarray(is_lesion, dtype=bool).reshape(-1)
-    if scores.shape != is_lesion.shape or not len(scores):
-        raise ValueError(f"decision_threshold: {scores.shape} scores for {is_lesion.shape} labels.")
-    levels = np.unique(scores)  # candidate: "lesion" from levels[i] up; the last one calls no image "lesion"
-    # correct calls at each candidate, from sorted scores (O(n log n)): lesion images at or above it plus the
-    # others below it; the appended candidate (+inf) calls every image "no lesion"
-    candidates = np.append(levels, np.inf)
-    lesion, other = np.sort(scores[is_lesion]), np.sort(scores[~is_lesion])
-    correct = (len(lesion) - np.searchsorted(lesion, candidates, side="left")) + np.searchsorted(
-        other, candidates, side="left"
-    )
-    best = int(np.argmax(correct))
-    if best == 0:
-        return float(levels[0])
-    if best == len(levels):
-        return float(np.nextafter(levels[-1], np.inf))
-    return float((levels[best - 1] + levels[best]) / 2)
 
 
 def figures_at_validation_tau(

@@ -50,6 +50,7 @@ from monai_wsol.engines.batch import (
 )
 from monai_wsol.engines.handlers import is_main_process, write_rows
 from monai_wsol.extractors import CAMExtractor, ClassSelection, SliceBySliceExtractor, get_extractor
+from monai_wsol.metrics.threshold import predicted_class
 
 #: evaluator output key of the per-slice logits ``(S, K)`` of a volume run slice by slice through a 2D model
 SLICE_PRED_KEY = "slice_pred"
@@ -316,7 +317,9 @@ class LocalizationWriter:
       as a DICOM Secondary Capture in the source's study (:mod:`monai_wsol.writers.dicom_sc`), for viewers
       that cannot show a DICOM-SEG: the CAM blended on the image, the mask outline and the boxes, on the
       slice where the CAM peaks, referencing that slice's instance;
-    - ``<stem>_localization.json``: class probabilities, predicted class, boxes (MONAI ``StandardMode``, voxel
+    - ``<stem>_localization.json``: class probabilities, predicted class (the argmax, or with a
+      ``decision_threshold`` "lesion" when the lesion classes' summed probability reaches it, recorded beside
+      it; :func:`monai_wsol.metrics.threshold.predicted_class`), boxes (MONAI ``StandardMode``, voxel
       and world coordinates; see :func:`monai_wsol.writers.write_boxes_json`) and the other files' paths; for
       a volume run slice by slice, ``slice_probabilities``: each slice's probability of the lesion class
       (``extra["cam_class"]`` when an int, else class 1), in array order along the slice axis.
@@ -342,6 +345,8 @@ class LocalizationWriter:
             are converted with a softmax otherwise, see ``pred_is_prob``).
         pred_is_prob: ``True`` when ``pred`` already holds probabilities.
         extra: more keys for every JSON (e.g. ``{"tau": 0.5}``, the threshold that made the mask).
+        decision_threshold: ``None`` (the predicted class is the argmax) or a lesion-probability threshold in
+            [0, 1], e.g. the ``decision_threshold`` the bundle's ``evaluate`` reports for a validation split.
     """
 
     def __init__(
@@ -362,7 +367,11 @@ class LocalizationWriter:
         score_key: str | None = None,
         pred_is_prob: bool = True,
         extra: dict | None = None,
+        decision_threshold: float | None = None,
     ) -> None:
+        if decision_threshold is not None:
+            predicted_class([0.5, 0.5], decision_threshold)  # the argument's error, before any input is read
+        self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names) if class_names is not None else None
         self.write_dicom_seg = bool(write_dicom_seg)
@@ -440,6 +449,7 @@ class LocalizationWriter:
         probs = pred if self.pred_is_prob else torch.softmax(pred, dim=0)
         probs_list = [float(p) for p in probs.cpu()]
         names = self._names(len(probs_list))
+        decided = predicted_class(probs_list, self.decision_threshold)
 
         # the maps are on the input grid (CAMEvaluator upsamples to it), so the input's affine is theirs;
         # nibabel directly rather than MONAI's SaveImage, which fails on 2D arrays with MONAI's 4x4 affine
@@ -513,7 +523,7 @@ class LocalizationWriter:
         if self.write_overlay or (dicom is not None and self.write_dicom_overlay):
             # one view for both pictures: the slice where the CAM peaks (the image itself in 2D)
             image2d, cam2d, mask2d, boxes2d, index = self._overlay_view(item, cam, mask, boxes)
-            caption = self._caption(probs_list, index)
+            caption = self._caption(probs_list, decided, index)
             if self.write_overlay:
                 from monai_wsol.writers import write_overlay_png
 
@@ -533,6 +543,8 @@ class LocalizationWriter:
         world = item.get(self.world_box_key)
         scores = item.get(self.score_key) if self.score_key else None
         extra = {"cam_file": files["cam"], "mask_file": files["mask"]}
+        if self.decision_threshold is not None:
+            extra["decision_threshold"] = self.decision_threshold
         if item.get(SLICE_PRED_KEY) is not None:
             # a volume run slice by slice: each slice's lesion probability (as the MONAI Label answer gives)
             lesion = self.extra.get("cam_class")
@@ -555,6 +567,7 @@ class LocalizationWriter:
                 class_names=names,
                 spatial_dims=spatial_dims,
                 extra={**extra, **self.extra},
+                predicted_class=decided,
             )
         )
         return prediction_row(json_path)
@@ -574,10 +587,11 @@ class LocalizationWriter:
             boxes2d = boxes[crossing][:, [0, 1, 3, 4]] if boxes.size else np.zeros((0, 4))
         return image2d, cam2d, mask2d, boxes2d, index
 
-    def _caption(self, probs: list[float], index: int | None) -> str:
+    def _caption(self, probs: list[float], decided: int, index: int | None) -> str:
         names = self._names(len(probs))
-        best = int(np.argmax(probs))
-        return f"{names[best]} (p = {probs[best]:.2f})" + (f", slice {index}" if index is not None else "")
+        return f"{names[decided]} (p = {probs[decided]:.2f})" + (
+            f", slice {index}" if index is not None else ""
+        )
 
     def _names(self, k: int) -> list[str]:
         if self.class_names is not None and len(self.class_names) != k:
@@ -635,7 +649,8 @@ def prediction_row(json_path: str | os.PathLike) -> dict:
     return {
         "image": doc["image"],
         "stem": path.name[: -len("_localization.json")],
-        "predicted_class": names[int(np.argmax(probs))],
+        # the writer's decision (a decision threshold may overrule the argmax)
+        "predicted_class": names[int(doc.get("predicted_class", int(np.argmax(probs))))],
         **{f"p_{n}": p for n, p in zip(names, probs, strict=True)},
         "n_boxes": len(doc["boxes"]),
         "files": files,

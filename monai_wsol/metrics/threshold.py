@@ -19,7 +19,14 @@ import torch
 
 from ._quantize import as_thresholds
 
-__all__ = ["choose_threshold", "apply_threshold", "ThresholdSelection", "select_threshold"]
+__all__ = [
+    "choose_threshold",
+    "apply_threshold",
+    "ThresholdSelection",
+    "select_threshold",
+    "decision_threshold",
+    "predicted_class",
+]
 
 CurveLike = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
 
@@ -150,3 +157,54 @@ def select_threshold(
         oracle_threshold=oracle_tau,
         oracle_value=oracle_value,
     )
+
+
+def decision_threshold(scores: np.ndarray, is_lesion: np.ndarray) -> float:
+    """The lesion-probability threshold (an image is called "lesion" when its score is >= it) with the
+    highest accuracy on these images, e.g. a validation split's; on ties the lowest such threshold, placed
+    midway between the two scores it separates (not on a validation score)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    is_lesion = np.asarray(is_lesion, dtype=bool).reshape(-1)
+    if scores.shape != is_lesion.shape or not len(scores):
+        raise ValueError(f"decision_threshold: {scores.shape} scores for {is_lesion.shape} labels.")
+    levels = np.unique(scores)  # candidate: "lesion" from levels[i] up; the last one calls no image "lesion"
+    # correct calls at each candidate, from sorted scores (O(n log n)): lesion images at or above it plus the
+    # others below it; the appended candidate (+inf) calls every image "no lesion"
+    candidates = np.append(levels, np.inf)
+    lesion, other = np.sort(scores[is_lesion]), np.sort(scores[~is_lesion])
+    correct = (len(lesion) - np.searchsorted(lesion, candidates, side="left")) + np.searchsorted(
+        other, candidates, side="left"
+    )
+    best = int(np.argmax(correct))
+    if best == 0:
+        return float(levels[0])
+    if best == len(levels):
+        return float(np.nextafter(levels[-1], np.inf))
+    return float((levels[best - 1] + levels[best]) / 2)
+
+
+def predicted_class(
+    probabilities: Sequence[float] | np.ndarray | torch.Tensor,
+    threshold: float | None = None,
+    lesion_classes: Sequence[int] | None = None,
+) -> int:
+    """One image's class: the argmax of its ``probabilities`` without a ``threshold``; with one (a
+    :func:`decision_threshold` chosen on validation), a lesion when the summed probability of
+    ``lesion_classes`` (default: every class but 0) is at least the threshold -- then the most probable of
+    those classes -- else class 0 ("no lesion")."""
+    probs = np.asarray(
+        probabilities.detach().cpu().numpy() if isinstance(probabilities, torch.Tensor) else probabilities,
+        dtype=np.float64,
+    ).reshape(-1)
+    if threshold is None:
+        return int(np.argmax(probs))
+    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"decision_threshold must be a probability in [0, 1] or None, got {threshold!r}.")
+    lesions = list(range(1, len(probs))) if lesion_classes is None else [int(c) for c in lesion_classes]
+    if not lesions or min(lesions) < 1 or max(lesions) >= len(probs):
+        raise ValueError(
+            f"lesion_classes {lesions} for {len(probs)} class probabilities (class 0 is no lesion)."
+        )
+    if probs[lesions].sum() < float(threshold):
+        return 0
+    return lesions[int(np.argmax(probs[lesions]))]

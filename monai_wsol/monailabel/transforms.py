@@ -21,6 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from monai_wsol.metrics.threshold import predicted_class
 from monai_wsol.writers import write_boxes_json
 
 __all__ = ["LocalizationResultd", "UnpackDictd", "LABEL_OUTPUTS"]
@@ -70,6 +71,9 @@ class LocalizationResultd(MapTransform):
         cam_class: index of the lesion class (the class of the CAM).
         output: ``"mask"`` (default) or ``"cam"``: what the label image holds.
         extra: more JSON keys (e.g. ``{"tau": 0.5, "region_mode": "all"}``).
+        decision_threshold: ``None`` (the predicted class is the argmax) or a lesion-probability threshold in
+            [0, 1] chosen on validation (:func:`monai_wsol.metrics.threshold.predicted_class`), recorded in
+            the JSON.
     """
 
     def __init__(
@@ -88,8 +92,11 @@ class LocalizationResultd(MapTransform):
         cam_class: int = 1,
         output: str = "mask",
         extra: Mapping[str, Any] | None = None,
+        decision_threshold: float | None = None,
     ) -> None:
         super().__init__(keys)
+        if decision_threshold is not None:
+            predicted_class([0.5, 0.5], decision_threshold)  # the argument's error, at construction
         if len(self.keys) != 1:
             raise ValueError(f"LocalizationResultd takes one mask key, got {list(self.keys)}.")
         if output not in LABEL_OUTPUTS:
@@ -101,6 +108,7 @@ class LocalizationResultd(MapTransform):
         self.cam_class = int(cam_class)
         self.output = output
         self.extra = dict(extra or {})
+        self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -123,6 +131,8 @@ class LocalizationResultd(MapTransform):
             "lesion_voxels": int(mask.sum()),
             **self.extra,
         }
+        if self.decision_threshold is not None:
+            extra["decision_threshold"] = self.decision_threshold
         if self.slice_key is not None and d.get(self.slice_key) is not None:
             slice_probs = torch.softmax(torch.as_tensor(_numpy(d[self.slice_key])).float(), dim=-1)
             extra["slice_probabilities"] = [float(p) for p in slice_probs[:, self.cam_class]]
@@ -147,10 +157,11 @@ class LocalizationResultd(MapTransform):
                 class_names=self.class_names,
                 spatial_dims=_numpy(d[self.keys[0]]).ndim - 1,
                 extra=extra,
+                predicted_class=predicted_class(probs, self.decision_threshold),
             )
             doc = json.loads(path.read_text())
         names = self.class_names or [str(i) for i in range(len(probs))]
         # the names as well as the index: viewers show them as they are
-        doc["predicted_class_name"] = names[int(np.argmax(probs))]
+        doc["predicted_class_name"] = names[int(doc["predicted_class"])]
         doc["probabilities"] = {n: float(p) for n, p in zip(names, probs, strict=True)}
         return doc

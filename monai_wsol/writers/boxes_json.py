@@ -67,6 +67,7 @@ def write_boxes_json(
     class_names: Sequence[str] | None = None,
     extra: Mapping[str, Any] | None = None,
     spatial_dims: int | None = None,
+    predicted_class: int | None = None,
 ) -> Path:
     """Write one image's boxes (and class probabilities) atomically; schema in the module docstring.
 
@@ -79,11 +80,13 @@ def write_boxes_json(
             :func:`monai_wsol.transforms.functional.boxes_to_world` (voxel edges) when ``None``.
         labels, scores: one per box (optional).
         image_path: the input image, recorded as given.
-        class_probabilities: (num_classes,) probabilities; ``predicted_class`` is their argmax.
+        class_probabilities: (num_classes,) probabilities; ``predicted_class`` is their argmax unless given.
         class_names: names of the classes.
         extra: further JSON-serialisable keys (e.g. the threshold used).
         spatial_dims: 2 or 3; needed only when there are no boxes and the affine is 4 x 4 for a 2D image
             (MONAI gives 2D NIfTI a 4 x 4 affine); default: from the boxes, else from the affine.
+        predicted_class: the class the caller decided (e.g. with a decision threshold,
+            :func:`monai_wsol.metrics.threshold.predicted_class`); default: the probabilities' argmax.
 
     Returns:
         ``Path(path)``.
@@ -127,7 +130,11 @@ def write_boxes_json(
         ),
         "world_convention": "RAS mm; axis-aligned bounds of the voxel box edges (index - 0.5 .. max - 0.5)",
         "affine": _as_numpy(affine).astype(float).tolist(),
-        "predicted_class": None if probs is None else int(np.argmax(probs)),
+        "predicted_class": (
+            int(predicted_class)
+            if predicted_class is not None
+            else (None if probs is None else int(np.argmax(probs)))
+        ),
         "class_probabilities": probs,
         "class_names": None if class_names is None else list(class_names),
         "boxes": [

@@ -81,7 +81,7 @@ def test_inferer_2d_input_and_bad_shapes(net2d):
         LocalizationInferer(slice_batch=0)
 
 
-def _located(output: str = "mask") -> dict:
+def _located(output: str = "mask", **options) -> dict:
     affine = torch.tensor([[0.0, -2.0, 0.0, 10.0], [1.5, 0.0, 0.0, -4.0], [0.0, 0.0, 3.0, 7.0], [0, 0, 0, 1]])
     mask = torch.zeros(1, 6, 5, 4)
     mask[0, 1:3, 2:5, 0:2] = 1
@@ -96,7 +96,7 @@ def _located(output: str = "mask") -> dict:
         "pred_scores": torch.tensor([0.9]),
         "slice_pred": torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
     }
-    t = LocalizationResultd(class_names=["no_lesion", "lesion"], output=output, extra={"tau": 0.4})
+    t = LocalizationResultd(class_names=["no_lesion", "lesion"], output=output, extra={"tau": 0.4}, **options)
     return t(data)
 
 
@@ -116,6 +116,15 @@ def test_localization_result_mask_and_json():
     expected = torch.softmax(torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), -1)[:, 1]
     assert doc["slice_probabilities"] == pytest.approx(expected.tolist())
     json.dumps(doc)  # what MONAI Label sends must be JSON
+
+
+def test_localization_result_decides_at_the_decision_threshold():
+    doc = _located(decision_threshold=0.85)["result"]  # p(lesion) 0.8 < 0.85: no lesion, against the argmax
+    assert doc["predicted_class"] == 0 and doc["predicted_class_name"] == "no_lesion"
+    assert doc["decision_threshold"] == 0.85 and "decision_threshold" not in _located()["result"]
+    assert _located(decision_threshold=0.8)["result"]["predicted_class_name"] == "lesion"
+    with pytest.raises(ValueError, match="decision_threshold must be a probability"):
+        LocalizationResultd(decision_threshold=2.0)
 
 
 def test_localization_result_cam_label_and_errors():
