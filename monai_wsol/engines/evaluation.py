@@ -189,9 +189,9 @@ def split_curves(
     both = 0 < is_lesion.sum() < len(labels)
     scalars["AUC"] = float(compute_roc_auc(lesion_scores, is_lesion.float())) if both else np.nan
     # the lesion-probability threshold of the best accuracy: what a validation split hands to inference as
-    # its decision_threshold (as Dice_tau is its mask threshold)
+    # its decision_threshold (as Dice_tau is its mask threshold); a probability, so at most 1
     scalars["decision_threshold"] = (
-        decision_threshold(lesion_scores.detach().cpu().double().numpy(), is_lesion.cpu().numpy())
+        min(decision_threshold(lesion_scores.detach().cpu().double().numpy(), is_lesion.cpu().numpy()), 1.0)
         if both
         else np.nan
     )
