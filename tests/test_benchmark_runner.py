@@ -246,6 +246,8 @@ def test_every_ablation_variant_builds_the_network_it_names():
         for key in ("branches", "g", "t", "init"):
             if key in variant:
                 assert blocks and all(getattr(b, key) == variant[key] for b in blocks), (name, key)
+        if "pooling" in variant.get("net_kwargs", {}):  # the network's own option reaches the network
+            assert net.pooling == variant["net_kwargs"]["pooling"], name
         if name == "sfs1_conv5":  # the block where the variant puts it, and only there
             blocks = [n for n, m in net.named_modules() if type(m).__name__ == "DualSuppressionBlock"]
             assert blocks == ["backbone.plugin_conv5"]
