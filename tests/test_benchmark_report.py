@@ -279,6 +279,33 @@ def test_results_read_every_method_against_ceiling_and_floor(bench, tmp_path):
     assert "share of the fully supervised ceiling" not in md[md.index("## Setting `distractor`") :]
 
 
+def test_results_compare_the_runs_that_learnt_the_class(bench, tmp_path):
+    out = tmp_path / "bench"
+    shutil.copytree(bench, out)
+    assert "Where the classifier learnt the class" not in write_results(out)[1].read_text()  # no val AUC
+    for method in METHODS:
+        for seed in SEEDS:
+            path = out / "runs" / "default" / method / f"seed{seed}" / "result.json"
+            rec = json.loads(path.read_text())
+            # cam's seed 2 and every sfs2 run did not learn the class; 0.8 itself counts as learnt
+            rec["val"]["AUC"] = 0.5 if (method, seed) == ("cam", 2) or method == "sfs2" else 0.8 + 0.05 * seed
+            atomic_write_json(path, rec)
+    md = write_results(out)[1].read_text()
+    default = md[: md.index("## Setting `distractor`")]
+    assert "the runs whose validation AUC is at least 0.8" in default
+    header = "| method | seeds with validation AUC >= 0.8 | MaxBoxAccV2 | Dice | PxAP | accuracy | AUC |"
+    assert header in default
+    cam = [_value("default", "cam", k, "MaxBoxAccV2") for k in (0, 1)]
+    dice = [_value("default", "cam", k, "Dice") for k in (0, 1)]
+    assert (
+        f"| cam | 2 of 3 (0, 1) | {np.mean(cam):.2f} ± {np.std(cam, ddof=1):.2f} | "
+        f"{np.mean(dice):.3f} ± {np.std(dice, ddof=1):.3f} |" in default
+    )
+    assert "| sfs2 | 0 of 3 (none) | n/a | n/a | n/a | n/a | n/a |" in default
+    assert "| adl | 3 of 3 (0, 1, 2) |" in default
+    assert "Where the classifier learnt the class" not in md[md.index("## Setting `distractor`") :]
+
+
 def test_readme_table_is_the_results_of_one_setting_with_its_bounds(bench, tmp_path):
     out = tmp_path / "bench"
     shutil.copytree(bench, out)
