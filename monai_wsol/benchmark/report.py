@@ -583,8 +583,8 @@ def _markdown(
                 "",
                 "Two-sided paired t-test (scipy.stats.ttest_rel) on the per-seed differences; "
                 "95 % t-interval of the mean difference; verdict `better`/`worse` only when p < 0.05. "
-                "With 3 seeds the test has low power: no significant difference is not evidence of "
-                "equality. Not corrected for multiple comparisons.",
+                f"With {len(seeds)} seeds the test has low power: no significant difference is not evidence "
+                "of equality. Not corrected for multiple comparisons.",
                 "",
             ]
             lines += _paired_table(tests, ref) + [""]
