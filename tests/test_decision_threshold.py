@@ -85,7 +85,8 @@ def test_predicted_class_is_the_argmax_or_the_thresholded_lesion_probability():
     assert predicted_class(probs, 0.5) == 2
     assert predicted_class(probs, 0.61) == 0
     assert predicted_class(probs, 0.2, lesion_classes=[1]) == 1
-    for bad in (1.5, -0.1, True):
+    assert predicted_class([0.3, 0.7], "0.8") == 0  # a threshold given as text, as configs may
+    for bad in (1.5, -0.1, True, "high", float("nan"), [0.5]):
         with pytest.raises(ValueError, match="decision_threshold must be a probability"):
             predicted_class([0.5, 0.5], bad)
     with pytest.raises(ValueError, match="lesion_classes"):

@@ -50,7 +50,7 @@ from monai_wsol.engines.batch import (
 )
 from monai_wsol.engines.handlers import is_main_process, write_rows
 from monai_wsol.extractors import CAMExtractor, ClassSelection, SliceBySliceExtractor, get_extractor
-from monai_wsol.metrics.threshold import predicted_class
+from monai_wsol.metrics.threshold import as_decision_threshold, predicted_class
 
 #: evaluator output key of the per-slice logits ``(S, K)`` of a volume run slice by slice through a 2D model
 SLICE_PRED_KEY = "slice_pred"
@@ -369,9 +369,8 @@ class LocalizationWriter:
         extra: dict | None = None,
         decision_threshold: float | None = None,
     ) -> None:
-        if decision_threshold is not None:
-            predicted_class([0.5, 0.5], decision_threshold)  # the argument's error, before any input is read
-        self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
+        # checked here, before any input is read
+        self.decision_threshold = as_decision_threshold(decision_threshold)
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names) if class_names is not None else None
         self.write_dicom_seg = bool(write_dicom_seg)

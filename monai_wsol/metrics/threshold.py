@@ -10,6 +10,7 @@ Top-1 Loc(tau), ...  Ties go to the smallest tau (the first maximum), as everywh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "ThresholdSelection",
     "select_threshold",
     "decision_threshold",
+    "as_decision_threshold",
     "predicted_class",
 ]
 
@@ -183,6 +185,20 @@ def decision_threshold(scores: np.ndarray, is_lesion: np.ndarray) -> float:
     return float((levels[best - 1] + levels[best]) / 2)
 
 
+def as_decision_threshold(value: Any) -> float | None:
+    """A ``decision_threshold`` argument as a probability in [0, 1], or ``None`` (the argmax decides); any
+    other value raises a ``ValueError`` naming the argument."""
+    if value is None:
+        return None
+    try:  # a number, or its text (a config or the command line may give either)
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"decision_threshold must be a probability in [0, 1] or None, got {value!r}.")
+    return number
+
+
 def predicted_class(
     probabilities: Sequence[float] | np.ndarray | torch.Tensor,
     threshold: float | None = None,
@@ -196,15 +212,14 @@ def predicted_class(
         probabilities.detach().cpu().numpy() if isinstance(probabilities, torch.Tensor) else probabilities,
         dtype=np.float64,
     ).reshape(-1)
+    threshold = as_decision_threshold(threshold)
     if threshold is None:
         return int(np.argmax(probs))
-    if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"decision_threshold must be a probability in [0, 1] or None, got {threshold!r}.")
     lesions = list(range(1, len(probs))) if lesion_classes is None else [int(c) for c in lesion_classes]
     if not lesions or min(lesions) < 1 or max(lesions) >= len(probs):
         raise ValueError(
             f"lesion_classes {lesions} for {len(probs)} class probabilities (class 0 is no lesion)."
         )
-    if probs[lesions].sum() < float(threshold):
+    if probs[lesions].sum() < threshold:
         return 0
     return lesions[int(np.argmax(probs[lesions]))]

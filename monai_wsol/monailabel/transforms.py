@@ -21,7 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_wsol.metrics.threshold import predicted_class
+from monai_wsol.metrics.threshold import as_decision_threshold, predicted_class
 from monai_wsol.writers import write_boxes_json
 
 __all__ = ["LocalizationResultd", "UnpackDictd", "LABEL_OUTPUTS"]
@@ -95,8 +95,6 @@ class LocalizationResultd(MapTransform):
         decision_threshold: float | None = None,
     ) -> None:
         super().__init__(keys)
-        if decision_threshold is not None:
-            predicted_class([0.5, 0.5], decision_threshold)  # the argument's error, at construction
         if len(self.keys) != 1:
             raise ValueError(f"LocalizationResultd takes one mask key, got {list(self.keys)}.")
         if output not in LABEL_OUTPUTS:
@@ -108,7 +106,7 @@ class LocalizationResultd(MapTransform):
         self.cam_class = int(cam_class)
         self.output = output
         self.extra = dict(extra or {})
-        self.decision_threshold = None if decision_threshold is None else float(decision_threshold)
+        self.decision_threshold = as_decision_threshold(decision_threshold)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
