@@ -186,15 +186,12 @@ def split_curves(
         scalars["lesion_images"] = float(pos.numel())
     scalars["accuracy"] = 100.0 * float((probs.argmax(1) == labels).float().mean())
     lesion_scores = probs[:, classes].sum(1)
+    scores, lesion = lesion_scores.detach().cpu().double().numpy(), is_lesion.cpu().numpy()
     both = 0 < is_lesion.sum() < len(labels)
     scalars["AUC"] = float(compute_roc_auc(lesion_scores, is_lesion.float())) if both else np.nan
     # the lesion-probability threshold of the best accuracy: what a validation split hands to inference as
     # its decision_threshold (as Dice_tau is its mask threshold); a probability, so at most 1
-    scalars["decision_threshold"] = (
-        min(decision_threshold(lesion_scores.detach().cpu().double().numpy(), is_lesion.cpu().numpy()), 1.0)
-        if both
-        else np.nan
-    )
+    scalars["decision_threshold"] = min(decision_threshold(scores, lesion), 1.0) if both else np.nan
     return SplitCurves(
         thresholds=taus,
         boxacc_v2=np.asarray(r2["box_acc"], dtype=np.float64),
@@ -206,8 +203,8 @@ def split_curves(
         iou=iou,
         scalars=scalars,
         detection=detection,
-        lesion_scores=lesion_scores.detach().cpu().double().numpy(),
-        is_lesion=is_lesion.cpu().numpy(),
+        lesion_scores=scores,
+        is_lesion=lesion,
     )
 
 
