@@ -26,12 +26,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from monai_wsol.benchmark.figures import plot_orthogonal_slices
+from monai_wsol.benchmark.jobs import Job, run_jobs
 from monai_wsol.benchmark.report import collect_results, write_results
-from monai_wsol.benchmark.runner import Benchmark
+from monai_wsol.benchmark.runner import POSTHOC, Benchmark, setup_logging
 from monai_wsol.benchmark.shapes import lesion_examples, map_shape_table, validation_dice_tau
+from monai_wsol.data.synthetic import EMBEDDED_3D
+from monai_wsol.methods import BOUNDS
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("monai_wsol.benchmark.run_3d")  # under setup_logging's handlers
 
 COLUMNS = (
     "accuracy",
@@ -50,6 +62,20 @@ COLUMNS = (
 SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS = "cam2d_slices", "cam2d_volume_labels"
 #: table order: the bounds, then the plain CAM networks, then the blocks
 ORDER = ("prior", "supervised", "cam", SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS, "sfs1", "sfs2")
+#: the whole 3D comparison: the bounds, CAM, one and two blocks, LayerCAM on the CAM networks (post hoc) and
+#: the 2D network run slice by slice
+DEFAULT_METHODS = ("prior", "supervised", "cam", "sfs1", "sfs2", "layercam", SLICE_MODEL)
+#: the references beside the compared 3D networks, run on ``--reference-seeds``
+REFERENCES = (*BOUNDS, SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS)
+#: training time relative to the 3D CAM network (measured, docs/benchmark.md): the longest start first
+RELATIVE_COST = {
+    "prior": 0.05,
+    "layercam": 0.05,
+    SLICE_MODEL: 0.2,
+    "sfs1": 1.3,
+    "sfs2": 1.4,
+    "supervised": 1.5,
+}
 
 
 def _setting(bench: Benchmark) -> str:
@@ -80,44 +106,63 @@ def orthogonal_figure(bench: Benchmark, methods: list[str], lesions: int, out_pa
     return plot_orthogonal_slices(rows, out_path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _train_3d_recipe() -> dict[str, Any]:
+    """The bundle's 3D training recipe: ``bundle/configs/train.json`` under ``configs/train_3d.json`` (the
+    keys the benchmark passes on), so that the benchmark measures what ``train_3d.json`` trains."""
+    merged: dict[str, Any] = {}
+    for path in (REPO / "bundle" / "configs" / "train.json", REPO / "configs" / "train_3d.json"):
+        merged.update(json.loads(path.read_text()))
+    return {key: merged[key] for key in ("epochs", "batch_size", "lr", "weight_decay", "network_kwargs")}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    recipe = _train_3d_recipe()
+    data = EMBEDDED_3D
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench3d")
-    parser.add_argument("--methods", nargs="+", default=["prior", "supervised", "cam"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    # 1200 training crops: with 240 (and a slab as thick as the split's share) the classifier fitted its
-    # training crops without learning the class; crops of one slab may overlap, so more of them cost no slab
-    parser.add_argument("--n-train", type=int, default=1200)
-    parser.add_argument("--n-val", type=int, default=120)
-    parser.add_argument("--n-test", type=int, default=120)
-    parser.add_argument("--size", type=int, default=48, help="volume side (voxels)")
-    # Colin27 (1 mm) rather than MNI152 (2 mm): the splits are slabs of the volume that share no
-    # neighbourhood, so a crop's depth is a share of the usable slices (about 103 at 1 mm: 19 for five
-    # interleaved slabs of shares 1/1/1 (training) and 1 / 1 (validation / test)), and MNI152's 2 mm slabs
-    # would be about half as thick
-    parser.add_argument("--source", default="colin27", choices=["mni152", "colin27", "ct"])
-    # lesions of 20-35 % of the crop's mean side (8-13 mm at 48 x 48 x 19 mm): the generator's default
-    # (4-12 %, about 5 mm on these crops) is the scale of sulci and gyri of a 1 mm single-subject scan
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--reference-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds of the references beside the compared 3D networks: the floor, the ceiling and the 2D "
+        "slice networks (default: the first of --seeds; the prior does not depend on the seed, the ceiling "
+        "costs a CAM network)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at a time, each a process of --threads threads (>= 2: one background job over worker "
+        "processes, logs in <out>/logs; 1: the runs one after the other in this process)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each worker process")
+    # the data: EMBEDDED_3D (monai_wsol.data.synthetic) unless changed here
+    parser.add_argument("--n-train", type=int, default=data["n_train"])
+    parser.add_argument("--n-val", type=int, default=data["n_val"])
+    parser.add_argument("--n-test", type=int, default=data["n_test"])
+    parser.add_argument("--size", type=int, default=data["image_size"], help="volume side (voxels)")
+    parser.add_argument("--source", default=data["source"], choices=["mni152", "colin27", "ct"])
     parser.add_argument(
         "--lesion-radius",
         type=float,
         nargs=2,
-        default=(0.2, 0.35),
+        default=data["lesion_radius"],
         help="generator's lesion_radius (fraction of the crop's mean side)",
     )
     parser.add_argument(
         "--slab-weights",
         type=float,
         nargs=3,
-        default=(3.0, 1.0, 1.0),
+        default=data["slab_weights"],
         help="generator's slab_weights: train/val/test shares of the axial range",
     )
-    # validation and test slabs between training slabs: with val / train / test the inferior validation
-    # slab (cerebellum, orbits) showed anatomy no training crop showed, and its AUC fell as training went on
     parser.add_argument(
         "--interleave",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=data["interleave_3d"],
         help="generator's interleave_3d: train / val / train / test / train slabs",
     )
     parser.add_argument(
@@ -125,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the co-occurring distractor setting (generator's distractor=True; setting '3d_distractor')",
     )
-    parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--batch-size", type=int, default=8)
+    # the training: bundle/configs/train.json under configs/train_3d.json unless changed here
+    parser.add_argument("--epochs", type=int, default=recipe["epochs"])
+    parser.add_argument("--batch-size", type=int, default=recipe["batch_size"])
+    parser.add_argument("--lr", type=float, default=recipe["lr"])
     # 19 slices per volume: a pass over the slices is 19 x the samples of a pass over the volumes, of
     # 1/19 the voxels each; larger batches keep the step count of an epoch near the 3D networks'
     parser.add_argument("--slice-epochs", type=int, default=8, help="epochs of the 2D slice networks")
@@ -158,8 +205,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--results", default=None, help="per-run table to write (default: <out>/results_<setting>.md)"
     )
+    parser.add_argument(
+        "--summary",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the tables of every finished run of --out (a worker of --workers does not)",
+    )
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    if args.workers < 1 or args.threads < 1:
+        parser.error(f"--workers {args.workers} and --threads {args.threads} must be >= 1")
+    args.network_kwargs = recipe["network_kwargs"]
+    args.weight_decay = recipe["weight_decay"]
+    return args
+
+
+def build_benchmark(args: argparse.Namespace) -> Benchmark:
     data = {
         "n_train": args.n_train,
         "n_val": args.n_val,
@@ -172,20 +232,21 @@ def main(argv: list[str] | None = None) -> None:
     }
     # the distractor setting has its own data and runs beside the plain one in the same folder
     setting = "3d_distractor" if args.distractor else "3d"
-    bench = Benchmark(
-        bench_dir=out,
+    return Benchmark(
+        bench_dir=Path(args.out),
         settings={setting: data},
-        methods=args.methods,
+        # a post-hoc map's network named too (a worker runs the map alone, on the network's finished run)
+        methods=list(dict.fromkeys([*args.methods, *(POSTHOC[m] for m in args.methods if m in POSTHOC)])),
         seeds=args.seeds,
-        data_root=out / "data",
+        data_root=Path(args.out) / "data",
         image_size=args.size,
         backbone="cnn",
-        net_kwargs={"channels": [16, 32, 64]},
+        net_kwargs=args.network_kwargs,
         train={
             "epochs": args.epochs,
             "batch_size": args.batch_size,
-            "lr": 1e-3,
-            "weight_decay": 1e-4,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
             "flip": True,
         },
         num_examples=0,
@@ -201,9 +262,85 @@ def main(argv: list[str] | None = None) -> None:
             for name, labels in ((SLICE_MODEL, "slice"), (SLICE_MODEL_VOLUME_LABELS, "volume"))
         },
     )
-    for method in args.methods:
-        for seed in args.seeds:
+
+
+def run_list(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The (method, seed) runs asked for: the compared networks over ``--seeds``, the references (bounds
+    and 2D slice networks) over ``--reference-seeds``."""
+    reference_seeds = args.reference_seeds if args.reference_seeds is not None else args.seeds[:1]
+    return [(m, s) for m in args.methods for s in (reference_seeds if m in REFERENCES else args.seeds)]
+
+
+def worker_argv(args: argparse.Namespace, method: str, seed: int) -> list[str]:
+    """The command of one run as a worker process: this script with the same data and training, no tables."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out)]
+    argv += ["--methods", method, "--seeds", str(seed), "--reference-seeds", str(seed)]
+    argv += ["--n-train", str(args.n_train), "--n-val", str(args.n_val), "--n-test", str(args.n_test)]
+    argv += ["--size", str(args.size), "--source", args.source]
+    argv += ["--lesion-radius", *map(str, args.lesion_radius), "--slab-weights", *map(str, args.slab_weights)]
+    argv += ["--interleave" if args.interleave else "--no-interleave"]
+    argv += ["--distractor"] if args.distractor else []
+    argv += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+    argv += ["--slice-epochs", str(args.slice_epochs), "--slice-batch-size", str(args.slice_batch_size)]
+    argv += ["--reevaluate"] if args.reevaluate else []
+    return argv + ["--no-summary"]
+
+
+def run_in_workers(bench: Benchmark, args: argparse.Namespace) -> dict[str, int | None]:
+    """Every unfinished run of ``run_list`` as a worker process, ``args.workers`` at a time; the data (and
+    the slices of the slice networks) written first, here, so that no two workers write them."""
+    setting = _setting(bench)
+    bench.datalist(setting)
+    for method, _ in run_list(args):
+        axis = bench.slice_axis(method)
+        if axis is not None:
+            bench.slices_datalist(setting, axis, bench.variants[method].get("slice_labels", "slice"))
+    todo = [
+        (method, seed)
+        for method, seed in run_list(args)
+        if args.reevaluate or not (bench.run_dir(setting, method, seed) / "result.json").exists()
+    ]
+    names = {f"{setting}/{method}/seed{seed}" for method, seed in todo}
+    jobs = []
+    for method, seed in todo:
+        source = POSTHOC.get(bench.base_method(method))
+        # a post-hoc map waits for its network's run, unless that run finished before this job
+        after = tuple(n for n in [f"{setting}/{source}/seed{seed}"] if source and n in names)
+        cost = RELATIVE_COST.get(method, 1.0)
+        jobs.append(
+            Job(f"{setting}/{method}/seed{seed}", worker_argv(args, method, seed), after=after, cost=cost)
+        )
+    logger.info("%d runs to do (%d workers x %d threads)", len(jobs), args.workers, args.threads)
+    return run_jobs(jobs, args.workers, Path(args.out) / "logs", threads=args.threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    bench = build_benchmark(args)
+    setting = _setting(bench)
+    t0 = time.perf_counter()
+    if args.summary:  # the job's own process (not a worker): its progress in <out>/benchmark.log
+        setup_logging(out)
+    if args.workers > 1:
+        status = run_in_workers(bench, args)
+        failed = sorted(name for name, code in status.items() if code != 0)
+        if failed:
+            logger.error("runs not finished: %s (logs in %s)", ", ".join(failed), out / "logs")
+    else:
+        torch.set_num_threads(args.threads)
+        for method, seed in run_list(args):
             bench.run_one(setting, method, seed, {}, reevaluate=args.reevaluate)
+    logger.info("runs done in %.1f min", (time.perf_counter() - t0) / 60)
+    if not args.summary:
+        return
+    summarize(bench, args)
+
+
+def summarize(bench: Benchmark, args: argparse.Namespace) -> None:
+    """The figure, the map shapes and the tables of every finished run of ``args.out``."""
+    out = Path(args.out)
+    setting = _setting(bench)
     if args.figure:
         path = orthogonal_figure(bench, args.figure, args.figure_lesions, out / "orthogonal.png")
         print(f"figure: {path}")

@@ -11,7 +11,7 @@ import pytest
 
 from monai_wsol.data import load_datalist
 from monai_wsol.data.sources import load_source
-from monai_wsol.data.synthetic import SPLITS, generate, insert_lesion, main
+from monai_wsol.data.synthetic import EMBEDDED_3D, SPLITS, generate, insert_lesion, main
 
 SMALL = {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 48}
 
@@ -148,6 +148,23 @@ def test_cli_and_argument_errors(tmp_path, mni152_available, capsys):
         generate(tmp_path, source="mri")
     with pytest.raises(ValueError, match="distractor_rate=1.5"):
         generate(tmp_path, distractor_rate=1.5)
+
+
+def test_cli_3d_defaults_are_the_3d_embedded_default(colin27_nii, tmp_path):
+    """``--mode 3d`` without options is ``EMBEDDED_3D`` (the 3D benchmark's and ``train_3d.json``'s data), the
+    options given replace its values one by one, and 2D keeps ``generate``'s defaults."""
+    counts = ["--n-train", "3", "--n-val", "1", "--n-test", "1"]
+    cli = json.loads(main(["--out", str(tmp_path / "cli"), "--mode", "3d", *counts]).read_text())
+    assert (cli["source"], cli["image_size"], cli["interleave_3d"]) == ("colin27", [48, 48, 19], True)
+    assert cli["lesion_radius"] == list(EMBEDDED_3D["lesion_radius"])
+    assert cli["slab_weights"] == list(EMBEDDED_3D["slab_weights"])
+    same = {**EMBEDDED_3D, "n_train": 3, "n_val": 1, "n_test": 1}
+    api = json.loads(generate(tmp_path / "api", mode="3d", **same).read_text())
+    assert [i["source_start"] for i in api["training"]] == [i["source_start"] for i in cli["training"]]
+    other = ["--no-interleave-3d", "--slab-weights", "1", "1", "1", "--lesion-radius", "0.1", "0.2"]
+    changed = json.loads(main(["--out", str(tmp_path / "o"), "--mode", "3d", *counts, *other]).read_text())
+    assert (changed["interleave_3d"], changed["slab_weights"]) == (False, [1.0, 1.0, 1.0])
+    assert (changed["lesion_radius"], changed["source"]) == ([0.1, 0.2], "colin27")
 
 
 def test_lesion_class_labels_make_three_classes_of_the_same_images(mni_data, tmp_path):

@@ -5,6 +5,7 @@ lesions are inserted so their masks and boxes are exact. ``generate`` writes NIf
 masks and a Decathlon-style datalist::
 
     python -m monai_wsol.data.synthetic --out data/default              # 2D, MNI152, 300/100/100 slices
+    python -m monai_wsol.data.synthetic --out data/embedded_3d --mode 3d  # 3D: EMBEDDED_3D (Colin27 crops)
     python -m monai_wsol.data.synthetic --out data/ct3d --source ct --mode 3d --distractor
 
 Design (details and rationale in ``docs/data.md``):
@@ -53,10 +54,27 @@ from monai_wsol.data.sources import SOURCES, SourceVolume, load_source
 from monai_wsol.io_utils import atomic_write_json, atomic_write_nifti
 from monai_wsol.transforms.functional import keep_regions, mask_to_boxes
 
-__all__ = ["generate", "gt_boxes", "insert_lesion", "insert_distractor", "SPLITS", "main"]
+__all__ = ["generate", "gt_boxes", "insert_lesion", "insert_distractor", "SPLITS", "EMBEDDED_3D", "main"]
 
 SPLITS = ("training", "validation", "test")
 _DEFAULT_SIZE = {"2d": 96, "3d": 48}
+#: The 3D embedded default: ``generate(mode="3d", **EMBEDDED_3D)``, the command line's ``--mode 3d`` defaults,
+#: the data of ``configs/train_3d.json`` and of the 3D benchmark (``benchmarks/run_3d.py``). Colin27 (1 mm)
+#: rather than MNI152 (2 mm): the five interleaved slabs of a 1 mm volume give crops of 48 x 48 x 19 voxels
+#: (MNI152's would be about half as thick). Lesions of 20-35 % of the crop's mean side (8-13 mm): the 2D
+#: default's 4-12 % would be about 5 mm here, the scale of sulci and gyri of a single-subject 1 mm scan.
+#: Crops of one slab may overlap, so 1200 training crops need no thicker training slab than 240 do; with
+#: 240 the classifier fitted its crops without learning the class (docs/benchmark.md, section 3D).
+EMBEDDED_3D: dict[str, object] = {
+    "source": "colin27",
+    "image_size": 48,
+    "n_train": 1200,
+    "n_val": 120,
+    "n_test": 120,
+    "lesion_radius": (0.2, 0.35),
+    "slab_weights": (3.0, 1.0, 1.0),
+    "interleave_3d": True,
+}
 _CT_AIR = -1024.0
 # lesion classes: name and, for CT, the HU range of the lesion core
 _LESION_CLASSES = {
@@ -556,16 +574,19 @@ def generate(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``python -m monai_wsol.data.synthetic --out DIR [options]``; prints the datalist path."""
+    """Command line: ``python -m monai_wsol.data.synthetic --out DIR [options]``; prints the datalist path.
+
+    Options left out take ``generate``'s defaults in 2D and :data:`EMBEDDED_3D` with ``--mode 3d``.
+    """
     p = argparse.ArgumentParser(
         prog="python -m monai_wsol.data.synthetic", description=generate.__doc__.split("\n")[0]
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--source", default="mni152", choices=SOURCES)
+    p.add_argument("--source", default=None, choices=SOURCES, help="default mni152 (2d) / colin27 (3d)")
     p.add_argument("--mode", default="2d", choices=sorted(_DEFAULT_SIZE))
-    p.add_argument("--n-train", type=int, default=300)
-    p.add_argument("--n-val", type=int, default=100)
-    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--n-train", type=int, default=None, help="default 300 (2d) / 1200 (3d)")
+    p.add_argument("--n-val", type=int, default=None, help="default 100 (2d) / 120 (3d)")
+    p.add_argument("--n-test", type=int, default=None, help="default 100 (2d) / 120 (3d)")
     p.add_argument("--image-size", type=int, default=None, help="default 96 (2d) / 48 (3d)")
     p.add_argument("--distractor", action="store_true", help="add the co-occurring bright rim")
     p.add_argument("--distractor-rate", type=float, default=0.8)
@@ -574,7 +595,24 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--positive-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--lesion-radius", type=float, nargs=2, default=(0.04, 0.12), help="radius range, fraction of the FOV"
+        "--lesion-radius",
+        type=float,
+        nargs=2,
+        default=None,
+        help="radius range, fraction of the FOV; default 0.04 0.12 (2d) / 0.2 0.35 (3d)",
+    )
+    p.add_argument(
+        "--slab-weights",
+        type=float,
+        nargs=3,
+        default=None,
+        help="train / val / test shares of the axial range; default the split sizes (2d) / 3 1 1 (3d)",
+    )
+    p.add_argument(
+        "--interleave-3d",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="3D: train / val / train / test / train slabs (default in 3d)",
     )
     p.add_argument(
         "--lesion-class-labels",
@@ -582,22 +620,33 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="label lesion images by lesion class (1 hyper-, 2 hypo-intense): three classes",
     )
     a = p.parse_args(argv)
+    # the options given on the command line, over the mode's defaults
+    given = {
+        key: getattr(a, key)
+        for key in (
+            "source",
+            "n_train",
+            "n_val",
+            "n_test",
+            "image_size",
+            "lesion_radius",
+            "slab_weights",
+            "interleave_3d",
+        )
+        if getattr(a, key) is not None
+    }
+    defaults = dict(EMBEDDED_3D) if a.mode == "3d" else {}
     path = generate(
         a.out,
-        source=a.source,
         mode=a.mode,
-        n_train=a.n_train,
-        n_val=a.n_val,
-        n_test=a.n_test,
-        image_size=a.image_size,
         distractor=a.distractor,
         distractor_rate=a.distractor_rate,
         distractor_neg_rate=a.distractor_neg_rate,
         eval_distractor_rate=a.eval_distractor_rate,
         positive_fraction=a.positive_fraction,
         seed=a.seed,
-        lesion_radius=a.lesion_radius,
         lesion_class_labels=a.lesion_class_labels,
+        **{**defaults, **given},
     )
     print(path)
     return path
