@@ -12,8 +12,13 @@ Stages (``stage`` argument of :func:`make_preprocessing`):
   (e.g. Hide-and-Seek), last. With ``mask`` too when the method trains on it (its transforms act on the
   ``"mask"`` key, as the ``supervised`` and ``prior`` bounds' do, or ``with_mask=True``): the mask is resized
   with nearest-neighbour interpolation and flipped with the image, and a negative item (label 0) without a
-  mask gets an all-zero one;
-- ``"validate"``: ``image``, ``mask`` (+ ``label``): resize both, no randomness;
+  mask gets an all-zero one. With ``patch_size`` (volumes larger than the network's input), no resize:
+  ``patch_samples`` random patches of ``patch_size`` per image on its own grid (MONAI's
+  ``RandSpatialCropSamplesd``, after padding an image smaller than a patch), each carrying the image's
+  label: a bag, whose label is the image's (:class:`~monai_wsol.engines.MethodTrainer` gives the bag the
+  logits of its most positive patch, as sliding-window inference gives a volume its most positive window's);
+- ``"validate"``: ``image``, ``mask`` (+ ``label``): resize both, no randomness (with ``patch_size``: on the
+  image's own grid, as the network then sees patches of it at full resolution);
 - ``"evaluate"``: ``image``, ``mask`` (+ ``label``, ``boxes``) on the image's own grid (the CAM is upsampled
   to it, so GT masks and boxes are compared where they were drawn);
 - ``"infer"``: ``image`` only, on its own grid.
@@ -34,9 +39,11 @@ from monai.transforms import (
     RandAffined,
     RandFlipd,
     RandScaleIntensityd,
+    RandSpatialCropSamplesd,
     Resized,
     ScaleIntensityRangePercentilesd,
     SelectItemsd,
+    SpatialPadd,
 )
 from monai.utils import ensure_tuple
 
@@ -182,6 +189,8 @@ def make_preprocessing(
     method_transforms: Sequence[Callable] = (),
     with_mask: bool | None = None,
     augmentation: str | Sequence[Callable] | None = None,
+    patch_size: Sequence[int] | None = None,
+    patch_samples: int = 1,
 ) -> Compose:
     """The preprocessing ``Compose`` of one stage (see the module docstring).
 
@@ -203,6 +212,10 @@ def make_preprocessing(
         augmentation: the ``"train"`` stage's augmentation after the flip, before the method's transforms:
             a name (``"none"``, ``"affine"``) or a list of dictionary transforms
             (:func:`augmentation_transforms`).
+        patch_size: ``"train"``: train on ``patch_samples`` random patches of this size per image, on the
+            image's own grid, instead of the image resized to ``spatial_size``; ``"validate"``: keep the
+            image's grid (``spatial_size`` is then not used by these two stages). ``None``: whole images.
+        patch_samples: patches per image (a bag; ``"train"`` with ``patch_size`` only).
         with_mask: load the GT ``mask`` for the ``"train"`` stage (a method that trains on it);
             ``None`` (default): when a method transform acts on the ``"mask"`` key. The other stages are fixed
             (``"validate"`` / ``"evaluate"`` load it, ``"infer"`` does not).
@@ -233,6 +246,23 @@ def make_preprocessing(
     if negatives_without_mask:
         xforms.append(NegativeMaskd("mask"))
     xforms.append(intensity_transform("image", *intensity_percentiles, clip=intensity_clip))
+    if patch_size is not None:
+        patch = [int(v) for v in ensure_tuple(patch_size)]
+        if len(patch) != spatial_dims or min(patch) < 1 or int(patch_samples) < 1:
+            raise ValueError(
+                f"patch_size {patch_size} must have {spatial_dims} positive sizes and patch_samples "
+                f"{patch_samples} must be >= 1."
+            )
+        if stage == "train":
+            xforms.append(SpatialPadd(keys, spatial_size=patch))
+            xforms.append(
+                RandSpatialCropSamplesd(
+                    keys, roi_size=patch, num_samples=int(patch_samples), random_size=False
+                )
+            )
+        spatial_size = None  # patches (train) or the whole grid (validate) at the image's own resolution
+    elif int(patch_samples) != 1:
+        raise ValueError(f"patch_samples={patch_samples} needs a patch_size.")
     if spatial_size is not None and stage in ("train", "validate"):
         modes = ["bilinear", "nearest"] if with_mask else ["bilinear"]
         if spatial_dims == 3:

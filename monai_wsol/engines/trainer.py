@@ -17,6 +17,12 @@ training data once before the first iteration (``MethodSpec.fit``: ``prior``'s m
 :class:`MethodTrainer` does when it starts, on :func:`training_items` (the training preprocessing without
 its random transforms).
 
+Training on patches (``bag_size`` > 1: the training preprocessing cut each volume into ``bag_size`` random
+patches, :func:`~monai_wsol.data.make_preprocessing`'s ``patch_size``) is multiple-instance learning with the
+rule of sliding-window inference: a bag's logits are those of its patch most likely to hold a lesion (lowest
+probability of class 0), and the loss compares them with the volume's label. :class:`MethodBatch` checks that
+a bag's patches share one label and keeps one per bag; :class:`MethodInferer` pools the forward's logits.
+
 Everything else (optimiser step, AMP, gradient accumulation, handlers, DDP) is MONAI's, so the bundle's
 ``train.json`` and the benchmark run every method through the same loop. A forward that returns more than the
 logits (ACoL's two heads) is reduced to the logits once the loss is computed, before the post-processing and
@@ -45,6 +51,7 @@ __all__ = [
     "MethodBatch",
     "MethodInferer",
     "MethodTrainer",
+    "bag_logits",
     "logits_of",
     "run_method_training",
     "training_items",
@@ -67,6 +74,31 @@ def logits_of(output: Any) -> torch.Tensor:
     )
 
 
+def bag_logits(logits: torch.Tensor, bag_size: int) -> torch.Tensor:
+    """``(B * bag_size, K)`` logits of consecutive bags of patches -> ``(B, K)``: each bag's patch most
+    likely to hold a lesion (the lowest softmax probability of class 0, "no lesion"; the first on ties)."""
+    if logits.ndim != 2 or logits.shape[0] % bag_size:
+        raise ValueError(f"logits of shape {tuple(logits.shape)} are not bags of {bag_size} patches.")
+    bags = logits.reshape(-1, bag_size, logits.shape[1])
+    best = torch.softmax(bags.detach().float(), dim=-1)[..., 0].argmin(dim=1)
+    return bags[torch.arange(bags.shape[0], device=bags.device), best]
+
+
+def _check_bags(method: MethodSpec, bag_size: int) -> int:
+    bag_size = int(bag_size)
+    if bag_size < 1:
+        raise ValueError(f"bag_size (patches per image) must be >= 1, got {bag_size}.")
+    if bag_size > 1 and (
+        method.batch_fn is not None or method.target_key != CommonKeys.LABEL or method.fit is not None
+    ):
+        raise ValueError(
+            f"method {method.name!r} cannot train on patches (patch_size): bags of patches pool the logits "
+            f"of one classifier, but it mixes batches, trains on masks or is fitted. Train it on whole "
+            f"images (patch_size null)."
+        )
+    return bag_size
+
+
 class MethodBatch(PrepareBatch):
     """``prepare_batch`` of a method: image, label (and loss target) to the device, then the method's batch
     augmentation.
@@ -77,12 +109,14 @@ class MethodBatch(PrepareBatch):
 
     Args:
         method: the method; its ``batch_fn`` (``(images, labels) -> (images, labels)``) may be ``None``.
+        bag_size: patches per image (consecutive in the batch); the labels returned are one per bag.
     """
 
-    def __init__(self, method: MethodSpec) -> None:
+    def __init__(self, method: MethodSpec, bag_size: int = 1) -> None:
         self.batch_fn = method.batch_fn
         self.target_key = method.target_key
         self.method_name = method.name
+        self.bag_size = _check_bags(method, bag_size)
 
     def set_random_state(self, seed: int | None = None, state: Any = None) -> MethodBatch:
         """Reseed the batch augmentation (see :class:`~monai_wsol.engines.EpochSeed`)."""
@@ -100,6 +134,8 @@ class MethodBatch(PrepareBatch):
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         if labels is None:
             raise ValueError("training batches need a 'label' (the image-level class).")
+        if self.bag_size > 1:
+            labels = self._bag_labels(labels)
         targets = labels
         if self.target_key != CommonKeys.LABEL:
             target = batchdata.get(self.target_key) if isinstance(batchdata, Mapping) else None
@@ -117,18 +153,43 @@ class MethodBatch(PrepareBatch):
                 labels = targets
         return images, targets, (), {"labels": labels}
 
+    def _bag_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        if labels.shape[0] % self.bag_size:
+            raise ValueError(
+                f"a batch of {labels.shape[0]} patches is not bags of {self.bag_size} (patch_samples): the "
+                f"training loader must collate each image's patches together (MONAI's list_data_collate)."
+            )
+        bags = labels.reshape(-1, self.bag_size, *labels.shape[1:])
+        if not torch.equal(bags, bags[:, :1].expand_as(bags)):
+            raise ValueError(
+                f"the patches of one bag carry different labels ({bags.flatten(1).tolist()}): each image's "
+                f"{self.bag_size} patches must follow each other in the batch."
+            )
+        return bags[:, 0]
+
 
 class MethodInferer(Inferer):
-    """The trainer's inferer: the method's training forward ``forward_fn(network, images, labels)``."""
+    """The trainer's inferer: the method's training forward ``forward_fn(network, images, labels)``; with
+    ``bag_size`` > 1, the logits of each bag's most positive patch (:func:`bag_logits`)."""
 
-    def __init__(self, method: MethodSpec) -> None:
+    def __init__(self, method: MethodSpec, bag_size: int = 1) -> None:
         super().__init__()
         self.forward_fn = method.forward_fn
+        self.method_name = method.name
+        self.bag_size = _check_bags(method, bag_size)
 
     def __call__(
         self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, labels: Any = None, **kwargs: Any
     ) -> Any:
-        return self.forward_fn(network, inputs, labels)
+        if self.bag_size == 1:
+            return self.forward_fn(network, inputs, labels)
+        output = self.forward_fn(network, inputs, None)
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(
+                f"method {self.method_name!r} cannot train on patches (patch_size): its training forward "
+                f"returns {type(output).__name__}, not one set of logits to pool over a bag."
+            )
+        return bag_logits(output, self.bag_size)
 
 
 class MethodTrainer(SupervisedTrainer):
@@ -138,12 +199,16 @@ class MethodTrainer(SupervisedTrainer):
         method: the method (:func:`monai_wsol.methods.build_method`).
         loss_function: ``None`` (default) for the method's loss; a replacement ``loss(output, target)`` must
             accept the method's training output (e.g. class weights for plain classification).
+        bag_size: patches per training image (the preprocessing's ``patch_samples`` with a ``patch_size``);
+            1: whole images.
         args, kwargs: those of :class:`~monai.engines.SupervisedTrainer`. ``network`` defaults to
             ``method.net`` (pass the device-placed or DDP-wrapped module explicitly); ``prepare_batch`` and
             ``inferer`` are the method's and must not be given.
     """
 
-    def __init__(self, *args: Any, method: MethodSpec, loss_function: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, method: MethodSpec, loss_function: Any = None, bag_size: int = 1, **kwargs: Any
+    ) -> None:
         for name in ("prepare_batch", "inferer"):
             if name in kwargs:
                 raise TypeError(
@@ -152,8 +217,8 @@ class MethodTrainer(SupervisedTrainer):
         kwargs.setdefault("network", method.net)
         super().__init__(
             *args,
-            prepare_batch=MethodBatch(method),
-            inferer=MethodInferer(method),
+            prepare_batch=MethodBatch(method, bag_size),
+            inferer=MethodInferer(method, bag_size),
             loss_function=method.loss_fn if loss_function is None else loss_function,
             **kwargs,
         )
@@ -167,6 +232,10 @@ class MethodTrainer(SupervisedTrainer):
         # the loss has read the full output; post-processing and metrics see the logits and the class labels
         output = engine.state.output
         output[CommonKeys.PRED] = logits_of(output[CommonKeys.PRED])
+        bag_size = engine.prepare_batch.bag_size
+        if bag_size > 1:  # one output item per bag (decollation pairs items): the bag's patches stacked
+            images = output[CommonKeys.IMAGE]
+            output[CommonKeys.IMAGE] = images.reshape(-1, bag_size, *images.shape[1:])
         if engine.method.target_key != CommonKeys.LABEL:
             labels = convert_to_tensor(engine.state.batch[CommonKeys.LABEL], track_meta=False)
             output[CommonKeys.LABEL] = labels.to(output[CommonKeys.PRED].device)
