@@ -135,6 +135,37 @@ def test_union_find_equals_labelling_on_a_larger_volume():
     assert max(len(b) for b in label) > 3
 
 
+def test_the_other_variant_of_a_sweep_is_served_from_the_cache_and_the_cache_is_bounded(monkeypatch):
+    """V2 then v1 of one volume (what an evaluation asks): one union-find sweep, the second answer from the
+    cache and equal to labelling's; other volumes or levels are swept anew; the cache stays bounded."""
+    from monai_wsol.metrics import volume
+
+    sweeps = []
+    sweep = volume._boxes_by_union_find
+    monkeypatch.setattr(volume, "_boxes_by_union_find", lambda *a: sweeps.append(1) or sweep(*a))
+    monkeypatch.setattr(volume, "_OTHER_VARIANT_CACHE_SIZE", 3)
+    monkeypatch.setattr(volume, "_other_variant", type(volume._other_variant)())
+    rng = np.random.default_rng(5)
+    vol = _normalise(ndimage.gaussian_filter(rng.random((20, 24, 18)), 2.0))
+    taus = np.arange(0, 1, 0.01)
+    for first in (True, False):
+        volume._other_variant.clear()
+        sweeps.clear()
+        asked = boxes_from_scorevolume(vol, taus, multi_component=first, method="union_find")
+        other = boxes_from_scorevolume(vol, taus, multi_component=not first, method="union_find")
+        assert len(sweeps) == 1
+        for multi, got in ((first, asked), (not first, other)):
+            label = boxes_from_scorevolume(vol, taus, multi_component=multi, method="label")
+            assert all(np.array_equal(a, b) for a, b in zip(got, label, strict=True))
+    sweeps.clear()
+    boxes_from_scorevolume(vol, taus[::2], multi_component=False, method="union_find")  # other levels
+    boxes_from_scorevolume(vol[::-1].copy(), taus, multi_component=False, method="union_find")
+    assert len(sweeps) == 2
+    for k in range(5):
+        boxes_from_scorevolume(vol * (0.5 + 0.1 * k), taus, method="union_find")
+    assert len(volume._other_variant) == 3
+
+
 @pytest.mark.parametrize("method", ["label", "union_find"])
 def test_empty_mask_gives_zero_box_and_box_end_is_clipped(method):
     faint = np.full((4, 5, 6), 0.003)  # floor(255 * 0.003) = 0: no voxel above any level

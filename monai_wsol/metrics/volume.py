@@ -34,10 +34,18 @@ shared by all thresholds giving it.  Two exact strategies build them (``method``
 
 ``"auto"`` (default) picks ``"union_find"`` from 32768 voxels on; both give identical boxes (tested against
 a plain per-threshold labelling).
+
+One sweep gives both variants (v1 keeps the largest of the components V2 lists), and an evaluation asks
+for both of each volume (MaxBoxAccV2, then MaxBoxAcc and GT-known Loc): the union-find path keeps the
+variant it was not asked for in a small cache keyed by the volume's quantised content and levels, so the
+second request costs a lookup.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,6 +62,10 @@ __all__ = ["boxes_from_scorevolume", "distinct_level_volume_boxes", "distinct_bo
 _STRUCTURE_RANK = {6: 1, 18: 2, 26: 3}
 _METHODS = ("auto", "label", "union_find")
 _AUTO_UNION_FIND_VOXELS = 32768
+#: volumes whose other variant (v1 / V2) is kept for a later call (an evaluation asks for both)
+_OTHER_VARIANT_CACHE_SIZE = 512
+_other_variant: OrderedDict[tuple, list[np.ndarray | None]] = OrderedDict()
+_other_variant_lock = threading.Lock()
 
 
 def _boxes_from_stats(lo: np.ndarray, hi: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -87,8 +99,9 @@ def _boxes_by_labelling(
 
 def _boxes_by_union_find(
     q: np.ndarray, levels: np.ndarray, multi: bool, structure: np.ndarray
-) -> list[np.ndarray | None]:
-    """Boxes of ``q > level`` for each level (ascending), in one sweep over nested masks (None: empty)."""
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """Boxes of ``q > level`` for each level (ascending), in one sweep over nested masks (None: empty):
+    ``(asked, other)``, the variant ``multi`` asks for and the other one (every component / the largest)."""
     shape = np.asarray(q.shape, dtype=np.int64)
     pshape = tuple((shape + 2).tolist())
     # a border of -1 is never active: neighbours need no bounds checks
@@ -113,7 +126,8 @@ def _boxes_by_union_find(
     slot = np.empty(qflat.size, dtype=np.int64)  # scratch: compact node index within one level
     roots = np.zeros(0, dtype=np.int64)
     last = shape - 1
-    out: list[np.ndarray | None] = [None] * len(levels)
+    out_multi: list[np.ndarray | None] = [None] * len(levels)
+    out_largest: list[np.ndarray | None] = [None] * len(levels)
     done = 0
     for j in range(len(levels) - 1, -1, -1):
         level = int(levels[j])
@@ -148,11 +162,11 @@ def _boxes_by_union_find(
                 _union(u, r, parent, size, lo, hi, first, slot)
                 roots = roots[parent[roots] == roots]
         sel = roots[np.argsort(first[roots], kind="stable")]  # label order
-        if not multi:
-            sizes = size[sel]
-            sel = sel[[int(np.argmax(sizes))]]  # first maximum: ties go to the first in label order
-        out[j] = _boxes_from_stats(lo[sel], hi[sel], last)
-    return out
+        # the largest: first maximum, ties go to the first in label order
+        largest = sel[[int(np.argmax(size[sel]))]]
+        out_multi[j] = _boxes_from_stats(lo[sel], hi[sel], last)
+        out_largest[j] = _boxes_from_stats(lo[largest], hi[largest], last)
+    return (out_multi, out_largest) if multi else (out_largest, out_multi)
 
 
 def _union(
@@ -230,11 +244,34 @@ def distinct_level_volume_boxes(
     q = quantise_scores(vol)  # uint8: exact (0..255) and cheap to compare per level
     # levels that give the same mask share one set of boxes (at most 256 distinct masks whatever n_tau)
     representatives, inverse = distinct_masks(q, threshold_levels(int(q.max()), thresholds))
-    build = _boxes_by_union_find if method == "union_find" else _boxes_by_labelling
+    if method == "union_find":
+        boxes = _union_find_boxes(q, representatives, bool(multi_component), structure, connectivity)
+    else:
+        boxes = _boxes_by_labelling(q, representatives, multi_component, structure)
     empty = np.zeros((1, 6), dtype=np.int64)
     empty.setflags(write=False)
-    per_mask = [empty if b is None else b for b in build(q, representatives, multi_component, structure)]
+    per_mask = [empty if b is None else b for b in boxes]
     return per_mask, inverse
+
+
+def _union_find_boxes(
+    q: np.ndarray, levels: np.ndarray, multi: bool, structure: np.ndarray, connectivity: int
+) -> list[np.ndarray | None]:
+    """:func:`_boxes_by_union_find`'s asked variant; the other one is kept for the next request of the same
+    quantised volume and levels (the boxes are read-only arrays, so sharing them is safe)."""
+    content = hashlib.blake2b(q.tobytes(), digest_size=16)
+    content.update(np.ascontiguousarray(levels, dtype=np.int64).tobytes())
+    key = (content.digest(), q.shape, connectivity)
+    with _other_variant_lock:
+        kept = _other_variant.pop((*key, multi), None)
+    if kept is not None:
+        return kept
+    asked, other = _boxes_by_union_find(q, levels, multi, structure)
+    with _other_variant_lock:
+        _other_variant[(*key, not multi)] = other
+        while len(_other_variant) > _OTHER_VARIANT_CACHE_SIZE:
+            _other_variant.popitem(last=False)
+    return asked
 
 
 def boxes_from_scorevolume(
