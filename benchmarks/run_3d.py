@@ -67,14 +67,16 @@ ORDER = ("prior", "supervised", "cam", SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS, "
 DEFAULT_METHODS = ("prior", "supervised", "cam", "sfs1", "sfs2", "layercam", SLICE_MODEL)
 #: the references beside the compared 3D networks, run on ``--reference-seeds``
 REFERENCES = (*BOUNDS, SLICE_MODEL, SLICE_MODEL_VOLUME_LABELS)
-#: training time relative to the 3D CAM network (measured, docs/benchmark.md): the longest start first
+#: a run's time relative to the 3D CAM network's (training and evaluation; the default job of 2026-12-06, one
+#: thread, two workers): the longest start first, so that none starts last and leaves a worker idle
 RELATIVE_COST = {
-    "prior": 0.05,
-    "layercam": 0.05,
-    SLICE_MODEL: 0.2,
-    "sfs1": 1.3,
-    "sfs2": 1.4,
-    "supervised": 1.5,
+    "prior": 0.14,
+    "layercam": 0.13,
+    SLICE_MODEL: 1.7,
+    SLICE_MODEL_VOLUME_LABELS: 1.7,
+    "sfs1": 1.08,
+    "sfs2": 1.15,
+    "supervised": 1.2,
 }
 
 
@@ -286,30 +288,34 @@ def worker_argv(args: argparse.Namespace, method: str, seed: int) -> list[str]:
     return argv + ["--no-summary"]
 
 
-def run_in_workers(bench: Benchmark, args: argparse.Namespace) -> dict[str, int | None]:
-    """Every unfinished run of ``run_list`` as a worker process, ``args.workers`` at a time; the data (and
-    the slices of the slice networks) written first, here, so that no two workers write them."""
+def job_list(bench: Benchmark, args: argparse.Namespace) -> list[Job]:
+    """A worker job per unfinished run of ``run_list``: a post-hoc map after its network's run, a slice
+    network's later seeds after its first run (which writes the slices, while the other workers train)."""
     setting = _setting(bench)
-    bench.datalist(setting)
-    for method, _ in run_list(args):
-        axis = bench.slice_axis(method)
-        if axis is not None:
-            bench.slices_datalist(setting, axis, bench.variants[method].get("slice_labels", "slice"))
     todo = [
         (method, seed)
         for method, seed in run_list(args)
         if args.reevaluate or not (bench.run_dir(setting, method, seed) / "result.json").exists()
     ]
-    names = {f"{setting}/{method}/seed{seed}" for method, seed in todo}
+    names = [f"{setting}/{method}/seed{seed}" for method, seed in todo]
     jobs = []
-    for method, seed in todo:
+    for name, (method, seed) in zip(names, todo, strict=True):
         source = POSTHOC.get(bench.base_method(method))
         # a post-hoc map waits for its network's run, unless that run finished before this job
-        after = tuple(n for n in [f"{setting}/{source}/seed{seed}"] if source and n in names)
+        after = [f"{setting}/{source}/seed{seed}"] if source else []
+        if bench.slice_axis(method) is not None:  # the run that writes the slices first
+            after.append(next(n for n, (m, _) in zip(names, todo, strict=True) if m == method))
+        after = tuple(a for a in after if a in names and a != name)
         cost = RELATIVE_COST.get(method, 1.0)
-        jobs.append(
-            Job(f"{setting}/{method}/seed{seed}", worker_argv(args, method, seed), after=after, cost=cost)
-        )
+        jobs.append(Job(name, worker_argv(args, method, seed), after=after, cost=cost))
+    return jobs
+
+
+def run_in_workers(bench: Benchmark, args: argparse.Namespace) -> dict[str, int | None]:
+    """Every job of :func:`job_list`, ``args.workers`` at a time; the volumes written first, here, so that no
+    two workers write them."""
+    bench.datalist(_setting(bench))
+    jobs = job_list(bench, args)
     logger.info("%d runs to do (%d workers x %d threads)", len(jobs), args.workers, args.threads)
     return run_jobs(jobs, args.workers, Path(args.out) / "logs", threads=args.threads)
 

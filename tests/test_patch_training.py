@@ -44,8 +44,11 @@ def test_train_patches_are_bags_of_the_images_own_grid(tmp_path):
     assert tuple(whole(item)["image"].shape) == (1, 20, 18, 10)  # validated on its own grid
     with pytest.raises(ValueError, match="patch_size"):
         make_preprocessing("train", 3, patch_size=[8, 8])
-    with pytest.raises(ValueError, match="needs a patch_size"):
-        make_preprocessing("train", 3, patch_samples=2)
+    with pytest.raises(ValueError, match="patch_samples 0"):
+        make_preprocessing("train", 3, patch_size=[8, 8, 6], patch_samples=0)
+    # without a patch_size the bundle's patch_samples is not used: whole images, resized
+    plain = make_preprocessing("train", 3, spatial_size=[4, 4, 4], patch_samples=4)
+    assert tuple(plain(_volume(tmp_path, "w", (20, 18, 10), 1))["image"].shape) == (1, 4, 4, 4)
 
 
 def test_a_bag_gets_the_logits_of_its_most_positive_patch():

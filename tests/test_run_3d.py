@@ -73,6 +73,31 @@ def test_the_references_run_on_their_own_seeds(run_3d):
         run_3d.parse_args(["--workers", "0"])
 
 
+def test_the_job_list_orders_what_reads_another_runs_output(run_3d, tmp_path):
+    args = run_3d.parse_args(
+        ["--out", str(tmp_path), "--methods", "layercam", "cam2d_slices", "cam", "prior"]
+    )
+    args = run_3d.parse_args(
+        ["--out", str(tmp_path), "--methods", "layercam", "cam2d_slices", "cam", "prior", "--seeds", "0", "1"]
+        + ["--reference-seeds", "0", "1"]
+    )
+    bench = run_3d.build_benchmark(args)
+    done = bench.run_dir("3d", "cam", 1) / "result.json"  # a run finished earlier is not redone
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    jobs = {j.name: j for j in run_3d.job_list(bench, args)}
+    assert set(jobs) == {f"3d/{m}/seed{s}" for m in ("layercam", "cam2d_slices", "prior") for s in (0, 1)} | {
+        "3d/cam/seed0"
+    }
+    assert jobs["3d/layercam/seed0"].after == ("3d/cam/seed0",)
+    assert jobs["3d/layercam/seed1"].after == ()  # its network is there
+    assert jobs["3d/cam2d_slices/seed0"].after == () and jobs["3d/cam2d_slices/seed1"].after == (
+        "3d/cam2d_slices/seed0",
+    )
+    costs = {name: job.cost for name, job in jobs.items()}
+    assert costs["3d/cam2d_slices/seed0"] > costs["3d/cam/seed0"] > costs["3d/prior/seed0"]
+
+
 @pytest.mark.usefixtures("colin27_nii")
 def test_the_benchmark_runs_as_one_job_over_two_workers(run_3d, tmp_path, capsys):
     """Tiny data and one epoch: the data written once by the job, each run in its own worker with its log,

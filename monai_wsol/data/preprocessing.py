@@ -215,7 +215,7 @@ def make_preprocessing(
         patch_size: ``"train"``: train on ``patch_samples`` random patches of this size per image, on the
             image's own grid, instead of the image resized to ``spatial_size``; ``"validate"``: keep the
             image's grid (``spatial_size`` is then not used by these two stages). ``None``: whole images.
-        patch_samples: patches per image (a bag; ``"train"`` with ``patch_size`` only).
+        patch_samples: patches per image (a bag; ``"train"`` with a ``patch_size`` only, ignored without).
         with_mask: load the GT ``mask`` for the ``"train"`` stage (a method that trains on it);
             ``None`` (default): when a method transform acts on the ``"mask"`` key. The other stages are fixed
             (``"validate"`` / ``"evaluate"`` load it, ``"infer"`` does not).
@@ -261,8 +261,6 @@ def make_preprocessing(
                 )
             )
         spatial_size = None  # patches (train) or the whole grid (validate) at the image's own resolution
-    elif int(patch_samples) != 1:
-        raise ValueError(f"patch_samples={patch_samples} needs a patch_size.")
     if spatial_size is not None and stage in ("train", "validate"):
         modes = ["bilinear", "nearest"] if with_mask else ["bilinear"]
         if spatial_dims == 3:
