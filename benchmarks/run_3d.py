@@ -1,5 +1,6 @@
-"""3D localization through the bundle, with its bounds: the CAM classifier against a data-free prior (floor)
-and a fully supervised MONAI UNet trained on the masks (ceiling), on 3D crops of the embedded default.
+"""3D localization through the bundle, with its bounds: CAM, the blocks and LayerCAM against a data-free prior
+(floor), a fully supervised MONAI UNet trained on the masks (ceiling) and 2D networks run slice by slice, on
+the 3D embedded default.
 
 Every run is a run of the bundle (``monai_wsol.benchmark.runner.Benchmark`` with ``spatial_dims=3``: the
 generator's ``mode="3d"`` volumes with 3D lesions, the bundle's network in 3D, its ``evaluate`` with 3D IoU
@@ -7,12 +8,15 @@ boxes, Dice and PxAP); the thresholds of ``BoxAccV2@val_tau`` and ``Dice@val_tau
 Resumable: finished runs are read back from ``<out>/runs/3d/<method>/seed<k>/result.json``, interrupted ones
 resume from their last epoch. Run::
 
-    python benchmarks/run_3d.py --out runs/bench3d                      # prior, supervised, cam; seed 0
-    python benchmarks/run_3d.py --out runs/old --n-train 240 --size 64 --lesion-radius 0.04 0.12 \
-        --slab-weights 2 1 1 --no-interleave --epochs 40                 # the first recipe (did not learn)
-    python benchmarks/run_3d.py --out runs/bench3d --methods cam sfs2 --seeds 0 1 2
-    python benchmarks/run_3d.py --out runs/bench3d --methods cam2d_slices   # the 2D model, slice by slice
-    python benchmarks/run_3d.py --out runs/bench3d --methods cam2d_volume_labels
+    # the whole comparison as one background job over two one-thread workers (docs/benchmark.md, 3D)
+    nohup python benchmarks/run_3d.py --out runs/bench3d --workers 2 \
+        --shapes cam sfs2 --figure cam sfs2 layercam cam2d_slices > runs/bench3d.log 2>&1 &
+    python benchmarks/run_3d.py --out runs/bench3d_6ep --workers 2 --epochs 6   # the one-hour budget
+    python benchmarks/run_3d.py --out runs/bench3d --methods cam sfs2 --seeds 0 1 2   # some runs, in turn
+    python benchmarks/run_3d.py --out runs/bench3d --methods cam2d_volume_labels     # the other 2D network
+
+The data are ``monai_wsol.data.synthetic.EMBEDDED_3D`` and the training ``configs/train_3d.json``'s (over
+``bundle/configs/train.json``), each value changeable here (``--n-train``, ``--epochs``, ...).
 
 ``cam2d_slices`` is the same CNN in 2D, trained on the axial slices of the training volumes (each slice
 labelled by whether the mask reaches it: slice-level labels, more supervision than the 3D networks' one
