@@ -13,8 +13,8 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Job", "run_jobs"]
@@ -39,7 +39,6 @@ class Job:
     argv: Sequence[str]
     after: tuple[str, ...] = ()
     cost: float = 1.0
-    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def run_jobs(
@@ -90,9 +89,7 @@ def run_jobs(
             path = log_dir / f"{job.name}.log"
             path.parent.mkdir(parents=True, exist_ok=True)
             log = path.open("ab")
-            proc = subprocess.Popen(
-                list(job.argv), stdout=log, stderr=subprocess.STDOUT, env={**env, **job.env}
-            )
+            proc = subprocess.Popen(list(job.argv), stdout=log, stderr=subprocess.STDOUT, env=env)
             running[job.name] = (proc, time.monotonic(), log)
             logger.info("started %s (log: %s)", job.name, path)
         if pending and not running:  # nothing runs and nothing can start: the jobs wait for each other
