@@ -144,7 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="runs at a time, each a process of --threads threads (>= 2: one background job over worker "
         "processes, logs in <out>/logs; 1: the runs one after the other in this process)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each worker process")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of each worker process (default 1), or of this process (default torch's)",
+    )
     # the data: EMBEDDED_3D (monai_wsol.data.synthetic) unless changed here
     parser.add_argument("--n-train", type=int, default=data["n_train"])
     parser.add_argument("--n-val", type=int, default=data["n_val"])
@@ -218,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the tables of every finished run of --out (a worker of --workers does not)",
     )
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.threads < 1:
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
         parser.error(f"--workers {args.workers} and --threads {args.threads} must be >= 1")
     args.network_kwargs = recipe["network_kwargs"]
     args.weight_decay = recipe["weight_decay"]
@@ -320,8 +325,9 @@ def run_in_workers(bench: Benchmark, args: argparse.Namespace) -> dict[str, int 
     two workers write them."""
     bench.datalist(_setting(bench))
     jobs = job_list(bench, args)
-    logger.info("%d runs to do (%d workers x %d threads)", len(jobs), args.workers, args.threads)
-    return run_jobs(jobs, args.workers, Path(args.out) / "logs", threads=args.threads)
+    threads = args.threads or 1
+    logger.info("%d runs to do (%d workers x %d threads)", len(jobs), args.workers, threads)
+    return run_jobs(jobs, args.workers, Path(args.out) / "logs", threads=threads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -338,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         if failed:
             logger.error("runs not finished: %s (logs in %s)", ", ".join(failed), out / "logs")
     else:
-        torch.set_num_threads(args.threads)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         for method, seed in run_list(args):
             bench.run_one(setting, method, seed, {}, reevaluate=args.reevaluate)
     logger.info("runs done in %.1f min", (time.perf_counter() - t0) / 60)

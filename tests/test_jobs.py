@@ -81,3 +81,30 @@ def test_threads_reach_every_process_and_logs_append(tmp_path):
 def test_bad_job_lists_are_refused(tmp_path, jobs, workers, match):
     with pytest.raises(ValueError, match=match):
         run_jobs(jobs, workers=workers, log_dir=tmp_path)
+
+
+def test_an_interrupted_job_stops_its_workers(tmp_path, monkeypatch):
+    """Ctrl-C in the job's process: the running worker is terminated, not left behind, and the exception
+    goes on."""
+    import os
+    import time
+
+    from monai_wsol.benchmark import jobs as jobs_module
+
+    pid_file = tmp_path / "pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    real_sleep = time.sleep
+
+    def interrupt(_seconds):
+        for _ in range(400):  # until the worker runs
+            if pid_file.exists() and pid_file.read_text():
+                raise KeyboardInterrupt
+            real_sleep(0.05)
+        raise AssertionError("the worker did not start")
+
+    monkeypatch.setattr(jobs_module.time, "sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs([Job("long", _py(code))], workers=1, log_dir=tmp_path)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(pid, 0)

@@ -71,6 +71,9 @@ def test_the_references_run_on_their_own_seeds(run_3d):
     assert run_3d.run_list(args) == [("supervised", 1), ("supervised", 2)]
     with pytest.raises(SystemExit):
         run_3d.parse_args(["--workers", "0"])
+    with pytest.raises(SystemExit):
+        run_3d.parse_args(["--threads", "0"])
+    assert run_3d.parse_args([]).threads is None  # this process keeps torch's threads
 
 
 def test_the_job_list_orders_what_reads_another_runs_output(run_3d, tmp_path):

@@ -48,6 +48,8 @@ def run_jobs(
     because a job it needs failed). Never raises for a failed job: the others still run.
 
     Every process gets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` = ``threads`` (torch's intra-op threads).
+    If this call is interrupted, the running workers are terminated before the exception goes on (their runs
+    resume on the next call).
     """
     if workers < 1 or threads < 1:
         raise ValueError(f"workers={workers} and threads={threads} must be >= 1")
@@ -64,36 +66,46 @@ def run_jobs(
     pending = sorted(jobs, key=lambda j: -j.cost)  # stable: equal costs keep their order
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     total, done = len(jobs), 0
-    while pending or running:
-        for name, (proc, start, log) in list(running.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            log.close()
-            del running[name]
-            status[name] = code
-            done += 1
-            word = "finished" if code == 0 else f"FAILED (exit {code}; see {log_dir / (name + '.log')})"
-            logger.info("[%d/%d] %s %s in %.0f s", done, total, name, word, time.monotonic() - start)
-        for job in list(pending):
-            failed = [a for a in job.after if a in status and status[a] != 0]
-            if failed:
-                pending.remove(job)
-                status[job.name] = None
+    try:
+        while pending or running:
+            for name, (proc, start, log) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                log.close()
+                del running[name]
+                status[name] = code
                 done += 1
-                logger.warning("[%d/%d] %s not started: %s failed", done, total, job.name, ", ".join(failed))
-                continue
-            if len(running) >= workers or any(status.get(a) != 0 for a in job.after):
-                continue
-            pending.remove(job)
-            path = log_dir / f"{job.name}.log"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            log = path.open("ab")
-            proc = subprocess.Popen(list(job.argv), stdout=log, stderr=subprocess.STDOUT, env=env)
-            running[job.name] = (proc, time.monotonic(), log)
-            logger.info("started %s (log: %s)", job.name, path)
-        if pending and not running:  # nothing runs and nothing can start: the jobs wait for each other
-            raise ValueError(f"jobs wait for each other: {sorted(j.name for j in pending)}")
-        if running:
-            time.sleep(poll_seconds)
+                word = "finished" if code == 0 else f"FAILED (exit {code}; see {log_dir / (name + '.log')})"
+                logger.info("[%d/%d] %s %s in %.0f s", done, total, name, word, time.monotonic() - start)
+            for job in list(pending):
+                failed = [a for a in job.after if a in status and status[a] != 0]
+                if failed:
+                    pending.remove(job)
+                    status[job.name] = None
+                    done += 1
+                    logger.warning(
+                        "[%d/%d] %s not started: %s failed", done, total, job.name, ", ".join(failed)
+                    )
+                    continue
+                if len(running) >= workers or any(status.get(a) != 0 for a in job.after):
+                    continue
+                pending.remove(job)
+                path = log_dir / f"{job.name}.log"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                log = path.open("ab")
+                proc = subprocess.Popen(list(job.argv), stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[job.name] = (proc, time.monotonic(), log)
+                logger.info("started %s (log: %s)", job.name, path)
+            if pending and not running:  # nothing runs and nothing can start: the jobs wait for each other
+                raise ValueError(f"jobs wait for each other: {sorted(j.name for j in pending)}")
+            if running:
+                time.sleep(poll_seconds)
+    except BaseException:  # interrupted (Ctrl-C, an error here): no worker outlives the job
+        for proc, _, _log in running.values():
+            proc.terminate()
+        for proc, _, log in running.values():
+            proc.wait()
+            log.close()
+        raise
     return status
