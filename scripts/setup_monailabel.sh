@@ -3,13 +3,15 @@
 #
 # MONAI Label 0.8.5 crashes at import on pydicom 3 (it imports pydicom._storage_sopclass_uids) while
 # the highdicom release of the core environment needs pydicom 3, so the two cannot share one environment.
-# The install is ~8.6 GB (torch's CUDA wheels) / ~6.5 minutes, so it is kept out of the core set-up (scripts/setup.sh).
+# The install is ~8.6 GB (torch's CUDA wheels) / ~6.5 minutes, so it is kept out of the core set-up (scripts/setup.sh);
+# where the core .venv exists, its torch stack (~5.4 GB) is hard-linked instead of installed again (share_torch.py).
 # Idempotent: when the venv exists and imports monailabel + monai_wsol, nothing is reinstalled.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 PY=${PYTHON_MONAILABEL:-python3.11}
 VENV=${MONAILABEL_VENV:-.venv-monailabel}
+CORE_VENV=${CORE_VENV:-.venv}
 TORCH_PIN=(torch==2.14.1 torchvision==0.29.1)
 
 check() {
@@ -33,6 +35,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
+site_packages() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+if [ -x "$CORE_VENV/bin/python" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  # no second copy of the CUDA libraries: pip below finds torch installed (or replaces it if its version differs)
+  "$VENV/bin/python" scripts/share_torch.py "$(site_packages "$CORE_VENV")" "$(site_packages "$VENV")" || true
+fi
 # torch first, from the local wheels; every later line repeats the pin so nothing resolves another torch
 "$VENV/bin/python" -m pip install -q "${TORCH_PIN[@]}"
 "$VENV/bin/python" -m pip install -q "monailabel==0.8.5" "pydicom<3" "${TORCH_PIN[@]}"
