@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from monai_wsol.metrics import LesionDetectionMetric, lesion_detection_counts
+from monai_wsol.metrics.detection import detection_curve
 
 
 def _square(shape, x0, y0, side):
@@ -53,6 +54,49 @@ def test_one_component_can_find_two_lesions():
     pred = np.zeros_like(truth)
     pred[0:5, 0:11] = 1  # covers both: IoU 25 / 55 with each
     np.testing.assert_array_equal(lesion_detection_counts(pred, truth), [2, 2, 1, 0])
+
+
+def _counts_by_definition(pred, truth, iou_threshold=0.3):
+    """Both masks labelled whole, every (lesion, component) IoU from its voxel sets."""
+    from scipy.ndimage import label
+
+    lesions, n_lesions = label(truth != 0)
+    parts, n_parts = label(pred != 0)
+    iou = np.zeros((n_lesions, n_parts))
+    for i in range(n_lesions):
+        for j in range(n_parts):
+            a, b = lesions == i + 1, parts == j + 1
+            iou[i, j] = (a & b).sum() / (a | b).sum()
+    matched = iou >= iou_threshold
+    return [n_lesions, int(matched.any(1).sum()), n_parts, int((~matched.any(0)).sum())]
+
+
+@pytest.mark.parametrize("shape", [(24, 20, 9), (30, 26)])
+def test_curve_equals_the_definition_at_every_threshold(shape):
+    """The curve labels each mask in its foreground's box and each lesion mask once: at every threshold it
+    equals both masks labelled whole, also for lesions partly or wholly outside the predicted box."""
+    rng = np.random.default_rng(len(shape))
+    from scipy.ndimage import gaussian_filter
+
+    maps, masks = [], []
+    for _ in range(3):
+        truth = np.zeros(shape, np.uint8)
+        for _ in range(3):  # up to three box lesions anywhere, touching the border or each other
+            lo = rng.integers(0, np.array(shape) - 2)
+            hi = lo + rng.integers(2, 8, size=len(shape))
+            truth[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = 1
+        # a map that finds some lesions at some thresholds: the lesions blurred, plus smooth noise
+        score = gaussian_filter(truth.astype(float), 1.0) + 0.3 * gaussian_filter(rng.random(shape), 1.5)
+        score = (score - score.min()) / (score.max() - score.min())
+        maps.append(torch.from_numpy(score)[None])
+        masks.append(torch.from_numpy(truth)[None])
+    taus = np.linspace(0.0, 0.99, 34)
+    expected = np.zeros((len(taus), 4), np.int64)
+    for score, truth in zip(maps, masks, strict=True):
+        for k, tau in enumerate(taus):
+            expected[k] += _counts_by_definition(score[0].numpy() >= tau, truth[0].numpy())
+    np.testing.assert_array_equal(detection_curve(maps, masks, taus), expected)
+    assert expected[:, 1].min() < expected[:, 1].max()  # lesions found at some thresholds and not others
 
 
 def test_metric_accumulates_over_batches():

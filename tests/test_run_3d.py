@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from monai_wsol.benchmark.bundle_runs import BundleRunner
 from monai_wsol.data.synthetic import EMBEDDED_3D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,9 +104,10 @@ def test_the_job_list_orders_what_reads_another_runs_output(run_3d, tmp_path):
 
 
 @pytest.mark.usefixtures("colin27_nii")
-def test_the_benchmark_runs_as_one_job_over_two_workers(run_3d, tmp_path, capsys):
+def test_the_benchmark_runs_as_one_job_over_two_workers(run_3d, tmp_path, capsys, monkeypatch):
     """Tiny data and one epoch: the data written once by the job, each run in its own worker with its log,
-    LayerCAM after the CAM network it reads, the tables over every run; run again, nothing is redone."""
+    LayerCAM after the CAM network it reads, the tables over every run; run again, nothing is redone and the
+    map shapes and the figure read the maps the runs kept."""
     out = tmp_path / "b3d"
     argv = ["--out", str(out), "--n-train", "8", "--n-val", "4", "--n-test", "4", "--size", "24"]
     argv += ["--epochs", "1"]
@@ -120,7 +123,18 @@ def test_the_benchmark_runs_as_one_job_over_two_workers(run_3d, tmp_path, capsys
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["prior", "cam", "layercam"]
     assert (out / "results.md").is_file()
     stamps = {m: (runs / m / "seed0" / "result.json").stat().st_mtime_ns for m in results}
+    lesions = sum(
+        1 for item in json.loads((out / "data" / "3d" / "datalist.json").read_text())["test"] if item["label"]
+    )
+    for method in methods:  # every test lesion volume's map, kept by the run's own evaluation
+        with np.load(runs / method / "seed0" / "eval" / "test_examples.npz") as kept:
+            assert kept["cams"].shape == kept["gt_masks"].shape and kept["cams"].shape[0] == lesions > 0
+            assert kept["cams"].ndim == 4  # (lesions, *volume)
     capsys.readouterr()
-    run_3d.main(argv)
+    monkeypatch.setattr(BundleRunner, "evaluate", lambda *a, **k: pytest.fail("a model evaluated again"))
+    run_3d.main(
+        [*argv, "--shapes", "cam", "layercam", "--figure", "cam", "layercam", "--figure-lesions", "1"]
+    )
     assert {m: (runs / m / "seed0" / "result.json").stat().st_mtime_ns for m in results} == stamps
     assert "0 runs to do" in (out / "benchmark.log").read_text()
+    assert "| layercam |" in (out / "map_shapes.md").read_text() and (out / "orthogonal.png").is_file()

@@ -149,7 +149,8 @@ class Benchmark:
             keys of ``train.json``); ``threads`` sets torch's intra-op threads.
         bundle_root: the bundle whose workflows run (default: the one beside this package).
         box_step: tau step of the box curves (0.001, the protocol's).
-        num_examples: test images stored per first-seed run for the example grid (2D only).
+        num_examples: test images stored per first-seed run for the example grid (2D; a 3D run keeps every
+            test lesion volume's map, for :mod:`~monai_wsol.benchmark.shapes` and the orthogonal figure).
         reference: the method(s) the paired tests compare against every other (default ``"sfs2"``).
         search_in: the setting whose validation split makes the ``search`` choices for every setting (saves
             the candidates' runs elsewhere); None: each setting chooses on its own validation split. It may be
@@ -280,6 +281,11 @@ class Benchmark:
             logger.info("generating the %r data set in %s", setting, out)
             generate(out, **{"image_size": self.image_size, "mode": f"{self.spatial_dims}d", **opts})
         return path
+
+    def test_lesion_count(self, setting: str) -> int:
+        """The number of lesion images (label != 0) in ``setting``'s test split."""
+        datalist = json.loads(self.datalist(setting).read_text())
+        return sum(1 for item in datalist["test"] if item["label"])
 
     def pseudo_mask_source(self, method: str) -> str | None:
         """The method whose maps give a pseudo-mask variant's training masks (None: not such a variant)."""
@@ -506,8 +512,12 @@ class Benchmark:
             seconds = time.perf_counter() - t0
         if previous is not None and "pseudo_masks" in previous.get("hyperparameters", {}):
             pseudo = previous["hyperparameters"]["pseudo_masks"]
-        # the example grid draws 2D slices
-        examples_count = self.num_examples if seed == self.seeds[0] and self.spatial_dims == 2 else 0
+        # 2D: the example grid's first images of the first seed; 3D: every test lesion volume's map, which the
+        # map shapes and the orthogonal figure read (17 MB a run at 48 x 48 x 19) instead of evaluating again
+        if self.spatial_dims == 3:
+            examples_count = self.test_lesion_count(setting)
+        else:
+            examples_count = self.num_examples if seed == self.seeds[0] else 0
         eval_overrides = self.evaluation_overrides(setting, method, overrides)
         evaluate = functools.partial(
             self.bundle.evaluate, model, out_dir=run_dir / "eval", box_step=self.box_step
@@ -547,7 +557,7 @@ class Benchmark:
                 "dice": test.dice,
             },
         )
-        if examples_count:
+        if examples_count and self.spatial_dims == 2:
             self._write_examples(run_dir, taus["BoxAccV2@50"])
         atomic_write_json(result_path, result)  # last: its presence marks the run finished
         t = result["test"]

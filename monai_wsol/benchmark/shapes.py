@@ -1,10 +1,11 @@
 """Why a method's boxes and pixels disagree: the shape of its maps on the test lesions, method against method.
 
-For finished benchmark runs, :func:`lesion_examples` re-evaluates a run's model on the test split with the
-bundle's ``evaluate`` and keeps every lesion image's map (``<run>/eval_examples/test_examples.npz``, reused
-while it holds enough); :func:`map_shape_values` measures each map against its lesion with
-:func:`monai_wsol.metrics.map_shape` at the run's validation Dice threshold; :func:`map_shape_table` compares
-methods on the same lesions and seeds (Wilcoxon signed-rank test of the paired differences), and
+For finished benchmark runs, :func:`lesion_examples` reads every test lesion image's map that the run kept
+(``<run>/eval/test_examples.npz``: 3D runs keep them all) or else re-evaluates the run's model on the test
+split with the bundle's ``evaluate`` and keeps them (``<run>/eval_examples/test_examples.npz``);
+:func:`map_shape_values` measures each map against its lesion with :func:`monai_wsol.metrics.map_shape` at
+the run's validation Dice threshold; :func:`map_shape_table` compares methods on the same lesions and seeds
+(Wilcoxon signed-rank test of the paired differences), and
 :func:`monai_wsol.benchmark.figures.plot_map_shapes` draws the same figures as distributions. 2D and 3D
 alike; offsets in mm from the test images' voxel size.
 """
@@ -38,10 +39,14 @@ def lesion_examples(
     ``(count, *spatial)``)."""
     run_dir = bench.run_dir(setting, method, seed)
     path = run_dir / "eval_examples" / "test_examples.npz"
-    if path.exists():
-        with np.load(path) as z:
-            if len(z["cams"]) >= count:
-                return {k: z[k][:count] for k in _EXAMPLE_KEYS}
+    for kept in (
+        run_dir / "eval" / "test_examples.npz",
+        path,
+    ):  # the run's own evaluation, then an earlier one
+        if kept.exists():
+            with np.load(kept) as z:
+                if len(z["cams"]) >= count:
+                    return {k: z[k][:count] for k in _EXAMPLE_KEYS}
     base = bench.base_method(method)
     model_run = bench.run_dir(setting, POSTHOC[base], seed) if base in POSTHOC else run_dir
     model = model_run / "checkpoints" / "model.pt"
@@ -66,7 +71,7 @@ def map_shape_values(
     the same lesion order for every method): ``{method: (len(seeds) * lesions, len(MAP_SHAPE_KEYS))}``."""
     path = bench.datalist(setting)
     datalist = json.loads(path.read_text())
-    lesions = sum(1 for item in datalist["test"] if item["label"])
+    lesions = bench.test_lesion_count(setting)
     first = nib.load(path.parent / datalist["test"][0]["image"])
     spacing = [float(z) for z in first.header.get_zooms()[: len(first.shape)]]
     per_method: dict[str, np.ndarray] = {}

@@ -35,24 +35,54 @@ def lesion_detection_counts(pred: np.ndarray, target: np.ndarray, iou_threshold:
     Returns:
         int64 array of shape (4,).
     """
+    return _counts(np.asarray(pred) != 0, _Lesions(target), iou_threshold)
+
+
+class _Lesions:
+    """A ground-truth mask labelled once: its lesion labels, their number and their sizes."""
+
+    def __init__(self, target: np.ndarray) -> None:
+        from scipy.ndimage import label
+
+        self.labels, self.count = label(np.asarray(target) != 0)
+        self.sizes = np.bincount(self.labels.ravel(), minlength=self.count + 1)[1:]
+
+
+def _foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (slices) holding every foreground element of ``mask``; None when it has none."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _counts(pred: np.ndarray, lesions: _Lesions, iou_threshold: float) -> np.ndarray:
     from scipy.ndimage import label
 
-    truth, n_lesions = label(np.asarray(target) != 0)
-    parts, n_parts = label(np.asarray(pred) != 0)
-    if n_lesions == 0 or n_parts == 0:
-        return np.array([n_lesions, 0, n_parts, n_parts], np.int64)
+    box = _foreground_box(pred)
+    if box is None:
+        return np.array([lesions.count, 0, 0, 0], np.int64)
+    # the components lie in the predicted foreground's box: label and intersect there only; the lesions'
+    # sizes come from the whole mask, so a lesion partly outside the box keeps its true IoU
+    parts, n_parts = label(pred[box])
+    if lesions.count == 0:
+        return np.array([0, 0, n_parts, n_parts], np.int64)
     # intersections of every (lesion, component) pair from one joint histogram; row/column 0 = background
     joint = np.bincount(
-        (truth.ravel() * (n_parts + 1) + parts.ravel()), minlength=(n_lesions + 1) * (n_parts + 1)
+        lesions.labels[box].ravel() * (n_parts + 1) + parts.ravel(),
+        minlength=(lesions.count + 1) * (n_parts + 1),
     )
-    joint = joint.reshape(n_lesions + 1, n_parts + 1)
+    joint = joint.reshape(lesions.count + 1, n_parts + 1)
     inter = joint[1:, 1:].astype(np.float64)
-    sizes_truth, sizes_parts = joint[1:, :].sum(1), joint[:, 1:].sum(0)
-    iou = inter / (sizes_truth[:, None] + sizes_parts[None, :] - inter)
+    sizes_parts = joint[:, 1:].sum(0)
+    iou = inter / (lesions.sizes[:, None] + sizes_parts[None, :] - inter)
     matched = iou >= iou_threshold
     found = int(matched.any(1).sum())
     false = int((~matched.any(0)).sum())
-    return np.array([n_lesions, found, n_parts, false], np.int64)
+    return np.array([lesions.count, found, n_parts, false], np.int64)
 
 
 def detection_curve(
@@ -74,9 +104,10 @@ def detection_curve(
     taus = np.asarray(thresholds, dtype=np.float64)
     out = np.zeros((len(taus), 4), np.int64)
     for score, target in zip(as_items(maps, "maps"), as_items(masks, "masks"), strict=True):
-        score_np, target_np = score.detach().cpu().double().numpy(), target.detach().cpu().numpy()
+        score_np = score.detach().cpu().double().numpy()
+        lesions = _Lesions(target.detach().cpu().numpy())  # once per image, not per threshold
         for k, tau in enumerate(taus):
-            out[k] += lesion_detection_counts(score_np >= tau, target_np, iou_threshold)
+            out[k] += _counts(score_np >= tau, lesions, iou_threshold)
     return out
 
 
