@@ -51,8 +51,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ._quantize import as_score_array, distinct_masks, level_crops, quantise_scores, threshold_levels
 from .contours import ContourOrder, distinct_level_boxes
@@ -190,10 +188,7 @@ def _union(
     nodes = cand[slot[cand] == pos]
     slot[nodes] = np.arange(nodes.size)
     index = slot[cand]
-    graph = coo_matrix(
-        (np.ones(u.size, dtype=np.int8), (index[: u.size], index[u.size :])), shape=(nodes.size,) * 2
-    )
-    _, group = connected_components(graph, directed=True, connection="weak")
+    group = _components(nodes.size, index[: u.size], index[u.size :])
     # union by size keeps the trees shallow: each group's representative is its largest member
     by_group = np.lexsort((-size[nodes], group))
     head = np.ones(nodes.size, dtype=bool)
@@ -208,6 +203,26 @@ def _union(
     np.maximum.at(hi, dst, hi[src])
     np.minimum.at(first, dst, first[src])
     parent[src] = dst
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of the undirected graph on nodes ``0..n-1`` with edges ``(a[i], b[i])``: each
+    node's smallest member (hook-and-compress). A sweep merges a handful of nodes at a time, where scipy's
+    ``connected_components`` spends most of its time validating the graph."""
+    root = np.arange(n)
+    while True:
+        ra, rb = root[a], root[b]
+        if np.array_equal(ra, rb):  # every edge inside one tree
+            return root
+        low = np.minimum(ra, rb)
+        # hook each tree's root onto the smallest root it touches (pointers only go down: no cycles)
+        np.minimum.at(root, ra, low)
+        np.minimum.at(root, rb, low)
+        while True:  # compress: every node points at its tree's root
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
 
 
 def distinct_level_volume_boxes(
