@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI step for the MONAI Label integration: create/check .venv-monailabel, then run its tests with it.
-# Kept apart from the core suite: MONAI Label needs pydicom<3 (highdicom needs 3) and a ~8.6 GB install.
+# Kept apart from the core suite: MONAI Label needs pydicom<3 (highdicom needs 3) and a 3.4 GB install
+# beside .venv (whose torch it hard-links).
 # The tests train the bundle for one short epoch, start real servers on 127.0.0.1 and stop them (~2-3 min on CPU).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
