@@ -5,7 +5,7 @@
   ``method="label"`` (``scipy.ndimage.label`` once per distinct mask, cropped).
 - **Lesion detection** (lesions found at IoU >= 0.3 and false components at 100 mask thresholds):
   ``detection_curve`` (each lesion mask labelled once, each predicted mask labelled in its foreground's box)
-  against both masks labelled whole at every threshold.
+  against both masks labelled whole at every threshold (``lesion_detection_counts`` per threshold).
 
 Maps: smooth random volumes with box lesions of the 3D embedded default's size (48 x 48 x 19), or a finished
 3D run's kept test lesion maps (``--maps <run>/eval/test_examples.npz``). Run::
@@ -53,8 +53,8 @@ def detection_by_whole_labelling(maps: np.ndarray, masks: np.ndarray, taus: np.n
     """The alternative: both masks labelled whole at every threshold (the same counts)."""
     out = np.zeros((len(taus), 4), np.int64)
     for score, target in zip(maps, masks, strict=True):
-        truth, n_lesions = ndimage.label(target != 0)
         for k, tau in enumerate(taus):
+            truth, n_lesions = ndimage.label(target != 0)
             parts, n_parts = ndimage.label(score >= tau)
             if n_lesions == 0 or n_parts == 0:
                 out[k] += [n_lesions, 0, n_parts, n_parts]
