@@ -560,3 +560,68 @@ def test_orthogonal_planes_pass_through_the_lesion_and_the_figure_is_drawn(tmp_p
     with pytest.raises(ValueError, match="row 1 .* one shape"):
         plot_orthogonal_slices([rows[0], {**rows[1], "cam": cam[..., :5]}], tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def _gate_record(
+    method: str, seed: int, val_dice: float, test_dice: float, source: str | None = None
+) -> dict:
+    hyper = {"pseudo_masks": {"from": source, "tau": 0.5}} if source else {}
+    return {
+        "setting": "default",
+        "method": method,
+        "seed": seed,
+        "val": {"Dice": val_dice},
+        "test": {"Dice@val_tau": test_dice, "MaxBoxAccV2": 100 * test_dice},
+        "hyperparameters": hyper,
+    }
+
+
+def test_the_self_training_gate_keeps_the_model_better_on_validation():
+    records = [
+        _gate_record("cam", 0, 0.50, 0.40),
+        _gate_record("cam_pseudo", 0, 0.60, 0.70, source="cam"),  # better on validation: kept
+        _gate_record("cam", 1, 0.50, 0.45),
+        _gate_record("cam_pseudo", 1, 0.20, 0.90, source="cam"),  # worse on validation, whatever its test
+        _gate_record("cam", 2, 0.50, 0.55),
+        _gate_record("cam_pseudo", 2, 0.50, 0.10, source="cam"),  # a tie keeps the source
+        _gate_record("cam_pseudo", 3, 0.90, 0.90, source="cam"),  # no source run of that seed: no pair
+    ]
+    gated = report_mod.gated_self_training(records)
+    assert [(g["method"], g["seed"]) for g in gated] == [("cam_pseudo_gated", s) for s in (0, 1, 2)]
+    assert [g["hyperparameters"]["gate"]["chosen"] for g in gated] == ["cam_pseudo", "cam", "cam"]
+    assert [g["test"]["Dice@val_tau"] for g in gated] == [0.70, 0.45, 0.55]
+    assert gated[1]["hyperparameters"]["gate"] == {
+        "metric": "Dice",
+        "chosen": "cam",
+        "source": 0.5,
+        "segmenter": 0.2,
+    }
+    assert records[0]["method"] == "cam" and "gate" not in records[0]["hyperparameters"]  # inputs untouched
+    # the gated rows pair with both models by seed
+    tests = paired_tests([*records, *gated], "cam_pseudo_gated", ["Dice@val_tau"], others=["cam"])
+    assert tests[0]["n"] == 3 and tests[0]["mean_diff"] == pytest.approx((0.30 + 0 + 0) / 3)
+    with pytest.raises(ValueError, match="no validation 'MaxBoxAccV2'"):
+        report_mod.gated_self_training(records, metric="MaxBoxAccV2")
+
+
+def test_the_pseudo_mask_script_reports_the_gate(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "pseudo_masks_script", REPO / "benchmarks" / "pseudo_masks.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for seed, (val_src, val_seg) in enumerate([(0.5, 0.6), (0.5, 0.4), (0.5, 0.7)]):
+        for rec in (
+            _gate_record("cam", seed, val_src, 0.5),
+            _gate_record("cam_pseudo", seed, val_seg, 0.6 + seed / 10, source="cam"),
+        ):
+            rec["test"].update({"BoxAccV2@val_tau": 40.0 + seed, "PxAP": 50.0})
+            atomic_write_json(
+                tmp_path / "runs" / "default" / rec["method"] / f"seed{seed}" / "result.json", rec
+            )
+    lines = script.gate_tables(tmp_path, "default")
+    rows = [line for line in lines if line.startswith("| cam_pseudo_gated |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["cam_pseudo", "cam", "cam_pseudo"]
+    dice = next(line for line in lines if line.startswith("| cam_pseudo_gated - cam | Dice@val_tau"))
+    assert dice.split("|")[4].strip() == f"{(0.6 + 0.5 + 0.8) / 3:.3f}"  # the gate's mean over the kept runs
+    assert script.gate_tables(tmp_path, "distractor") == []

@@ -58,6 +58,7 @@ __all__ = [
     "PAIRED_METRICS",
     "DEFAULT_METHOD_ORDER",
     "collect_results",
+    "gated_self_training",
     "summarize",
     "paired_tests",
     "write_results",
@@ -200,6 +201,43 @@ def collect_results(bench_dir: str | os.PathLike) -> list[dict]:
         seen[found] = path
         records.append(rec)
     return sorted(records, key=_sort_key)
+
+
+def gated_self_training(records: Sequence[dict], metric: str = "Dice") -> list[dict]:
+    """Self-training behind a validation gate: per self-training run and its source's run of the same setting
+    and seed, the run whose **validation** ``metric`` is higher (a tie keeps the source, the simpler model).
+
+    A self-training run is a record whose ``hyperparameters["pseudo_masks"]["from"]`` names its source method
+    (the runner writes it). The gate uses the validation split only; what it keeps is then read on test.
+
+    Returns:
+        per gated pair, a copy of the kept run's record named ``<self-training method>_gated``, with
+        ``hyperparameters["gate"] = {"metric", "chosen", "source", "segmenter"}`` (the chosen method and the
+        two validation values). Pairs whose source run is missing are left out.
+
+    Raises:
+        ValueError: a run of the pair lacks the validation ``metric``.
+    """
+    by_key = {(r["setting"], r["method"], r["seed"]): r for r in records}
+    gated = []
+    for rec in records:
+        source_method = rec.get("hyperparameters", {}).get("pseudo_masks", {}).get("from")
+        source = by_key.get((rec["setting"], source_method, rec["seed"])) if source_method else None
+        if source is None:
+            continue
+        values = {}
+        for role, run in (("source", source), ("segmenter", rec)):
+            value = run.get("val", {}).get(metric)
+            if value is None or not math.isfinite(value):
+                where = run.get("run_dir", run["method"])
+                raise ValueError(f"{where}: no validation {metric!r} for the self-training gate.")
+            values[role] = float(value)
+        kept = rec if values["segmenter"] > values["source"] else source
+        out = {**kept, "method": f"{rec['method']}_gated"}
+        gate = {"metric": metric, "chosen": kept["method"], **values}
+        out["hyperparameters"] = {**kept.get("hyperparameters", {}), "gate": gate}
+        gated.append(out)
+    return gated
 
 
 def method_order(records: Iterable[dict], order: Sequence[str] | None = None) -> list[str]:
