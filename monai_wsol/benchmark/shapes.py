@@ -39,10 +39,8 @@ def lesion_examples(
     ``(count, *spatial)``)."""
     run_dir = bench.run_dir(setting, method, seed)
     path = run_dir / "eval_examples" / "test_examples.npz"
-    for kept in (
-        run_dir / "eval" / "test_examples.npz",
-        path,
-    ):  # the run's own evaluation, then an earlier one
+    own = run_dir / "eval" / "test_examples.npz"  # what the run's own test evaluation kept
+    for kept in (own, path):
         if kept.exists():
             with np.load(kept) as z:
                 if len(z["cams"]) >= count:
