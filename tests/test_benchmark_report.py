@@ -625,3 +625,39 @@ def test_the_pseudo_mask_script_reports_the_gate(tmp_path):
     dice = next(line for line in lines if line.startswith("| cam_pseudo_gated - cam | Dice@val_tau"))
     assert dice.split("|")[4].strip() == f"{(0.6 + 0.5 + 0.8) / 3:.3f}"  # the gate's mean over the kept runs
     assert script.gate_tables(tmp_path, "distractor") == []
+
+
+def test_export_records_copies_what_the_report_needs_and_renames_settings(bench, tmp_path):
+    """The exported records give the same results as the benchmark folder (figures, curves, examples) without
+    its checkpoints; a renamed setting moves with its ``result.json``'s ``setting``."""
+    src = tmp_path / "src"
+    shutil.copytree(bench, src)
+    run = src / "runs" / "default" / "cam" / "seed0"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "model.pt").write_bytes(b"weights")
+    (run / "eval").mkdir()
+    (run / "eval" / "test.npz").write_bytes(b"curves of the test split")
+    exported = report_mod.export_records(src, tmp_path / "out", rename_settings={"distractor": "rim"})
+    out = tmp_path / "out"
+    assert len(exported) == len(_runs())
+    assert not list(out.rglob("checkpoints"))
+    assert (out / "runs" / "default" / "cam" / "seed0" / "eval" / "test.npz").read_bytes() == (
+        b"curves of the test split"
+    )
+    assert (out / "runs" / "default" / "cam" / "seed0" / "examples.npz").is_file()
+    before, after = report_mod.collect_results(src), report_mod.collect_results(out)
+    assert {r["setting"] for r in after} == {"default", "rim"}
+    renamed = {"distractor": "rim"}
+    assert [(renamed.get(r["setting"], r["setting"]), r["method"], r["seed"], r["test"]) for r in before] == [
+        (r["setting"], r["method"], r["seed"], r["test"]) for r in after
+    ]
+    for rec in after:
+        assert Path(rec["run_dir"]).parent.parent.name == rec["setting"]
+        assert (Path(rec["run_dir"]) / "curves.npz").read_bytes() == (
+            src
+            / "runs"
+            / {"rim": "distractor"}.get(rec["setting"], rec["setting"])
+            / rec["method"]
+            / Path(rec["run_dir"]).name
+            / "curves.npz"
+        ).read_bytes()

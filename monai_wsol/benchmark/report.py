@@ -51,13 +51,15 @@ from typing import Any
 
 import numpy as np
 
-from monai_wsol.io_utils import atomic_write_text
+from monai_wsol.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "DEFAULT_METRICS",
     "PAIRED_METRICS",
     "DEFAULT_METHOD_ORDER",
     "collect_results",
+    "export_records",
+    "RECORD_FILES",
     "gated_self_training",
     "summarize",
     "paired_tests",
@@ -201,6 +203,58 @@ def collect_results(bench_dir: str | os.PathLike) -> list[dict]:
         seen[found] = path
         records.append(rec)
     return sorted(records, key=_sort_key)
+
+
+#: the files of a finished run that its report needs (figures, curves, the example grid's maps), without the
+#: checkpoints and logs: what :func:`export_records` copies
+RECORD_FILES: tuple[str, ...] = (
+    "result.json",
+    "curves.npz",
+    "examples.npz",
+    "metrics.csv",
+    "train_metrics.csv",
+    "eval/validation.json",
+    "eval/validation.npz",
+    "eval/test.json",
+    "eval/test.npz",
+)
+
+
+def export_records(
+    bench_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    rename_settings: dict[str, str] | None = None,
+) -> list[Path]:
+    """Copy every finished run's :data:`RECORD_FILES` from ``<bench_dir>/runs`` to ``<out_dir>/runs``, so that
+    :func:`write_results` (and the figures) can be made again from ``out_dir`` alone, e.g. a benchmark's
+    records kept in a repository while its checkpoints stay behind.
+
+    Args:
+        bench_dir: a benchmark folder.
+        out_dir: where the records go (``<out_dir>/runs/<setting>/<method>/seed<k>/``); existing files of the
+            same runs are replaced.
+        rename_settings: old setting name -> new one: the run's folder and its ``result.json``'s ``setting``
+            take the new name (a setting run under another name, e.g. beside an older one).
+
+    Returns:
+        the folders of the exported runs.
+    """
+    rename = dict(rename_settings or {})
+    exported = []
+    for rec in collect_results(bench_dir):
+        src = Path(rec["run_dir"])
+        setting = rename.get(rec["setting"], rec["setting"])
+        dst = Path(out_dir) / "runs" / setting / rec["method"] / src.name
+        for name in RECORD_FILES:
+            if not (src / name).is_file():
+                continue
+            if name == "result.json":
+                raw = json.loads((src / name).read_text(encoding="utf-8"))
+                atomic_write_json(dst / name, {**raw, "setting": setting})
+            else:
+                atomic_write_bytes(dst / name, (src / name).read_bytes())
+        exported.append(dst)
+    return exported
 
 
 def gated_self_training(records: Sequence[dict], metric: str = "Dice") -> list[dict]:
