@@ -119,7 +119,8 @@ def _train_3d_recipe() -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in (REPO / "bundle" / "configs" / "train.json", REPO / "configs" / "train_3d.json"):
         merged.update(json.loads(path.read_text()))
-    return {key: merged[key] for key in ("epochs", "batch_size", "lr", "weight_decay", "network_kwargs")}
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "network_kwargs", "augmentation")
+    return {key: merged[key] for key in keys}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -230,6 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers {args.workers} and --threads {args.threads} must be >= 1")
     args.network_kwargs = recipe["network_kwargs"]
     args.weight_decay = recipe["weight_decay"]
+    args.augmentation = recipe["augmentation"]
     return args
 
 
@@ -262,6 +264,7 @@ def build_benchmark(args: argparse.Namespace) -> Benchmark:
             "lr": args.lr,
             "weight_decay": args.weight_decay,
             "flip": True,
+            "augmentation": args.augmentation,
         },
         num_examples=0,
         report=False,

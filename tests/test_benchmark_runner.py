@@ -253,6 +253,20 @@ def test_every_ablation_variant_builds_the_network_it_names():
             assert blocks == ["backbone.plugin_conv5"]
 
 
+def test_a_runs_training_keys_are_its_variants_and_recorded_as_trained(tmp_path):
+    """``run_train``: the benchmark's ``train`` under a variant's own ``train`` entry (and the prior's one
+    epoch) is what the bundle gets and what ``result.json`` records."""
+    variants = {"cam_affine": {"method": "cam", "train": {"augmentation": "affine", "epochs": 3}}}
+    bench = Benchmark(
+        tmp_path, {"d": {}}, ["prior", "cam", "cam_affine"], seeds=[0], train={"epochs": 5, "flip": False},
+        variants=variants, report=False,
+    )  # fmt: skip
+    assert bench.run_train("cam")["epochs"] == 5 and "augmentation" not in bench.run_train("cam")
+    assert bench.run_train("cam_affine")["augmentation"] == "affine"
+    assert bench.run_train("cam_affine")["epochs"] == 3 and bench.run_train("cam_affine")["flip_prob"] == 0.0
+    assert bench.run_train("prior")["epochs"] == 1
+
+
 def test_map_shape_table_measures_every_test_lesion_of_the_runs(tiny, tmp_path, monkeypatch):
     from monai_wsol.benchmark.shapes import lesion_examples, map_shape_table, validation_dice_tau
     from monai_wsol.metrics import map_shape

@@ -37,6 +37,7 @@ def test_defaults_are_the_3d_embedded_default_and_the_bundles_3d_recipe(run_3d):
     for key, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)):
         assert value == three_d.get(key, bundle[key]), key
     assert args.network_kwargs == three_d.get("network_kwargs", bundle["network_kwargs"])
+    assert args.augmentation == three_d.get("augmentation", bundle["augmentation"]) == "none"
     # the crops' grid is the network's input: train_3d.json trains on what the benchmark measures
     depth = 19
     assert three_d["spatial_size"] == [EMBEDDED_3D["image_size"]] * 2 + [depth]

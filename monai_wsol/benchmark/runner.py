@@ -341,13 +341,8 @@ class Benchmark:
             datalist = self._lesion_or_not(setting, data)
             classes = {"cam_class": _LESION}
         spatial_dims = self.spatial_dims if axis is None else 2
-        # the prior is fitted once on the training masks before the first epoch and has nothing to learn after
-        # it: more epochs would only repeat validation passes of the same map
-        budget = {"epochs": 1} if self.base_method(method) == "prior" else {}
         return {
-            **self.train,
-            **self.variants.get(method, {}).get("train", {}),
-            **budget,
+            **self.run_train(method),
             "dataset_dir": str(self.datalist(setting).parent if axis is None else datalist.parent),
             "datalist": str(datalist),
             "spatial_dims": spatial_dims,
@@ -362,6 +357,14 @@ class Benchmark:
             **classes,
             "num_workers": 0,
         }
+
+    def run_train(self, method: str) -> dict[str, Any]:
+        """The training keys of ``method``'s runs: the benchmark's ``train``, its variant's ``train`` entry,
+        and the prior's single epoch."""
+        # the prior is fitted once on the training masks before the first epoch and has nothing to learn after
+        # it: more epochs would only repeat validation passes of the same map
+        budget = {"epochs": 1} if self.base_method(method) == "prior" else {}
+        return {**self.train, **self.variants.get(method, {}).get("train", {}), **budget}
 
     def _lesion_or_not(self, setting: str, data: dict[str, Any]) -> Path:
         """The copy of a datalist with several lesion classes whose lesion classes are all relabelled 1
@@ -536,7 +539,7 @@ class Benchmark:
                 "spatial_dims": overrides["spatial_dims"],
                 "slice_axis": self.slice_axis(method),
                 "image_size": self.image_size,
-                "train": to_jsonable(self.train),
+                "train": to_jsonable(self.run_train(method)),
                 "model": str(model),
                 **({"pseudo_masks": pseudo} if pseudo else {}),
             },
