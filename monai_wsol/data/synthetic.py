@@ -538,6 +538,8 @@ def generate(
     weights = counts if slab_weights is None else tuple(float(w) for w in slab_weights)
     if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
         raise ValueError(f"slab_weights={slab_weights} must be three non-negative shares, not all 0")
+    if int(blocks_2d) < 1 or int(block_gap) < 0:
+        raise ValueError(f"blocks_2d={blocks_2d} must be >= 1 and block_gap={block_gap} >= 0")
     size = int(image_size or _DEFAULT_SIZE[mode])
     if size < 16:
         raise ValueError(f"image_size={size} must be >= 16")
@@ -549,8 +551,6 @@ def generate(
         parts = [w[0] / 3, w[1], w[2]] if interleave_3d else w
         n_gaps = 4 if interleave_3d else 2
         depth = max(8, min(size, int((z1 - z0 - n_gaps * int(block_gap)) * (min(parts) / sum(w)))))
-    if int(blocks_2d) < 1 or int(block_gap) < 0:
-        raise ValueError(f"blocks_2d={blocks_2d} must be >= 1 and block_gap={block_gap} >= 0")
     layout = _layout(
         src,
         mode,
