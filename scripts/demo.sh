@@ -43,10 +43,9 @@ for split in validation test; do
     --dataset_dir "$DATA" --split "$split" --output_dir "$OUT/evaluation" --write_outputs false \
     --report_stem "$split" --progress false
 done
-# the mask threshold is chosen on validation (its best Dice) and used, unchanged, on the test split
-TAU=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['Dice_tau'])" "$OUT/evaluation/validation.json")
-# so is the decision threshold on the lesion probability (the argmax's 0.5 is not calibrated to the data)
-DECISION=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))[0]['decision_threshold'])" "$OUT/evaluation/validation.json")
+# the mask threshold (validation's best Dice) and the decision threshold on the lesion probability (its best
+# accuracy; the argmax's 0.5 is not calibrated to the data) are chosen on validation, used unchanged on test
+read -r TAU DECISION < <("$PY" -c "import json,sys; r=json.load(open(sys.argv[1]))[0]; print(r['Dice_tau'], r['decision_threshold'])" "$OUT/evaluation/validation.json")
 "$PY" - "$OUT/evaluation" <<'PYEOF'
 import sys
 from monai_wsol.engines.evaluation import figures_at_validation_tau, load_curves
